@@ -1,0 +1,29 @@
+# `make demo` and `make test` create .venv when it is missing and (re)install the project when
+# pyproject.toml changed; both are idempotent.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo demo-quick test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	# One install command, so torch==2.13.0 (the CPU build here) is resolved together with the rest.
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mtforget demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/mtforget demo --quick
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/demo_stages.py
+
+clean:
+	rm -rf runs .pytest_cache

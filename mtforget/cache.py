@@ -1,0 +1,65 @@
+"""Content-addressed on-disk cache for corpora, tokenizers, base models and base evaluations.
+
+Every entry lives in ``<root>/<kind>/<key>`` where ``key`` is a hash of everything that determines
+the entry, so deleting the cache only costs time and two studies that need the same base share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    """``$MTFORGET_CACHE``, else ``$XDG_CACHE_HOME/mtforget``, else ``~/.cache/mtforget``."""
+    if os.environ.get("MTFORGET_CACHE"):
+        return Path(os.environ["MTFORGET_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mtforget"
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    """A stable hash of a JSON-serialisable object (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
+    """Return ``<root>/<kind>/<key>``, building it with ``build(tmp_dir)`` first if it is missing.
+
+    The entry is built in a temporary sibling directory and renamed into place, so a crash while
+    building never leaves a half-written entry that a later run would trust.
+    """
+    final = cache_root() / kind / key
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished the same entry first; theirs is identical by construction.
+            if not final.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)

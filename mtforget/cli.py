@@ -1,0 +1,92 @@
+"""Command line: ``mtforget demo``, ``mtforget run STUDY.yaml``, ``mtforget report DIR``.
+
+Exit codes: 0 every trial done; 1 some trials failed (recorded with their reasons); 2 bad usage,
+config or input, with one ``error:`` line on stderr naming the key, file or line at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mtforget.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one "error:" line, exit 2, as every other usage error
+        sys.stderr.write(f"error: {message} (see mtforget --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mtforget`` command."""
+    parser = _Parser(prog="mtforget", description="Measure catastrophic forgetting in multilingual MT fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, help="study directory (results, trials, report)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a study key, e.g. --set finetune.size=1000 (repeatable)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    demo = sub.add_parser("demo", help="the built-in study on the synthetic world")
+    demo.add_argument("--quick", action="store_true", help="the small, CI-sized variant")
+    common(demo)
+    run = sub.add_parser("run", help="run or resume a study")
+    run.add_argument("study", type=Path, help="study YAML file")
+    common(run)
+    report = sub.add_parser("report", help="rebuild the report of a study directory")
+    report.add_argument("dir", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted; run the same command again to resume\n")
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from mtforget.report.build import build_report
+    from mtforget.study.config import apply_overrides, load_study, parse_study
+    from mtforget.study.demo import demo_study
+    from mtforget.study.runner import run_study
+
+    if args.command == "report":
+        if not (args.dir / "results.sqlite").is_file():
+            raise UsageError(f"{args.dir}: no results.sqlite (not a study directory)")
+        path = build_report(args.dir)
+        print(f"report: {path}")
+        return 0
+    if args.command == "demo":
+        study = parse_study(apply_overrides(demo_study(args.quick), args.overrides), "demo")
+        out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
+    else:
+        study = load_study(args.study, args.overrides)
+        out = args.out or Path("runs") / args.study.stem
+    code = run_study(study, out, progress=not args.no_progress)
+    print(f"results: {out / 'results.csv'}\nreport:  {out / 'report' / 'index.html'}")
+    print((out / "report" / "summary.md").read_text(encoding="utf-8"))
+    return code
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpora, the synthetic world, splits and direction categories."""

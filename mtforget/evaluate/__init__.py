@@ -1,0 +1,1 @@
+"""Generation, metrics, language identification and forgetting."""

@@ -1,0 +1,1 @@
+"""Model loading, language control and the built-in tiny bases."""

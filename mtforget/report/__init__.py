@@ -1,0 +1,1 @@
+"""Summaries, tables and plots built from a study's results."""

@@ -1,0 +1,1 @@
+"""Study config, grid, runner and results store."""

@@ -1,0 +1,222 @@
+"""The study config: a pydantic schema validated at load, ``--set`` overrides, and clear errors.
+
+Every key of a study file maps to a field below; an unknown key is an error that names it and the
+closest valid key. Defaults are the embedded synthetic world and the small built-in base.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mtforget.data.categories import parse_direction
+from mtforget.errors import UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The base model: a built-in tiny size, or a checkpoint (``path`` wins when both are set)."""
+
+    tiny: Literal["small", "base"] | None = "small"
+    path: str | None = None
+    trust_remote_code: bool = False
+    seed: int = 0  # initialisation and pre-training order of a tiny base
+    pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
+
+
+class SyntheticConfig(_Strict):
+    """The synthetic multilingual world used when ``corpus.path`` is absent."""
+
+    languages: int = Field(10, ge=2)
+    segments: int = Field(20000, ge=100)
+    seed: int = 0
+
+
+class CorpusConfig(_Strict):
+    """Where segments come from and how they are split (by segment id)."""
+
+    path: str | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+    languages: list[str] | None = None  # restrict the study to these; None: all of the corpus
+    dev_size: int = Field(200, ge=1)
+    test_size: int = Field(100, ge=1)
+    split_seed: int = 0
+
+
+class FinetuneConfig(_Strict):
+    """What a trial fine-tunes on, and how."""
+
+    directions: list[str] | None = None  # None: English (or the most frequent) ↔ first half of the others
+    size: int = Field(1000, ge=1)  # training examples (sentence pairs), spread evenly over directions
+    method: Literal["full"] = "full"
+    lr: float = Field(1e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    schedule: str = "constant_with_warmup"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    eval_every: int = Field(25, ge=1)  # steps between dev-loss checks
+    patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
+    dev_size: int = Field(200, ge=1)  # dev examples of the fine-tuning directions
+
+    @field_validator("directions")
+    @classmethod
+    def _directions(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one direction like 'en-de'")
+            for d in value:
+                parse_direction(d)
+        return value
+
+
+class EvalConfig(_Strict):
+    """How every direction is evaluated (greedy decoding)."""
+
+    max_sentences: int = Field(50, ge=1)  # test sentences per direction
+    batch_size: int = Field(128, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
+
+
+class StudyConfig(_Strict):
+    """A study: one base config and a grid of values whose cross product is the set of trials."""
+
+    name: str = "study"
+    seed: int = 0  # fine-tuning data sample and training order
+    model: ModelConfig = ModelConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    eval: EvalConfig = EvalConfig()
+    grid: dict[str, list[Any]] = {}
+
+
+def valid_keys(model: type[BaseModel] = StudyConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a study accepts (``finetune.size``, ``corpus.synthetic.seed`` ...)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += valid_keys(annotation, f"{key}.")
+    return keys
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key '{key}'{hint}"
+
+
+def _check_key(key: str, where: str) -> None:
+    if key not in valid_keys() or key == "grid":
+        raise UsageError(f"{where}: {_unknown_key_message(key)}")
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in a nested dict, creating levels as needed."""
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``--set KEY=VALUE`` strings (values parsed as YAML: ``1e-4``, ``[100, 1000]``, ``lora``).
+
+    ``--set grid.finetune.size=[10,100]`` sets one grid axis.
+    """
+    raw = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {item}: expected KEY=VALUE, e.g. --set finetune.size=1000")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise UsageError(f"--set {item}: the value is not valid YAML") from None
+        if key.startswith("grid."):
+            axis = key[len("grid."):]
+            _check_key(axis, "--set")
+            raw.setdefault("grid", {})[axis] = value if isinstance(value, list) else [value]
+        else:
+            _check_key(key, "--set")
+            set_dotted(raw, key, value)
+            # A value set on the command line replaces the grid axis of the same key.
+            if isinstance(raw.get("grid"), dict):
+                raw["grid"].pop(key, None)
+    return raw
+
+
+def parse_study(raw: dict, source: str) -> StudyConfig:
+    """Validate a raw mapping; every problem is a :class:`UsageError` naming the key."""
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: a study file must be a YAML mapping of keys to values")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise UsageError(f"{source}: grid: expected a mapping from dotted keys to lists of values")
+    for axis, values in grid.items():
+        _check_key(str(axis), f"{source}: grid")
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{source}: grid.{axis}: expected a non-empty list of values")
+    try:
+        study = StudyConfig.model_validate(raw)
+        # Every grid value must give a valid config too; check them all before any trial runs.
+        for axis, values in grid.items():
+            for value in values:
+                probe = _deep_copy(raw)
+                probe.pop("grid", None)
+                set_dotted(probe, axis, value)
+                StudyConfig.model_validate(probe)
+    except ValidationError as exc:
+        raise UsageError(f"{source}: {_describe(exc)}") from None
+    return study
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Read a study YAML file, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: study file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path}{line}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: a study file must be a YAML mapping of keys to values")
+    return parse_study(apply_overrides(raw, overrides or []), str(path))
+
+
+def study_to_dict(study: StudyConfig) -> dict:
+    """The resolved study as plain data (for ``study.yaml`` and trial configs)."""
+    return study.model_dump(mode="json")
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return _unknown_key_message(key)
+    return f"{key}: {err['msg']}"
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw

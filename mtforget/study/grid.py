@@ -1,0 +1,61 @@
+"""Expanding a study's grid into trials, each with a stable id."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtforget.cache import fingerprint
+from mtforget.study.config import StudyConfig, set_dotted, study_to_dict
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One condition × seed: a fully resolved config and the id its directory and rows carry."""
+
+    id: str
+    config: StudyConfig
+    grid_values: dict  # the grid's values for this trial (dotted key → value)
+
+    @property
+    def model_label(self) -> str:
+        """``tiny:small`` or the checkpoint's directory/hub name."""
+        m = self.config.model
+        if m.path:
+            return Path(m.path).name or m.path
+        return f"tiny:{m.tiny}"
+
+
+def expand(study: StudyConfig) -> list[Trial]:
+    """The cross product of the grid over the base config, in grid order; duplicates removed.
+
+    A trial's id hashes its whole resolved config (grid removed, the study name left out), so
+    changing anything that affects a trial's numbers gives it a new id, and renaming a study does
+    not invalidate finished trials.
+    """
+    base = study_to_dict(study)
+    grid = base.pop("grid") or {}
+    axes = list(grid)
+    trials: dict[str, Trial] = {}
+    for values in itertools.product(*(grid[a] for a in axes)):
+        raw = copy.deepcopy(base)
+        chosen = dict(zip(axes, values))
+        for axis, value in chosen.items():
+            set_dotted(raw, axis, value)
+        if raw["model"]["path"]:
+            # A checkpoint replaces the built-in sizes: trials differing only in size collapse.
+            raw["model"]["tiny"] = None
+            raw["model"]["pretrain_steps"] = None
+            chosen.pop("model.tiny", None)
+        config = StudyConfig.model_validate({**raw, "grid": {}})
+        identity = {k: v for k, v in study_to_dict(config).items() if k not in ("name", "grid")}
+        trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
+        trials.setdefault(trial_id, Trial(trial_id, config, chosen))
+    return list(trials.values())
+
+
+def _readable(config: StudyConfig) -> str:
+    model = f"tiny-{config.model.tiny}" if config.model.tiny and not config.model.path else "ckpt"
+    return f"{model}-{config.finetune.method}-n{config.finetune.size}-s{config.seed}"

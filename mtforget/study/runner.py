@@ -1,0 +1,343 @@
+"""Running a study: every trial of the grid, skipping finished ones, isolating failures.
+
+One trial, top to bottom (``run_trial``): corpus → split → base model (built or loaded) →
+base evaluation (cached, shared by every trial with the same base) → fine-tune → evaluate →
+forgetting rows → ``result.json`` (atomically, last) and the store (one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sacrebleu
+import sklearn
+import torch
+import transformers
+import yaml
+from tqdm.auto import tqdm
+
+import mtforget
+from mtforget.cache import cache_root, cached_dir, fingerprint, write_json_atomic
+from mtforget.data.categories import parse_direction
+from mtforget.data.corpus import Corpus, read_jsonl
+from mtforget.data.splits import Splits, sample_directions, split_by_id
+from mtforget.data.synthetic import SyntheticWorld, write_jsonl
+from mtforget.errors import UsageError
+from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forgetting_rows
+from mtforget.evaluate.lid import CorpusLanguageIdentifier
+from mtforget.evaluate.metrics import signatures
+from mtforget.models.language import LanguageTokens, add_language_tokens
+from mtforget.models.loading import count_parameters, default_device, load_seq2seq
+from mtforget.models.tiny import tiny_base
+from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
+from mtforget.study.grid import Trial, expand
+from mtforget.study.store import ResultStore
+from mtforget.train.loop import TrainSettings, train
+
+log = logging.getLogger("mtforget")
+
+# Test hook: called after every fine-tuning step with (trial, step, loss); may raise or alter loss.
+StepHook = Callable[[Trial, int, torch.Tensor], None]
+
+
+@dataclass
+class _Shared:
+    """What trials of one process share: corpora, splits, identifiers and base evaluations."""
+
+    corpora: dict[str, tuple[Corpus, Splits]] = field(default_factory=dict)
+    identifiers: dict[str, tuple[CorpusLanguageIdentifier, float]] = field(default_factory=dict)
+    base_evals: dict[str, dict] = field(default_factory=dict)
+
+
+def run_study(study: StudyConfig, out: Path, progress: bool = True, step_hook: StepHook | None = None) -> int:
+    """Run (or resume) every trial of ``study`` in ``out``; returns the exit code (0 or 1).
+
+    Done trials are skipped; pending, running (interrupted) and failed ones are run again.
+    """
+    from mtforget.report.build import build_report  # the report imports the store, not the runner
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False, allow_unicode=True))
+    trials = expand(study)
+    store = ResultStore(out / "results.sqlite")
+    try:
+        store.set_meta(_environment())
+        for t in trials:
+            c = t.config
+            store.register(t.id, t.model_label, c.finetune.method, "none", c.finetune.size, c.seed,
+                           study_to_dict(c), t.grid_values)
+        shared = _Shared()
+        failed = 0
+        todo = [t for t in trials if not _is_done(store, out, t)]
+        started = time.perf_counter()
+        bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
+                   disable=not progress)
+        for trial in todo:
+            bar.set_postfix_str(trial.id)
+            trial_dir = out / "trials" / trial.id
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            store.mark_running(trial.id)
+            handler = _trial_log(trial_dir)
+            try:
+                rows, info = run_trial(trial, trial_dir, shared, progress, step_hook)
+                write_json_atomic(trial_dir / "result.json", {"trial_id": trial.id, "info": info, "rows": rows})
+                store.finish(trial.id, rows, info)
+            except UsageError:
+                store.mark_failed(trial.id, "bad configuration or input")
+                raise
+            except Exception as exc:  # noqa: BLE001 - any crash fails this trial only
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("trial %s failed: %s\n%s", trial.id, reason, traceback.format_exc())
+                store.mark_failed(trial.id, reason)
+                failed += 1
+            finally:
+                log.removeHandler(handler)
+                handler.close()
+            bar.update(1)
+        bar.close()
+        store.set_meta({"last_run_seconds": round(time.perf_counter() - started, 1)})
+        store.export_csv(out / "results.csv")
+    finally:
+        store.close()
+    build_report(out)
+    return 1 if failed or any(t["status"] == "failed" for t in _trials_of(out)) else 0
+
+
+def run_trial(trial: Trial, trial_dir: Path, shared: _Shared, progress: bool = True,
+              step_hook: StepHook | None = None) -> tuple[list[dict], dict]:
+    """Run one trial; returns its forgetting rows and facts about it (for ``result.json``)."""
+    cfg = trial.config
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    corpus, splits = _corpus_and_splits(cfg.corpus, shared)
+    languages = _study_languages(corpus, cfg.corpus)
+    directions = resolve_directions(cfg.finetune.directions, corpus, languages)
+    write_json_atomic(trial_dir / "config.json", {**study_to_dict(cfg), "resolved_directions":
+                                                  [f"{s}-{t}" for s, t in directions]})
+    timings["corpus"] = _lap(clock)
+
+    clock = time.perf_counter()
+    base_dir = _base_model(cfg, corpus, splits, progress)
+    timings["base_model"] = _lap(clock)
+    clock = time.perf_counter()
+    model, tokenizer = load_seq2seq(base_dir, trust_remote_code=cfg.model.trust_remote_code)
+    added = add_language_tokens(model, tokenizer, languages)
+    if added:
+        log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
+    device = default_device()
+    model.to(device)
+    control = LanguageTokens(tokenizer)
+
+    lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
+    eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    all_directions = [(s, t) for s in languages for t in languages if s != t]
+    base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, model, control, lid,
+                                 eval_settings, shared, progress, added)
+    timings["base_eval"] = _lap(clock)
+
+    clock = time.perf_counter()
+    examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
+    dev = sample_directions(splits.dev, directions, cfg.finetune.dev_size, cfg.seed)
+    if not examples:
+        raise UsageError(f"finetune.directions: the corpus has no training pairs for {directions}")
+    ft = cfg.finetune
+    settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
+                             warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
+                             seed=cfg.seed, log_every=10)
+    hook = (lambda step, loss: step_hook(trial, step, loss)) if step_hook else None
+    outcome = train(model, control, examples, settings, dev=dev, desc=f"fine-tune {trial.id}",
+                    progress=progress, on_step=hook)
+    timings["finetune"] = _lap(clock)
+    log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s)", outcome.steps, outcome.seconds,
+             outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "")
+
+    clock = time.perf_counter()
+    ft_eval = evaluate_directions(model, control, splits.test, all_directions, lid, eval_settings,
+                                  desc="evaluate fine-tuned", progress=progress)
+    timings["finetuned_eval"] = _lap(clock)
+    rows = forgetting_rows(base_eval, ft_eval, directions)
+    _write_outputs(trial_dir, splits, base_eval, ft_eval, eval_settings)
+
+    info = {
+        "model": trial.model_label,
+        "base_dir": str(base_dir),
+        "parameters": count_parameters(model),
+        "trainable_parameters": count_parameters(model, trainable_only=True),
+        "finetune_directions": [f"{s}-{t}" for s, t in directions],
+        "finetune_examples": len(examples),
+        "languages": languages,
+        "added_language_tokens": added,
+        "train": asdict(outcome),
+        "lid_accuracy": lid_accuracy,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "device": str(device),
+    }
+    return rows, info
+
+
+def resolve_directions(given: list[str] | None, corpus: Corpus, languages: list[str]) -> list[tuple[str, str]]:
+    """The fine-tuning directions: as given, or English ↔ the first half of the other languages.
+
+    Without English, the most frequent language of the corpus is the pivot.
+    """
+    if given:
+        directions = [parse_direction(d) for d in given]
+        for src, tgt in directions:
+            for lang in (src, tgt):
+                if lang not in languages:
+                    raise UsageError(f"finetune.directions: {src}-{tgt}: language {lang!r} is not in the "
+                                     f"corpus (it has {', '.join(languages)})")
+        return directions
+    counts = corpus.language_counts()
+    pivot = "en" if "en" in languages else max(languages, key=lambda lang: (counts[lang], -languages.index(lang)))
+    others = [lang for lang in languages if lang != pivot]
+    chosen = others[: max(1, len(others) // 2)]
+    return [d for lang in chosen for d in ((pivot, lang), (lang, pivot))]
+
+
+def synthetic_corpus_path(n_languages: int, segments: int, seed: int) -> Path:
+    """The cached JSON-lines file of a synthetic world corpus (generated on first use)."""
+    key = fingerprint({"languages": n_languages, "segments": segments, "seed": seed,
+                       "generator": mtforget.__version__})
+
+    def build(out: Path) -> None:
+        world = SyntheticWorld(seed=seed, n_languages=n_languages)
+        write_jsonl(world.corpus(segments, seed=seed), out / "corpus.jsonl")
+
+    return cached_dir("corpora", f"synthetic-{key}", build) / "corpus.jsonl"
+
+
+def _corpus_and_splits(cfg: CorpusConfig, shared: _Shared) -> tuple[Corpus, Splits]:
+    key = fingerprint(cfg.model_dump(mode="json"))
+    if key not in shared.corpora:
+        if cfg.path:
+            path = Path(cfg.path)
+        else:
+            s = cfg.synthetic
+            path = synthetic_corpus_path(s.languages, s.segments, s.seed)
+        corpus = read_jsonl(path)
+        shared.corpora[key] = (corpus, split_by_id(corpus, cfg.dev_size, cfg.test_size, cfg.split_seed))
+    return shared.corpora[key]
+
+
+def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
+    if not cfg.languages:
+        return list(corpus.languages)
+    for lang in cfg.languages:
+        if lang not in corpus.languages:
+            raise UsageError(f"corpus.languages: {lang!r} is not in {corpus.source} "
+                             f"(it has {', '.join(corpus.languages)})")
+    return list(cfg.languages)
+
+
+def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool) -> Path | str:
+    if cfg.model.path:
+        return cfg.model.path
+    return tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
+                     progress=progress)
+
+
+def _identifier(corpus: Corpus, splits: Splits, languages: list[str],
+                shared: _Shared) -> tuple[CorpusLanguageIdentifier, float]:
+    key = fingerprint([corpus.fingerprint(), languages, len(splits.train)])
+    if key not in shared.identifiers:
+        lid = CorpusLanguageIdentifier.train(splits.train, languages)
+        shared.identifiers[key] = (lid, lid.accuracy(splits.dev))
+    return shared.identifiers[key]
+
+
+def _base_evaluation(base_dir, corpus, splits, directions, model, control, lid, settings, shared,
+                     progress, added) -> dict:
+    """Scores of the base model on every direction, cached on disk under everything that decides them."""
+    key = fingerprint({
+        "base": _model_fingerprint(base_dir),
+        "added_tokens": added,
+        "corpus": corpus.fingerprint(),
+        "test": [s.id for s in splits.test],
+        "directions": directions,
+        "settings": asdict(settings),
+        "metrics": signatures(),
+        "lid_train": len(splits.train),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    })
+    if key in shared.base_evals:
+        return shared.base_evals[key]
+
+    def build(out: Path) -> None:
+        result = evaluate_directions(model, control, splits.test, directions, lid, settings,
+                                     desc="evaluate base", progress=progress)
+        (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False))
+
+    path = cached_dir("base_evals", key, build) / "eval.json"
+    shared.base_evals[key] = json.loads(path.read_text(encoding="utf-8"))
+    return shared.base_evals[key]
+
+
+def _model_fingerprint(base_dir: Path | str) -> str:
+    """Identity of a checkpoint: its path plus the size and mtime of its weight files."""
+    local = Path(base_dir)
+    if local.is_dir():
+        files = sorted(local.glob("*.safetensors"))
+        return fingerprint([str(local.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    return str(base_dir)
+
+
+def _write_outputs(trial_dir: Path, splits: Splits, base_eval: dict, ft_eval: dict, settings: EvalSettings) -> None:
+    """Every test translation of the trial, base beside fine-tuned, as JSON lines."""
+    with (trial_dir / "outputs.jsonl").open("w", encoding="utf-8") as f:
+        for key, ft in ft_eval.items():
+            src, tgt = key.split("-")
+            segs = [s for s in splits.test if src in s.translation and tgt in s.translation][: settings.max_sentences]
+            for seg, base_hyp, ft_hyp in zip(segs, base_eval[key]["hypotheses"], ft["hypotheses"]):
+                f.write(json.dumps({"id": seg.id, "src_lang": src, "tgt_lang": tgt, "source": seg.translation[src],
+                                    "reference": seg.translation[tgt], "base": base_hyp, "finetuned": ft_hyp},
+                                   ensure_ascii=False) + "\n")
+
+
+def _is_done(store: ResultStore, out: Path, trial: Trial) -> bool:
+    return store.status(trial.id) == "done" and (out / "trials" / trial.id / "result.json").is_file()
+
+
+def _trials_of(out: Path) -> list[dict]:
+    store = ResultStore(out / "results.sqlite")
+    try:
+        return store.trials()
+    finally:
+        store.close()
+
+
+def _trial_log(trial_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(trial_dir / "trial.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _lap(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _environment() -> dict[str, object]:
+    return {
+        "mtforget": mtforget.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sacrebleu": sacrebleu.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "metric_signatures": signatures(),
+        "cache": str(cache_root()),
+    }

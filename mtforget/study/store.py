@@ -1,0 +1,137 @@
+"""The results store: one SQLite file per study directory.
+
+Trial states (pending, running, done, failed with a reason) and result rows live in the same
+database, written in transactions, so a killed study never leaves a trial half-recorded: its rows
+and its ``done`` state land together or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    reason TEXT,
+    model TEXT NOT NULL,
+    method TEXT NOT NULL,
+    alignment TEXT NOT NULL,
+    finetune_size INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    grid_values TEXT NOT NULL,
+    info TEXT,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS results (
+    trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+    src TEXT NOT NULL,
+    tgt TEXT NOT NULL,
+    category TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    base REAL,
+    finetuned REAL,
+    delta REAL,
+    PRIMARY KEY (trial_id, src, tgt, metric)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+CSV_COLUMNS = ["trial_id", "model", "method", "alignment", "finetune_size", "seed",
+               "src", "tgt", "category", "metric", "base", "finetuned", "delta"]
+
+
+class ResultStore:
+    """Read and write a study's ``results.sqlite``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def register(self, trial_id: str, model: str, method: str, alignment: str, finetune_size: int,
+                 seed: int, config: dict, grid_values: dict) -> None:
+        """Add a trial as pending unless it is already known (its state is then kept)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO trials (trial_id, status, model, method, alignment, finetune_size,"
+                " seed, config, grid_values) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                (trial_id, model, method, alignment, finetune_size, seed, json.dumps(config),
+                 json.dumps(grid_values)),
+            )
+
+    def status(self, trial_id: str) -> str | None:
+        """The trial's state, or None if unknown."""
+        row = self.db.execute("SELECT status FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
+        return row["status"] if row else None
+
+    def mark_running(self, trial_id: str) -> None:
+        """A trial started (again): its old rows, if any, are dropped."""
+        with self.db:
+            self.db.execute("DELETE FROM results WHERE trial_id = ?", (trial_id,))
+            self.db.execute("UPDATE trials SET status='running', reason=NULL, started_at=?, finished_at=NULL"
+                            " WHERE trial_id = ?", (time.time(), trial_id))
+
+    def mark_failed(self, trial_id: str, reason: str) -> None:
+        """Record a failure and its reason."""
+        with self.db:
+            self.db.execute("UPDATE trials SET status='failed', reason=?, finished_at=? WHERE trial_id = ?",
+                            (reason, time.time(), trial_id))
+
+    def finish(self, trial_id: str, rows: list[dict], info: dict) -> None:
+        """Store the trial's rows and mark it done, in one transaction."""
+        with self.db:
+            self.db.execute("DELETE FROM results WHERE trial_id = ?", (trial_id,))
+            self.db.executemany(
+                "INSERT INTO results (trial_id, src, tgt, category, metric, base, finetuned, delta)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(trial_id, r["src"], r["tgt"], r["category"], r["metric"], r["base"], r["finetuned"],
+                  r["delta"]) for r in rows],
+            )
+            self.db.execute("UPDATE trials SET status='done', info=?, finished_at=? WHERE trial_id = ?",
+                            (json.dumps(info), time.time(), trial_id))
+
+    def set_meta(self, values: dict[str, object]) -> None:
+        """Record study-level facts (versions, metric signatures, hardware)."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in values.items()])
+
+    def meta(self) -> dict[str, object]:
+        """Study-level facts."""
+        return {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM meta")}
+
+    def trials(self) -> list[dict]:
+        """Every trial with its state, in registration order."""
+        rows = self.db.execute("SELECT * FROM trials ORDER BY rowid").fetchall()
+        return [dict(r) for r in rows]
+
+    def rows(self) -> list[dict]:
+        """Result rows of done trials joined with their conditions (the ``results.csv`` table)."""
+        cur = self.db.execute(
+            "SELECT r.trial_id, t.model, t.method, t.alignment, t.finetune_size, t.seed, r.src, r.tgt,"
+            " r.category, r.metric, r.base, r.finetuned, r.delta FROM results r JOIN trials t"
+            " USING (trial_id) WHERE t.status = 'done' ORDER BY t.rowid, r.src, r.tgt, r.metric"
+        )
+        return [dict(r) for r in cur.fetchall()]
+
+    def export_csv(self, path: Path) -> None:
+        """Write ``results.csv``: one row per trial × direction × metric."""
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows())
+        tmp.replace(path)

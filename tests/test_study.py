@@ -1,0 +1,112 @@
+"""End-to-end studies on a tiny world: contract files, resume, failure isolation, CLI errors."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from mtforget.cli import main
+from mtforget.data.categories import CATEGORIES
+from mtforget.study.config import parse_study
+from mtforget.study.runner import run_study
+from mtforget.study.store import CSV_COLUMNS
+from tests.conftest import tiny_study
+
+
+class Interrupt(BaseException):
+    """Stands in for a kill: not an Exception, so the runner does not catch it as a trial failure."""
+
+
+def _rows(out):
+    with (out / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _comparable(rows):
+    return sorted((r["trial_id"], r["src"], r["tgt"], r["metric"], r["base"], r["finetuned"]) for r in rows)
+
+
+def test_study_writes_the_contract_files(tmp_path):
+    # Every language fine-tuned on in one direction at least: en-xa, xa-en, xa-xb leaves xc unseen.
+    raw = tiny_study(**{"finetune.size": [16]})
+    raw["finetune"]["directions"] = ["en-xa", "xa-en", "xa-xb"]
+    out = tmp_path / "s"
+    assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+    rows = _rows(out)
+    assert list(rows[0]) == CSV_COLUMNS
+    assert {r["category"] for r in rows} == set(CATEGORIES)
+    assert {r["metric"] for r in rows} == {"chrf", "bleu", "off_target"}
+    assert len(rows) == 4 * 3 * 3  # 12 directions × 3 metrics
+    for r in rows:
+        assert abs(float(r["finetuned"]) - float(r["base"]) - float(r["delta"])) < 1e-9
+        if r["metric"] == "off_target":
+            assert 0 <= float(r["base"]) <= 1
+    trial_dir = next((out / "trials").iterdir())
+    result = json.loads((trial_dir / "result.json").read_text())
+    assert result["info"]["finetune_directions"] == ["en-xa", "xa-en", "xa-xb"]
+    assert (trial_dir / "outputs.jsonl").is_file() and (trial_dir / "trial.log").is_file()
+    summary = (out / "report" / "summary.md").read_text()
+    assert "unseen_both" in summary and "tiny:small full n=16" in summary
+    assert (out / "report" / "index.html").is_file()
+    assert yaml.safe_load((out / "study.yaml").read_text())["grid"] == {"finetune.size": [16]}
+
+
+def test_resume_skips_finished_trials_and_matches_uninterrupted_run(tmp_path):
+    study = parse_study(tiny_study(), "t")
+    reference = tmp_path / "reference"
+    assert run_study(study, reference, progress=False) == 0
+
+    out = tmp_path / "interrupted"
+    steps_seen = []
+
+    def kill_second_trial(trial, step, loss):
+        steps_seen.append(trial.id)
+        if trial.config.finetune.size == 32:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        run_study(study, out, progress=False, step_hook=kill_second_trial)
+    first = next(p for p in (out / "trials").iterdir() if "-n16-" in p.name)
+    stamp = (first / "result.json").stat().st_mtime_ns
+
+    resumed = []
+    assert run_study(study, out, progress=False, step_hook=lambda t, s, l: resumed.append(t.id)) == 0
+    assert first.name not in resumed  # the finished trial was not trained again
+    assert (first / "result.json").stat().st_mtime_ns == stamp
+    assert _comparable(_rows(out)) == _comparable(_rows(reference))
+
+
+def test_a_failing_trial_is_recorded_and_the_others_complete(tmp_path):
+    def crash(trial, step, loss):
+        if trial.config.finetune.size == 16:
+            raise FloatingPointError("injected failure")
+
+    out = tmp_path / "s"
+    assert run_study(parse_study(tiny_study(), "t"), out, progress=False, step_hook=crash) == 1
+    rows = _rows(out)
+    assert rows and all("-n32-" in r["trial_id"] for r in rows)
+    assert "injected failure" in (out / "report" / "summary.md").read_text()
+
+
+def test_unknown_key_is_exit_2_with_the_closest_key(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"finetune": {"sise": 10}}))
+    assert main(["run", str(study), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {study}: unknown key 'finetune.sise' (did you mean 'finetune.size'?)"]
+    assert main(["demo", "--set", "modle.tiny=base", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown key 'modle.tiny' (did you mean 'model.tiny'?)" in capsys.readouterr().err
+
+
+def test_malformed_corpus_is_exit_2_naming_file_and_line(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "translation": {"en": "hi", "de": "hallo"}}\n{"id": "b", "translation": \n')
+    code = main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "o"), "--set", f"corpus.path={corpus}"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: {corpus}:2: not valid JSON")
+
+
+def test_report_command_rebuilds_the_report(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.sqlite" in capsys.readouterr().err
