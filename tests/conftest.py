@@ -16,11 +16,11 @@ def _private_cache(tmp_path_factory):
 
 
 def tiny_study(**grid) -> dict:
-    """A study small enough to run end to end in seconds: 4 languages, a 40-step base."""
+    """A study small enough to run end to end in seconds: 5 languages, a 40-step base."""
     return {
         "name": "tiny",
         "model": {"tiny": "small", "pretrain_steps": 40},
-        "corpus": {"synthetic": {"languages": 4, "segments": 600}, "dev_size": 40, "test_size": 12},
+        "corpus": {"synthetic": {"languages": 5, "segments": 600}, "dev_size": 40, "test_size": 12},
         "finetune": {"directions": ["en-xa", "xa-en"], "size": 32, "batch_size": 16, "epochs": 1,
                      "eval_every": 2, "lr": 1e-3},
         "eval": {"max_sentences": 6, "max_new_tokens": 12, "bootstrap_resamples": 200},

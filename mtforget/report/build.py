@@ -146,8 +146,12 @@ def _plot(table: list[dict], path: Path) -> Path | None:
         ax.set_title(category.replace("_", " "))
         ax.set_xlabel("fine-tuning pairs")
     axes[0].set_ylabel("chrF delta (fine-tuned − base)")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
