@@ -13,7 +13,7 @@ def demo_study(quick: bool = False) -> dict:
     if quick:
         return {
             "name": "demo-quick",
-            "model": {"tiny": "small", "pretrain_steps": 700},
+            "model": {"tiny": "small", "pretrain_steps": 1200},
             "corpus": {"synthetic": {"languages": 6, "segments": 6000}, "dev_size": 100, "test_size": 40},
             "finetune": {"lr": 3e-4, "epochs": 2, "eval_every": 20},
             "eval": {"max_sentences": 20},
@@ -22,8 +22,8 @@ def demo_study(quick: bool = False) -> dict:
     return {
         "name": "demo",
         "model": {"tiny": "small"},
-        "corpus": {"synthetic": {"languages": 10, "segments": 20000}, "dev_size": 200, "test_size": 50},
+        "corpus": {"synthetic": {"languages": 10, "segments": 20000}, "dev_size": 200, "test_size": 40},
         "finetune": {"lr": 3e-4, "epochs": 2, "eval_every": 25},
-        "eval": {"max_sentences": 50},
+        "eval": {"max_sentences": 40},
         "grid": {"model.tiny": ["small", "base"], "finetune.size": [100, 1000, 10000]},
     }
