@@ -72,19 +72,7 @@ def main() -> None:
     n_eval = sum(v["n"] for v in evaluation.values())
     eval_seconds = stages[-1][1]
 
-    ft_dirs = resolve_directions(None, corpus, languages)
-    examples = sample_directions(splits.train, ft_dirs, size, 0)
-    dev = sample_directions(splits.dev, ft_dirs, study.finetune.dev_size, 0)
-    ft = study.finetune
-    timed(f"fine-tune ({size} pairs)", lambda: train(
-        model, control, examples, TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs,
-                                                schedule=ft.schedule, eval_every=ft.eval_every,
-                                                patience=ft.patience), dev=dev, progress=False),
-        lambda o: f"{o.steps} steps")
-    timed("evaluate fine-tuned (all directions)",
-          lambda: evaluate_directions(model, control, splits.test, directions, lid, settings, progress=False))
-
-    # Throughput: the same sentences, per-sentence loop vs batched.
+    # Throughput on the base model: the same sentences, per-sentence loop vs batched.
     rng = random.Random(0)
     sample = []
     while len(sample) < args.loop_sentences:
@@ -102,6 +90,18 @@ def main() -> None:
         return time.perf_counter() - start
 
     loop_s, batched_s = run(1), run(settings.batch_size)
+
+    ft_dirs = resolve_directions(None, corpus, languages)
+    examples = sample_directions(splits.train, ft_dirs, size, 0)
+    dev = sample_directions(splits.dev, ft_dirs, study.finetune.dev_size, 0)
+    ft = study.finetune
+    timed(f"fine-tune ({size} pairs)", lambda: train(
+        model, control, examples, TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs,
+                                                schedule=ft.schedule, eval_every=ft.eval_every,
+                                                patience=ft.patience), dev=dev, progress=False),
+        lambda o: f"{o.steps} steps")
+    timed("evaluate fine-tuned (all directions)",
+          lambda: evaluate_directions(model, control, splits.test, directions, lid, settings, progress=False))
 
     print(f"\nDemo stages ({'full' if args.full else 'quick'} settings, tiny:{tiny}, fresh cache)\n")
     print(f"{'stage':<40} {'seconds':>9}  note")

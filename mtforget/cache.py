@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 
 def cache_root() -> Path:
     """``$MTFORGET_CACHE``, else ``$XDG_CACHE_HOME/mtforget``, else ``~/.cache/mtforget``."""
@@ -34,12 +36,23 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
     """Return ``<root>/<kind>/<key>``, building it with ``build(tmp_dir)`` first if it is missing.
 
     The entry is built in a temporary sibling directory and renamed into place, so a crash while
-    building never leaves a half-written entry that a later run would trust.
+    building never leaves a half-written entry that a later run would trust. Parallel trials take a
+    file lock so one builds and the others wait; the processes of one ``accelerate launch`` build
+    together instead (they train the entry jointly), and the first rename wins.
     """
     final = cache_root() / kind / key
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _build(final, key, build)
+    with FileLock(str(final) + ".lock"):
+        if final.is_dir():  # built by another process while this one waited
+            return final
+        return _build(final, key, build)
+
+
+def _build(final: Path, key: str, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
         build(tmp)

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a study key, e.g. --set finetune.size=1000 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--retry-failed", action="store_true", help="run failed trials again (skipped by default)")
 
     demo = sub.add_parser("demo", help="the built-in study on the synthetic world")
     demo.add_argument("--quick", action="store_true", help="the small, CI-sized variant")
@@ -74,7 +75,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         study = load_study(args.study, args.overrides)
         out = args.out or Path("runs") / args.study.stem
-    code = run_study(study, out, progress=not args.no_progress)
+    code = run_study(study, out, progress=not args.no_progress, retry_failed=args.retry_failed)
     print(f"results: {out / 'results.csv'}\nreport:  {out / 'report' / 'index.html'}")
     print((out / "report" / "summary.md").read_text(encoding="utf-8"))
     return code

@@ -9,6 +9,7 @@ import yaml
 from mtforget.cli import main
 from mtforget.data.categories import CATEGORIES
 from mtforget.study.config import parse_study
+from mtforget.study.grid import expand
 from mtforget.study.runner import run_study
 from mtforget.study.store import CSV_COLUMNS
 from tests.conftest import tiny_study
@@ -64,29 +65,48 @@ def test_resume_skips_finished_trials_and_matches_uninterrupted_run(tmp_path):
         steps_seen.append(trial.id)
         if trial.config.finetune.size == 32:
             raise Interrupt()
+        return loss
 
     with pytest.raises(Interrupt):
-        run_study(study, out, progress=False, step_hook=kill_second_trial)
+        run_study(study, out, progress=False, loss_hook=kill_second_trial)
     first = next(p for p in (out / "trials").iterdir() if "-n16-" in p.name)
     stamp = (first / "result.json").stat().st_mtime_ns
 
     resumed = []
-    assert run_study(study, out, progress=False, step_hook=lambda t, s, l: resumed.append(t.id)) == 0
+
+    def record(trial, step, loss):
+        resumed.append(trial.id)
+        return loss
+
+    assert run_study(study, out, progress=False, loss_hook=record) == 0
     assert first.name not in resumed  # the finished trial was not trained again
     assert (first / "result.json").stat().st_mtime_ns == stamp
     assert _comparable(_rows(out)) == _comparable(_rows(reference))
 
 
-def test_a_failing_trial_is_recorded_and_the_others_complete(tmp_path):
-    def crash(trial, step, loss):
-        if trial.config.finetune.size == 16:
-            raise FloatingPointError("injected failure")
+def test_a_diverging_trial_is_recorded_as_failed_and_the_others_complete(tmp_path):
+    def inject_nan(trial, step, loss):
+        return loss * float("nan") if trial.config.finetune.size == 16 else loss
 
+    study = parse_study(tiny_study(), "t")
     out = tmp_path / "s"
-    assert run_study(parse_study(tiny_study(), "t"), out, progress=False, step_hook=crash) == 1
+    assert run_study(study, out, progress=False, loss_hook=inject_nan) == 1
     rows = _rows(out)
     assert rows and all("-n32-" in r["trial_id"] for r in rows)
-    assert "injected failure" in (out / "report" / "summary.md").read_text()
+    summary = (out / "report" / "summary.md").read_text()
+    assert "TrialDiverged: non-finite training loss (nan) at step 1" in summary
+
+    # Failed trials are kept failed on a plain re-run, and run again when asked.
+    calls = []
+
+    def count(trial, step, loss):
+        calls.append(trial.id)
+        return loss
+
+    assert run_study(study, out, progress=False, loss_hook=count) == 1 and calls == []
+    assert run_study(study, out, progress=False, loss_hook=count, retry_failed=True) == 0
+    assert calls and all("-n16-" in c for c in calls)
+    assert {r["trial_id"] for r in _rows(out)} == {t.id for t in expand(study)}
 
 
 def test_unknown_key_is_exit_2_with_the_closest_key(tmp_path, capsys):

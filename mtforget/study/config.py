@@ -64,6 +64,7 @@ class FinetuneConfig(_Strict):
     eval_every: int = Field(25, ge=1)  # steps between dev-loss checks
     patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
     dev_size: int = Field(200, ge=1)  # dev examples of the fine-tuning directions
+    checkpoint_every: int = Field(100, ge=0)  # steps between resumable checkpoints; 0 = none
 
     @field_validator("directions")
     @classmethod
@@ -85,8 +86,25 @@ class EvalConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100)
 
 
+class RayConfig(_Strict):
+    """Where Ray runs trials: ``address`` of a running cluster, or None for a local Ray."""
+
+    address: str | None = None
+
+
+class ResourcesConfig(_Strict):
+    """What one trial needs; the executor reserves it (Ray) or sizes its threads by it (local)."""
+
+    cpus: int = Field(1, ge=1)
+    gpus: float = Field(0, ge=0)
+
+
 class StudyConfig(_Strict):
-    """A study: one base config and a grid of values whose cross product is the set of trials."""
+    """A study: one base config and a grid of values whose cross product is the set of trials.
+
+    ``executor``, ``workers``, ``ray``, ``resources`` and ``tensorboard`` say how trials run, not
+    what they compute: they are not part of a trial's identity.
+    """
 
     name: str = "study"
     seed: int = 0  # fine-tuning data sample and training order
@@ -95,6 +113,15 @@ class StudyConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     eval: EvalConfig = EvalConfig()
     grid: dict[str, list[Any]] = {}
+    executor: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)  # local executor: trials in this many separate processes when > 1
+    ray: RayConfig = RayConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tensorboard: bool = False  # also log training curves for TensorBoard under trials/<id>/tensorboard
+
+
+# How a study runs, not what a trial computes (excluded from trial ids).
+EXECUTION_KEYS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard")
 
 
 def valid_keys(model: type[BaseModel] = StudyConfig, prefix: str = "") -> list[str]:

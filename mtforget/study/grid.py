@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtforget.cache import fingerprint
-from mtforget.study.config import StudyConfig, set_dotted, study_to_dict
+from mtforget.study.config import EXECUTION_KEYS, StudyConfig, set_dotted, study_to_dict
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def expand(study: StudyConfig) -> list[Trial]:
             raw["model"]["pretrain_steps"] = None
             chosen.pop("model.tiny", None)
         config = StudyConfig.model_validate({**raw, "grid": {}})
-        identity = {k: v for k, v in study_to_dict(config).items() if k not in ("name", "grid")}
+        identity = {k: v for k, v in study_to_dict(config).items() if k not in EXECUTION_KEYS}
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
     return list(trials.values())

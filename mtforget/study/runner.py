@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import sklearn
 import torch
 import transformers
 import yaml
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 import mtforget
@@ -37,91 +40,148 @@ from mtforget.models.language import LanguageTokens, add_language_tokens
 from mtforget.models.loading import count_parameters, default_device, load_seq2seq
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
+from mtforget.study.executors import run_trials
 from mtforget.study.grid import Trial, expand
 from mtforget.study.store import ResultStore
 from mtforget.train.loop import TrainSettings, train
 
 log = logging.getLogger("mtforget")
 
-# Test hook: called after every fine-tuning step with (trial, step, loss); may raise or alter loss.
-StepHook = Callable[[Trial, int, torch.Tensor], None]
+# Test hook: (trial, step, loss) -> loss, called at every fine-tuning step of in-process trials.
+LossHook = Callable[[Trial, int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class _Shared:
-    """What trials of one process share: corpora, splits, identifiers and base evaluations."""
+class TrialMemo:
+    """What trials run in one process share: corpora, splits, identifiers and base evaluations."""
 
     corpora: dict[str, tuple[Corpus, Splits]] = field(default_factory=dict)
     identifiers: dict[str, tuple[CorpusLanguageIdentifier, float]] = field(default_factory=dict)
     base_evals: dict[str, dict] = field(default_factory=dict)
 
 
-def run_study(study: StudyConfig, out: Path, progress: bool = True, step_hook: StepHook | None = None) -> int:
+def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: LossHook | None = None,
+              retry_failed: bool = False) -> int:
     """Run (or resume) every trial of ``study`` in ``out``; returns the exit code (0 or 1).
 
-    Done trials are skipped; pending, running (interrupted) and failed ones are run again.
+    Done trials are skipped; pending and interrupted ones run (again), from their last training
+    checkpoint when they have one; failed ones only with ``retry_failed``. Under ``accelerate
+    launch`` every process runs the same trials (training is shared); only the main process
+    writes the store and the report.
     """
     from mtforget.report.build import build_report  # the report imports the store, not the runner
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False, allow_unicode=True))
+    # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu` (torchrun) processes
+    # form a gloo group instead of running alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
     trials = expand(study)
-    store = ResultStore(out / "results.sqlite")
-    try:
+    todo: list[Trial] = []
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False, allow_unicode=True))
+        store = ResultStore(out / "results.sqlite")
         store.set_meta(_environment())
         for t in trials:
             c = t.config
             store.register(t.id, t.model_label, c.finetune.method, "none", c.finetune.size, c.seed,
                            study_to_dict(c), t.grid_values)
-        shared = _Shared()
-        failed = 0
-        todo = [t for t in trials if not _is_done(store, out, t)]
-        started = time.perf_counter()
-        bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
-                   disable=not progress)
+            _recover_result(store, out, t)
+        # A trial that failed on bad config or input is always retried: the user has fixed it.
+        todo = [t for t in trials if store.status(t.id) != "done"
+                and (retry_failed or store.status(t.id) != "failed"
+                     or str(store.reason(t.id)).startswith(USAGE_PREFIX))]
+    if state.num_processes > 1:
+        todo = broadcast_object_list([todo])[0]
+        study = study.model_copy(update={"executor": "local", "workers": 1})
+    if not state.is_main_process:
+        memo = TrialMemo()
         for trial in todo:
-            bar.set_postfix_str(trial.id)
-            trial_dir = out / "trials" / trial.id
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            store.mark_running(trial.id)
-            handler = _trial_log(trial_dir)
-            try:
-                rows, info = run_trial(trial, trial_dir, shared, progress, step_hook)
-                write_json_atomic(trial_dir / "result.json", {"trial_id": trial.id, "info": info, "rows": rows})
-                store.finish(trial.id, rows, info)
-            except UsageError:
-                store.mark_failed(trial.id, "bad configuration or input")
-                raise
-            except Exception as exc:  # noqa: BLE001 - any crash fails this trial only
-                reason = f"{type(exc).__name__}: {exc}"
-                log.error("trial %s failed: %s\n%s", trial.id, reason, traceback.format_exc())
-                store.mark_failed(trial.id, reason)
-                failed += 1
-            finally:
-                log.removeHandler(handler)
-                handler.close()
-            bar.update(1)
+            execute_trial(trial, out, False, loss_hook, memo)
+        state.wait_for_everyone()
+        return 0
+
+    started = time.perf_counter()
+    bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
+               disable=not progress)
+
+    def on_start(trial: Trial) -> None:
+        store.mark_running(trial.id)
+
+    def on_done(trial: Trial, outcome: dict) -> None:
+        if outcome["status"] == "done":
+            store.finish(trial.id, outcome["rows"], outcome["info"])
+        else:
+            store.mark_failed(trial.id, outcome["reason"])
+        bar.set_postfix_str(f"{trial.id} {outcome['status']}")
+        bar.update(1)
+
+    try:
+        run_trials(study, todo, out, progress, on_start, on_done, loss_hook)
+        usage = [t["reason"] for t in store.trials() if t["status"] == "failed"
+                 and str(t["reason"]).startswith(USAGE_PREFIX)]
+        if usage:
+            raise UsageError(usage[0][len(USAGE_PREFIX):])
+    finally:
         bar.close()
         store.set_meta({"last_run_seconds": round(time.perf_counter() - started, 1)})
         store.export_csv(out / "results.csv")
-    finally:
+        failed = any(t["status"] == "failed" for t in store.trials())
         store.close()
-    build_report(out)
-    return 1 if failed or any(t["status"] == "failed" for t in _trials_of(out)) else 0
+        build_report(out)
+    state.wait_for_everyone()
+    return 1 if failed else 0
 
 
-def run_trial(trial: Trial, trial_dir: Path, shared: _Shared, progress: bool = True,
-              step_hook: StepHook | None = None) -> tuple[list[dict], dict]:
-    """Run one trial; returns its forgetting rows and facts about it (for ``result.json``)."""
+USAGE_PREFIX = "bad configuration or input: "
+
+
+def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook | None,
+                  memo: TrialMemo | None) -> dict:
+    """Run one trial and write its directory; never raises for a trial's own failure.
+
+    Returns ``{"status": "done", "rows", "info"}`` or ``{"status": "failed", "reason"}``. A bad
+    config or input fails the trial with a reason that the runner turns into exit code 2.
+    """
+    trial_dir = out / "trials" / trial.id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    handler = _trial_log(trial_dir)
+    try:
+        result = run_trial(trial, trial_dir, memo or TrialMemo(), progress, loss_hook)
+        if result is None:  # not the main process of a multi-process run
+            return {"status": "done", "rows": [], "info": {}}
+        rows, info = result
+        write_json_atomic(trial_dir / "result.json", {"trial_id": trial.id, "info": info, "rows": rows})
+        shutil.rmtree(trial_dir / "checkpoint", ignore_errors=True)
+        return {"status": "done", "rows": rows, "info": info}
+    except UsageError as exc:
+        log.error("trial %s: %s", trial.id, exc)
+        return {"status": "failed", "reason": USAGE_PREFIX + str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any crash fails this trial only
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("trial %s failed: %s\n%s", trial.id, reason, traceback.format_exc())
+        return {"status": "failed", "reason": reason}
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool = True,
+              loss_hook: LossHook | None = None) -> tuple[list[dict], dict] | None:
+    """Run one trial; returns its forgetting rows and facts about it (for ``result.json``).
+
+    Under ``accelerate launch`` every process trains; only the main one evaluates and returns.
+    """
     cfg = trial.config
+    main = PartialState().is_main_process
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
     corpus, splits = _corpus_and_splits(cfg.corpus, shared)
     languages = _study_languages(corpus, cfg.corpus)
     directions = resolve_directions(cfg.finetune.directions, corpus, languages)
-    write_json_atomic(trial_dir / "config.json", {**study_to_dict(cfg), "resolved_directions":
-                                                  [f"{s}-{t}" for s, t in directions]})
+    if main:
+        write_json_atomic(trial_dir / "config.json", {**study_to_dict(cfg), "resolved_directions":
+                                                      [f"{s}-{t}" for s, t in directions]})
     timings["corpus"] = _lap(clock)
 
     clock = time.perf_counter()
@@ -136,11 +196,12 @@ def run_trial(trial: Trial, trial_dir: Path, shared: _Shared, progress: bool = T
     model.to(device)
     control = LanguageTokens(tokenizer)
 
-    lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
     eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens)
     all_directions = [(s, t) for s in languages for t in languages if s != t]
-    base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, model, control, lid,
-                                 eval_settings, shared, progress, added)
+    if main:
+        lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
+        base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, model, control, lid,
+                                     eval_settings, shared, progress, added)
     timings["base_eval"] = _lap(clock)
 
     clock = time.perf_counter()
@@ -151,13 +212,17 @@ def run_trial(trial: Trial, trial_dir: Path, shared: _Shared, progress: bool = T
     ft = cfg.finetune
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
-                             seed=cfg.seed, log_every=10)
-    hook = (lambda step, loss: step_hook(trial, step, loss)) if step_hook else None
+                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every)
+    hook = (lambda step, loss: loss_hook(trial, step, loss)) if loss_hook else None
     outcome = train(model, control, examples, settings, dev=dev, desc=f"fine-tune {trial.id}",
-                    progress=progress, on_step=hook)
+                    progress=progress, loss_hook=hook, checkpoint_dir=trial_dir / "checkpoint",
+                    log_dir=trial_dir / "tensorboard" if cfg.tensorboard else None)
     timings["finetune"] = _lap(clock)
-    log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s)", outcome.steps, outcome.seconds,
-             outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "")
+    log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
+             outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
+             f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
+    if not main:
+        return None
 
     clock = time.perf_counter()
     ft_eval = evaluate_directions(model, control, splits.test, all_directions, lid, eval_settings,
@@ -179,8 +244,17 @@ def run_trial(trial: Trial, trial_dir: Path, shared: _Shared, progress: bool = T
         "lid_accuracy": lid_accuracy,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "device": str(device),
+        "processes": PartialState().num_processes,
     }
     return rows, info
+
+
+def _recover_result(store: ResultStore, out: Path, trial: Trial) -> None:
+    """Record a trial whose ``result.json`` was written but whose store update was lost to a kill."""
+    path = out / "trials" / trial.id / "result.json"
+    if store.status(trial.id) != "done" and path.is_file():
+        result = json.loads(path.read_text(encoding="utf-8"))
+        store.finish(trial.id, result["rows"], result["info"])
 
 
 def resolve_directions(given: list[str] | None, corpus: Corpus, languages: list[str]) -> list[tuple[str, str]]:
@@ -215,7 +289,7 @@ def synthetic_corpus_path(n_languages: int, segments: int, seed: int) -> Path:
     return cached_dir("corpora", f"synthetic-{key}", build) / "corpus.jsonl"
 
 
-def _corpus_and_splits(cfg: CorpusConfig, shared: _Shared) -> tuple[Corpus, Splits]:
+def _corpus_and_splits(cfg: CorpusConfig, shared: TrialMemo) -> tuple[Corpus, Splits]:
     key = fingerprint(cfg.model_dump(mode="json"))
     if key not in shared.corpora:
         if cfg.path:
@@ -246,7 +320,7 @@ def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool
 
 
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str],
-                shared: _Shared) -> tuple[CorpusLanguageIdentifier, float]:
+                shared: TrialMemo) -> tuple[CorpusLanguageIdentifier, float]:
     key = fingerprint([corpus.fingerprint(), languages, len(splits.train)])
     if key not in shared.identifiers:
         lid = CorpusLanguageIdentifier.train(splits.train, languages)
@@ -301,18 +375,6 @@ def _write_outputs(trial_dir: Path, splits: Splits, base_eval: dict, ft_eval: di
                 f.write(json.dumps({"id": seg.id, "src_lang": src, "tgt_lang": tgt, "source": seg.translation[src],
                                     "reference": seg.translation[tgt], "base": base_hyp, "finetuned": ft_hyp},
                                    ensure_ascii=False) + "\n")
-
-
-def _is_done(store: ResultStore, out: Path, trial: Trial) -> bool:
-    return store.status(trial.id) == "done" and (out / "trials" / trial.id / "result.json").is_file()
-
-
-def _trials_of(out: Path) -> list[dict]:
-    store = ResultStore(out / "results.sqlite")
-    try:
-        return store.trials()
-    finally:
-        store.close()
 
 
 def _trial_log(trial_dir: Path) -> logging.Handler:

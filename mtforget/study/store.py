@@ -77,6 +77,11 @@ class ResultStore:
         row = self.db.execute("SELECT status FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
         return row["status"] if row else None
 
+    def reason(self, trial_id: str) -> str | None:
+        """Why the trial failed, if it did."""
+        row = self.db.execute("SELECT reason FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
+        return row["reason"] if row else None
+
     def mark_running(self, trial_id: str) -> None:
         """A trial started (again): its old rows, if any, are dropped."""
         with self.db:

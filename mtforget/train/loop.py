@@ -2,27 +2,39 @@
 
 Used twice with different settings: to pre-train the built-in tiny bases on every direction of a
 corpus, and to fine-tune a base on a trial's directions with early stopping on their dev set.
-Accelerate places the model, optimizer and batches (CPU, one GPU, or several processes under
-``accelerate launch``).
+Accelerate places the model, optimizer and batches: the CPU, one GPU, or several processes under
+``accelerate launch`` (DDP, or FSDP/DeepSpeed through an Accelerate config). Global batches are
+split across processes, so N processes take the same optimizer steps as one.
+
+With ``checkpoint_dir``, the full training state (weights, optimizer, scheduler, RNG, progress) is
+saved every ``checkpoint_every`` steps, and a later call with the same arguments resumes from it:
+the batch order is a pure function of (seed, step), so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from accelerate import Accelerator, DataLoaderConfiguration
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from mtforget.data.splits import Example
 from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
+
+# Called with (step, loss) before the loss is checked and back-propagated; returns the loss to use.
+# Tests use it to inject faults (a NaN, an exception, a kill).
+LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class TrainSettings:
     patience: int = 0  # dev evaluations without improvement before stopping; 0 = never stop early
     seed: int = 0
     log_every: int = 50
+    checkpoint_every: int = 0  # steps between resumable checkpoints (with checkpoint_dir); 0 = never
 
 
 @dataclass
@@ -53,7 +66,32 @@ class TrainOutcome:
     best_dev_loss: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
+    resumed_from: int | None = None
     history: list[dict] = field(default_factory=list)
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches of example indices for steps ``start+1 .. total``.
+
+    Epoch ``e`` is a permutation seeded by ``(seed, e)``, so the batch of any step is known without
+    replaying the steps before it; that is what makes a resumed run identical to an uninterrupted one.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int) -> None:
+        self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.per_epoch = math.ceil(n / batch_size)
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, order = -1, None
+        for step in range(self.start, self.total):
+            e, i = divmod(step, self.per_epoch)
+            if e != epoch:
+                epoch = e
+                order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+            yield order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
 
 
 def train(
@@ -64,47 +102,54 @@ def train(
     dev: list[Example] | None = None,
     desc: str = "train",
     progress: bool = True,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    loss_hook: LossHook | None = None,
+    checkpoint_dir: Path | None = None,
+    log_dir: Path | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place on ``examples``; restore the best dev checkpoint if ``dev`` is given.
 
-    ``on_step(step, loss)`` is called after every optimizer step (tests use it to inject faults).
+    With ``log_dir``, training and dev losses are also logged for TensorBoard there.
     Raises :class:`TrialDiverged` on a non-finite loss.
     """
     if not examples:
         raise ValueError("no training examples")
     torch.manual_seed(settings.seed)
-    accelerator = Accelerator()
-    loader = DataLoader(
-        examples,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        collate_fn=control.batch,
-        generator=torch.Generator().manual_seed(settings.seed),
-    )
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              log_with="tensorboard" if log_dir else None,
+                              project_dir=str(log_dir) if log_dir else None)
+    if log_dir:
+        accelerator.init_trackers(desc.split()[0])
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = get_scheduler(
-        settings.schedule,
-        optimizer,
-        num_warmup_steps=int(settings.warmup_ratio * total),
-        num_training_steps=total,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
+    scheduler = get_scheduler(settings.schedule, optimizer,
+                              num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"))
-    best_state: dict[str, torch.Tensor] | None = None
-    evals_without_gain = 0
+    progress_state = {"evals_without_gain": 0, "elapsed": 0.0}
+    best_path = checkpoint_dir / "best.safetensors" if checkpoint_dir else None
+    if checkpoint_dir and (checkpoint_dir / "progress.json").is_file():
+        saved = json.loads((checkpoint_dir / "progress.json").read_text())
+        accelerator.load_state(str(checkpoint_dir / "state"))
+        outcome = TrainOutcome(**saved["outcome"])
+        outcome.resumed_from = outcome.steps
+        progress_state = saved["progress"]
+
+    loader = accelerator.prepare(DataLoader(
+        examples, batch_sampler=StepBatches(len(examples), settings.batch_size, settings.seed, outcome.steps, total),
+        collate_fn=control.batch))
+    dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
+    best: dict[str, torch.Tensor] | None = None
     running, running_n = torch.zeros((), device=accelerator.device), 0
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=not progress)
-    batches = _cycle(loader)
+    start = time.perf_counter() - progress_state["elapsed"]
+    bar = tqdm(total=total, initial=outcome.steps, desc=desc, unit="step", leave=False,
+               disable=not progress or not accelerator.is_main_process)
     model.train()
-    for step in range(1, total + 1):
-        batch = next(batches)
+    for step, batch in enumerate(loader, start=outcome.steps + 1):
         loss = model(**batch).loss
+        if loss_hook is not None:
+            loss = loss_hook(step, loss)
         if not torch.isfinite(loss):
             bar.close()
             raise TrialDiverged(f"non-finite training loss ({loss.item()}) at step {step}")
@@ -116,8 +161,6 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         running += loss.detach()
         running_n += 1
-        if on_step is not None:
-            on_step(step, loss)
         bar.update(1)
         outcome.steps = step
 
@@ -126,36 +169,59 @@ def train(
             outcome.train_loss = (running / running_n).item()
             outcome.history.append({"step": step, "train_loss": round(outcome.train_loss, 5)})
             bar.set_postfix(loss=f"{outcome.train_loss:.3f}")
+            if log_dir:
+                accelerator.log({"train_loss": outcome.train_loss}, step=step)
             running, running_n = torch.zeros((), device=accelerator.device), 0
 
         if dev_batches and settings.eval_every and (step % settings.eval_every == 0 or step == total):
             dev_loss = _dev_loss(model, dev_batches, accelerator)
             outcome.history.append({"step": step, "dev_loss": round(dev_loss, 5)})
+            if log_dir:
+                accelerator.log({"dev_loss": dev_loss}, step=step)
             if outcome.best_dev_loss is None or dev_loss < outcome.best_dev_loss:
                 outcome.best_dev_loss, outcome.best_step = dev_loss, step
-                best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-                evals_without_gain = 0
+                progress_state["evals_without_gain"] = 0
+                best = {k: v.detach().cpu().clone() for k, v in accelerator.get_state_dict(model).items()}
             else:
-                evals_without_gain += 1
-                if settings.patience and evals_without_gain >= settings.patience:
+                progress_state["evals_without_gain"] += 1
+                if settings.patience and progress_state["evals_without_gain"] >= settings.patience:
                     outcome.stopped_early = True
                     break
+            if best_path is not None and outcome.best_step == step and accelerator.is_main_process:
+                best_path.parent.mkdir(parents=True, exist_ok=True)
+                save_file(best, best_path)
+
+        if checkpoint_dir and settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total:
+            progress_state["elapsed"] = time.perf_counter() - start
+            _save_checkpoint(accelerator, checkpoint_dir, outcome, progress_state)
     bar.close()
     if running_n:
         outcome.train_loss = (running / running_n).item()
     unwrapped = accelerator.unwrap_model(model)
-    if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+    if outcome.best_step is not None:
+        if best is None:  # resumed after the best step: its weights are on disk
+            best = load_file(best_path)
+        unwrapped.load_state_dict(best)
     unwrapped.eval()
     outcome.seconds = time.perf_counter() - start
+    accelerator.wait_for_everyone()
+    if log_dir:
+        accelerator.end_training()
     accelerator.free_memory()
     return outcome
 
 
-def _cycle(loader: DataLoader):
-    """Endless batches; each pass over the data is a new shuffle from the loader's generator."""
-    while True:
-        yield from loader
+def _save_checkpoint(accelerator: Accelerator, directory: Path, outcome: TrainOutcome, progress: dict) -> None:
+    """Replace the checkpoint in ``directory`` so a kill at any moment leaves a complete one."""
+    accelerator.wait_for_everyone()
+    tmp = directory / "state.tmp"
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(directory / "state", ignore_errors=True)
+        tmp.rename(directory / "state")
+        (directory / "progress.json.tmp").write_text(json.dumps({"outcome": asdict(outcome), "progress": progress}))
+        (directory / "progress.json.tmp").replace(directory / "progress.json")
+    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()

@@ -1,0 +1,113 @@
+"""Where trials run: in this process, in a pool of local processes, or on Ray.
+
+Each executor takes the trials to run and two callbacks; the caller (the runner, in the main
+process) records states and results, so the store has exactly one writer. A trial writes its own
+directory (``result.json`` atomically, last), so a result survives even if the caller is killed
+before recording it: the next run picks it up from the file.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from mtforget.study.config import StudyConfig
+from mtforget.study.grid import Trial
+
+# (trial) -> None before a trial starts; (trial, outcome) -> None when it ends.
+OnStart = Callable[[Trial], None]
+OnDone = Callable[[Trial, dict], None]
+
+
+def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: bool,
+               on_start: OnStart, on_done: OnDone, loss_hook=None) -> None:
+    """Run ``trials`` with the executor the study asks for."""
+    from mtforget.study.runner import TrialMemo, execute_trial
+
+    if study.executor == "ray":
+        _run_on_ray(study, trials, out, on_start, on_done)
+    elif study.workers > 1:
+        _run_in_pool(study, trials, out, on_start, on_done)
+    else:
+        memo = TrialMemo()
+        for trial in trials:
+            on_start(trial)
+            on_done(trial, execute_trial(trial, out, progress, loss_hook, memo))
+
+
+def _worker_init(threads: int, env: dict[str, str]) -> None:
+    import torch
+
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+
+
+def _worker_env() -> dict[str, str]:
+    # Workers must see the same cache and quiet settings as the parent.
+    keep = ("MTFORGET_CACHE", "XDG_CACHE_HOME", "HOME", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: OnStart, on_done: OnDone) -> None:
+    from mtforget.study.runner import execute_trial
+
+    # spawn, not fork: forking a process that already holds torch threads can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=study.workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(study.resources.cpus, _worker_env())) as pool:
+        pending = {}
+        for trial in trials:
+            on_start(trial)
+            pending[pool.submit(execute_trial, trial, out, False, None, None)] = trial
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                trial = pending.pop(future)
+                on_done(trial, future.result())
+
+
+def _run_on_ray(study: StudyConfig, trials: list[Trial], out: Path, on_start: OnStart, on_done: OnDone) -> None:
+    try:
+        import ray
+    except ImportError:
+        from mtforget.errors import UsageError
+
+        raise UsageError("executor: ray needs the ray package (pip install 'mtforget[ray]')") from None
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        env = {"env_vars": _worker_env()}
+        if study.ray.address:
+            ray.init(address=study.ray.address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(runtime_env=env, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=study.resources.cpus, num_gpus=study.resources.gpus, max_retries=0)(
+            _ray_trial)
+        pending = {}
+        for trial in trials:
+            on_start(trial)
+            pending[remote.remote(trial, str(out), study.resources.cpus)] = trial
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                trial = pending.pop(ref)
+                try:
+                    on_done(trial, ray.get(ref))
+                except ray.exceptions.RayError as exc:  # the worker died (OOM kill, node lost)
+                    on_done(trial, {"status": "failed", "reason": f"ray: {type(exc).__name__}: {exc}"})
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_trial(trial: Trial, out: str, threads: int) -> dict:
+    import torch
+
+    from mtforget.study.runner import execute_trial
+
+    torch.set_num_threads(threads)
+    return execute_trial(trial, Path(out), False, None, None)

@@ -1,0 +1,83 @@
+"""The training loop: resumable checkpoints, divergence, TensorBoard logging."""
+
+import pytest
+import torch
+
+from mtforget.data.corpus import corpus_from_records
+from mtforget.data.splits import sample_all_directions
+from mtforget.data.synthetic import SyntheticWorld
+from mtforget.errors import TrialDiverged
+from mtforget.models.language import LanguageTokens
+from mtforget.models.tiny import TinySpec, build_model
+from mtforget.models.tokenizer import train_tokenizer
+from mtforget.train.loop import StepBatches, TrainSettings, train
+
+SPEC = TinySpec(d_model=32, layers=1, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
+
+
+class Kill(BaseException):
+    pass
+
+
+@pytest.fixture(scope="module")
+def setup():
+    corpus = corpus_from_records(SyntheticWorld(seed=0, n_languages=3).corpus(200, seed=0), "w")
+    languages = list(corpus.languages)
+    tokenizer = train_tokenizer((t for s in corpus.segments for t in s.translation.values()), languages, 300)
+    examples = sample_all_directions(corpus.segments, languages, 120, seed=0)
+    return tokenizer, examples
+
+
+def _model(tokenizer):
+    torch.manual_seed(0)
+    return build_model(SPEC, tokenizer)
+
+
+def test_step_batches_are_a_function_of_seed_and_step():
+    full = list(StepBatches(n=20, batch_size=6, seed=1, start=0, total=9))
+    assert list(StepBatches(n=20, batch_size=6, seed=1, start=5, total=9)) == full[5:]
+    assert sorted(i for b in full[:4] for i in b) == list(range(20))  # one epoch covers every example once
+
+
+def test_resumed_training_equals_uninterrupted(setup, tmp_path):
+    tokenizer, examples = setup
+    settings = TrainSettings(lr=3e-3, batch_size=8, max_steps=12, eval_every=3, checkpoint_every=4, seed=0)
+    dev = examples[:16]
+
+    reference = _model(tokenizer)
+    outcome = train(reference, LanguageTokens(tokenizer), examples[16:], settings, dev=dev, progress=False)
+
+    def kill_at_7(step, loss):
+        if step == 7:
+            raise Kill()
+        return loss
+
+    interrupted = _model(tokenizer)
+    with pytest.raises(Kill):
+        train(interrupted, LanguageTokens(tokenizer), examples[16:], settings, dev=dev, progress=False,
+              loss_hook=kill_at_7, checkpoint_dir=tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "progress.json").is_file()
+
+    seen = []
+    resumed = _model(tokenizer)  # fresh weights: everything must come from the checkpoint
+    result = train(resumed, LanguageTokens(tokenizer), examples[16:], settings, dev=dev, progress=False,
+                   loss_hook=lambda step, loss: seen.append(step) or loss, checkpoint_dir=tmp_path / "ckpt")
+    assert result.resumed_from == 4 and seen == list(range(5, 13))
+    assert result.best_step == outcome.best_step and result.best_dev_loss == pytest.approx(outcome.best_dev_loss)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_raises(setup):
+    tokenizer, examples = setup
+    with pytest.raises(TrialDiverged, match="non-finite training loss .* at step 3"):
+        train(_model(tokenizer), LanguageTokens(tokenizer), examples, TrainSettings(lr=1e-3, batch_size=8, max_steps=5),
+              progress=False, loss_hook=lambda step, loss: loss * float("inf") if step == 3 else loss)
+
+
+def test_tensorboard_logging(setup, tmp_path):
+    pytest.importorskip("tensorboard")
+    tokenizer, examples = setup
+    train(_model(tokenizer), LanguageTokens(tokenizer), examples, TrainSettings(lr=1e-3, batch_size=8, max_steps=4,
+          log_every=2), progress=False, log_dir=tmp_path / "tb")
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
