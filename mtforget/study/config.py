@@ -93,9 +93,14 @@ class RayConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
-    """What one trial needs; the executor reserves it (Ray) or sizes its threads by it (local)."""
+    """What one trial needs; the executor reserves it (Ray) and gives the trial that many threads.
 
-    cpus: int = Field(1, ge=1)
+    ``cpus`` unset: every core for an in-process trial, an equal share of the cores per worker
+    process, one core per Ray task. The thread count changes the order of floating-point sums, so
+    set it to compare numbers across executors bit for bit.
+    """
+
+    cpus: int | None = Field(None, ge=1)
     gpus: float = Field(0, ge=0)
 
 

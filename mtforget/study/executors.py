@@ -32,10 +32,17 @@ def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: boo
     elif study.workers > 1:
         _run_in_pool(study, trials, out, on_start, on_done)
     else:
-        memo = TrialMemo()
-        for trial in trials:
-            on_start(trial)
-            on_done(trial, execute_trial(trial, out, progress, loss_hook, memo))
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(study.resources.cpus or threads)
+        try:
+            memo = TrialMemo()
+            for trial in trials:
+                on_start(trial)
+                on_done(trial, execute_trial(trial, out, progress, loss_hook, memo))
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _worker_init(threads: int, env: dict[str, str]) -> None:
@@ -56,8 +63,9 @@ def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: O
 
     # spawn, not fork: forking a process that already holds torch threads can deadlock.
     ctx = multiprocessing.get_context("spawn")
+    threads = study.resources.cpus or max(1, (os.cpu_count() or 1) // study.workers)
     with ProcessPoolExecutor(max_workers=study.workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(study.resources.cpus, _worker_env())) as pool:
+                             initargs=(threads, _worker_env())) as pool:
         pending = {}
         for trial in trials:
             on_start(trial)
@@ -85,12 +93,12 @@ def _run_on_ray(study: StudyConfig, trials: list[Trial], out: Path, on_start: On
         else:
             ray.init(runtime_env=env, include_dashboard=False, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=study.resources.cpus, num_gpus=study.resources.gpus, max_retries=0)(
-            _ray_trial)
+        cpus = study.resources.cpus or 1
+        remote = ray.remote(num_cpus=cpus, num_gpus=study.resources.gpus, max_retries=0)(_ray_trial)
         pending = {}
         for trial in trials:
             on_start(trial)
-            pending[remote.remote(trial, str(out), study.resources.cpus)] = trial
+            pending[remote.remote(trial, str(out), cpus)] = trial
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
