@@ -20,6 +20,7 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/mtforget demo --quick
 
 test: $(STAMP)
+	bash scripts/install_browser.sh  # Debian's Chromium for the report's browser test (once)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

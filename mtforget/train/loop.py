@@ -67,6 +67,8 @@ class TrainOutcome:
     best_step: int | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    tokens: int = 0  # source + target tokens trained on (padding excluded), all processes
+
     history: list[dict] = field(default_factory=list)
 
 
@@ -142,6 +144,7 @@ def train(
     dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
     best: dict[str, torch.Tensor] | None = None
     running, running_n = torch.zeros((), device=accelerator.device), 0
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     start = time.perf_counter() - progress_state["elapsed"]
     bar = tqdm(total=total, initial=outcome.steps, desc=desc, unit="step", leave=False,
                disable=not progress or not accelerator.is_main_process)
@@ -161,6 +164,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         running += loss.detach()
         running_n += 1
+        tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
         bar.update(1)
         outcome.steps = step
 
@@ -193,10 +197,13 @@ def train(
 
         if checkpoint_dir and settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total:
             progress_state["elapsed"] = time.perf_counter() - start
+            outcome.tokens += int(accelerator.reduce(tokens, "sum"))
+            tokens.zero_()
             _save_checkpoint(accelerator, checkpoint_dir, outcome, progress_state)
     bar.close()
     if running_n:
         outcome.train_loss = (running / running_n).item()
+    outcome.tokens += int(accelerator.reduce(tokens, "sum"))
     unwrapped = accelerator.unwrap_model(model)
     if outcome.best_step is not None:
         if best is None:  # resumed after the best step: its weights are on disk

@@ -1,0 +1,156 @@
+"""Rendering the report as Markdown (terminals, papers) and as one HTML page.
+
+Every text that comes from data, models or configs goes through ``html.escape`` in the HTML page,
+so a corpus full of markup shows as text and nothing in it runs.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+
+from mtforget.data.categories import CATEGORIES
+from mtforget.report.tables import METRIC_TITLES
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1250px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;
+vertical-align:top}th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee}.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;
+width:380px}figcaption{font-size:12px;color:#555}code{font-size:12px}.muted{color:#666;font-size:13px}
+"""
+
+
+def _fmt(entry: dict) -> str:
+    scale = 100 if entry["metric"] == "off_target" else 1  # off-target in percentage points
+    return f"{entry['mean'] * scale:+.1f} [{entry['low'] * scale:+.1f}, {entry['high'] * scale:+.1f}]"
+
+
+def _pivot(table: list[dict], metric: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    conditions: list[str] = []
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for e in table:
+        if e["metric"] != metric:
+            continue
+        if e["condition"] not in conditions:
+            conditions.append(e["condition"])
+        cells[e["condition"]][e["category"]] = _fmt(e)
+    return conditions, cells
+
+
+def _trial_rows(context: dict) -> list[list[str]]:
+    rows = []
+    for t in context["trials"]:
+        info = json.loads(t["info"] or "{}")
+        train = info.get("train", {})
+        seconds = sum(info.get("timings_s", {}).values())
+        rows.append([t["trial_id"], t["status"], str(info.get("parameters", "")), str(info.get("trainable_parameters", "")),
+                     str(train.get("tokens", "")), str(train.get("steps", "")),
+                     f"{seconds:.0f}" if info else "", str(t["reason"] or "")])
+    return rows
+
+
+TRIAL_HEADER = ["trial", "status", "parameters", "trainable", "fine-tuning tokens", "steps", "seconds", "reason"]
+INTRO = ("Each cell: mean delta (fine-tuned − base) over the category's directions and seeds, with a "
+         "95% bootstrap interval. Off-target deltas are in percentage points (positive = more output "
+         "in the wrong language).")
+
+
+def render_markdown(context: dict) -> str:
+    """``summary.md``: the same tables as the HTML page."""
+    trials = context["trials"]
+    done = sum(t["status"] == "done" for t in trials)
+    lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {INTRO}", ""]
+    for metric, title in METRIC_TITLES.items():
+        conditions, cells = _pivot(context["table"], metric)
+        if not conditions:
+            continue
+        lines += [f"## {title}", "", "| condition | " + " | ".join(CATEGORIES) + " |",
+                  "|---|" + "---|" * len(CATEGORIES)]
+        lines += [f"| {c} | " + " | ".join(cells[c].get(k, "–") for k in CATEGORIES) + " |" for c in conditions]
+        lines.append("")
+    if context["fit"]:
+        fit = context["fit"]
+        lines += ["## Forgetting against data/model scale", "",
+                  f"Unseen-direction chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · log10(fine-tuning "
+                  "tokens / parameters), least squares over trials.", ""]
+    failed = [t for t in trials if t["status"] == "failed"]
+    if failed:
+        lines += ["## Failed trials", ""] + [f"- `{t['trial_id']}`: {t['reason']}" for t in failed] + [""]
+    lines += ["## Trials", "", "| " + " | ".join(TRIAL_HEADER) + " |", "|---" * len(TRIAL_HEADER) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in _trial_rows(context)] + [""]
+    meta = context["meta"]
+    if "metric_signatures" in meta:
+        lines += ["## Metrics", ""] + [f"- {k}: `{v}`" for k, v in meta["metric_signatures"].items()] + [""]
+    return "\n".join(lines)
+
+
+def render_html(context: dict, figures: dict) -> str:
+    """``index.html``: one page, inline CSS, figures as PNG files beside it."""
+    e = html.escape
+    trials = context["trials"]
+    done = sum(t["status"] == "done" for t in trials)
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>mtforget report</title><style>{CSS}</style></head><body>",
+             "<h1>Forgetting report</h1>",
+             f"<p>{done} of {len(trials)} trials done. {e(INTRO)}</p>"]
+
+    def figure(path, caption: str) -> str:
+        return (f"<figure><img src='{e(path.name)}' alt='{e(caption)}'>"
+                f"<figcaption>{e(caption)}</figcaption></figure>") if path else ""
+
+    parts.append(figure(figures.get("by_size"), "chrF delta against fine-tuning size, per direction category"))
+    for metric, title in METRIC_TITLES.items():
+        conditions, cells = _pivot(context["table"], metric)
+        if not conditions:
+            continue
+        parts.append(f"<h2>{e(title)}</h2><table><tr><th>condition</th>"
+                     + "".join(f"<th>{e(c)}</th>" for c in CATEGORIES) + "</tr>")
+        for cond in conditions:
+            parts.append(f"<tr><td>{e(cond)}</td>" + "".join(
+                f"<td class='num'>{e(cells[cond].get(c, '–'))}</td>" for c in CATEGORIES) + "</tr>")
+        parts.append("</table>")
+
+    if figures.get("scale"):
+        fit = context["fit"]
+        text = (f"Fit: unseen chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · log10(tokens/parameters)."
+                if fit else "Too few trials for a fit.")
+        parts.append("<h2>Forgetting against fine-tuning data per parameter</h2>"
+                     f"<p class='muted'>{e(text)}</p>"
+                     + figure(figures["scale"], "unseen-direction chrF delta against tokens per parameter"))
+    if figures.get("gain_loss"):
+        parts.append("<h2>Gain on fine-tuned directions against loss on unseen ones</h2>"
+                     + figure(figures["gain_loss"], "one point per trial"))
+    if figures.get("comparisons"):
+        parts.append("<h2>Conditions compared</h2><p class='muted'>Mean chrF delta on unseen directions per "
+                     "value of each condition axis, over trials, with a 95% bootstrap interval.</p><div class='grid'>")
+        for axis, entries, path in figures["comparisons"]:
+            parts.append(figure(path, f"{axis}: " + ", ".join(
+                f"{en['value'].strip(chr(34))} {en['mean']:+.1f}" for en in entries)))
+        parts.append("</div>")
+    if figures.get("heatmaps"):
+        parts.append("<h2>chrF delta per direction</h2><div class='grid'>")
+        parts += [figure(path, condition) for condition, path in figures["heatmaps"]]
+        parts.append("</div>")
+
+    if context["examples"]:
+        parts.append(f"<h2>Example translations</h2><p class='muted'>From trial "
+                     f"<code>{e(context['examples'][0]['trial_id'])}</code>, the direction of each category "
+                     "whose chrF dropped most.</p><table><tr><th>category</th><th>direction</th><th>source</th>"
+                     "<th>reference</th><th>base</th><th>fine-tuned</th></tr>")
+        for ex in context["examples"]:
+            parts.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
+                ex["category"], f"{ex['src_lang']}→{ex['tgt_lang']} ({ex['direction_delta']:+.1f})",
+                ex["source"], ex["reference"], ex["base"], ex["finetuned"])) + "</tr>")
+        parts.append("</table>")
+
+    parts.append("<h2>Trials</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TRIAL_HEADER) + "</tr>")
+    parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _trial_rows(context)]
+    parts.append("</table>")
+    parts.append("<h2>Run metadata</h2><table>" + "".join(
+        f"<tr><th>{e(str(k))}</th><td><code>{e(json.dumps(v))}</code></td></tr>"
+        for k, v in sorted(context["meta"].items())) + "</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

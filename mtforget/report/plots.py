@@ -1,0 +1,122 @@
+"""The report's figures (matplotlib, PNG files beside ``index.html``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mtforget.data.categories import CATEGORIES  # noqa: E402
+from mtforget.report.tables import TrialSummary, log_fit  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def by_size(table: list[dict], path: Path) -> Path | None:
+    """chrF delta against fine-tuning size, one panel per category, one line per model/method."""
+    chrf = [e for e in table if e["metric"] == "chrf"]
+    if not chrf:
+        return None
+    fig, axes = plt.subplots(1, len(CATEGORIES), figsize=(3.2 * len(CATEGORIES), 3.2), sharey=True)
+    series: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for e in chrf:
+        name = e["model"] + " " + e["method"] + ("" if e["alignment"] == "none" else " +align")
+        series[(name, e["category"])].append(e)
+    for ax, category in zip(axes, CATEGORIES):
+        for (name, cat), points in sorted(series.items()):
+            if cat != category:
+                continue
+            points.sort(key=lambda e: e["finetune_size"])
+            ax.errorbar([p["finetune_size"] for p in points], [p["mean"] for p in points],
+                        yerr=[[p["mean"] - p["low"] for p in points], [p["high"] - p["mean"] for p in points]],
+                        marker="o", capsize=3, label=name)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(category.replace("_", " "))
+        ax.set_xlabel("fine-tuning pairs")
+    axes[0].set_ylabel("chrF delta (fine-tuned − base)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.12))
+    return _save(fig, path)
+
+
+def heatmap(languages: list[str], matrix: np.ndarray, title: str, path: Path) -> Path:
+    """Source × target matrix of the chrF delta, diverging around zero."""
+    size = max(3.5, 0.45 * len(languages) + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    limit = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
+    image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(languages)), languages, rotation=90)
+    ax.set_yticks(range(len(languages)), languages)
+    ax.set_xlabel("target")
+    ax.set_ylabel("source")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="chrF delta")
+    return _save(fig, path)
+
+
+def scale_fit(summaries: list[TrialSummary], path: Path) -> tuple[Path | None, dict | None]:
+    """Unseen-direction chrF delta against fine-tuning tokens per model parameter, with a fit."""
+    points = [(s.tokens_per_parameter, s.unseen_chrf, s.model) for s in summaries
+              if s.tokens_per_parameter and np.isfinite(s.unseen_chrf)]
+    if len(points) < 2:
+        return None, None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for model in sorted({p[2] for p in points}):
+        xs = [p[0] for p in points if p[2] == model]
+        ax.scatter(xs, [p[1] for p in points if p[2] == model], label=model, zorder=3)
+    fit = log_fit([p[0] for p in points], [p[1] for p in points])
+    if fit:
+        ax.plot(fit["x"], fit["y"], color="black", lw=1,
+                label=f"fit: {fit['slope']:+.1f} chrF per 10× tokens/param")
+        ax.fill_between(fit["x"], fit["low"], fit["high"], color="grey", alpha=0.25, label="95% bootstrap band")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("fine-tuning tokens / model parameters")
+    ax.set_ylabel("mean chrF delta, unseen directions")
+    ax.legend(fontsize=7)
+    return _save(fig, path), fit
+
+
+def gain_vs_loss(summaries: list[TrialSummary], path: Path) -> Path | None:
+    """One point per trial: gain on fine-tuned directions against change on unseen ones."""
+    points = [s for s in summaries if np.isfinite(s.supervised_chrf) and np.isfinite(s.unseen_chrf)]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for model in sorted({s.model + " " + s.method for s in points}):
+        group = [s for s in points if s.model + " " + s.method == model]
+        ax.scatter([s.supervised_chrf for s in group], [s.unseen_chrf for s in group], label=model, zorder=3)
+        for s in group:
+            ax.annotate(f"n={s.finetune_size}", (s.supervised_chrf, s.unseen_chrf), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("chrF delta, supervised directions (gain)")
+    ax.set_ylabel("chrF delta, unseen directions (loss)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def comparison(axis: str, entries: list[dict], path: Path) -> Path:
+    """Mean unseen chrF delta per value of one condition axis, with intervals."""
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.2 * len(entries) + 1.5), 3.2))
+    xs = range(len(entries))
+    ax.bar(xs, [e["mean"] for e in entries], color="#7a9cc6",
+           yerr=[[e["mean"] - e["low"] for e in entries], [e["high"] - e["mean"] for e in entries]], capsize=4)
+    ax.set_xticks(list(xs), [e["value"].strip('"') for e in entries], rotation=20, fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("mean chrF delta, unseen")
+    ax.set_title(axis, fontsize=9)
+    return _save(fig, path)

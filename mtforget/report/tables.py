@@ -1,0 +1,160 @@
+"""The numbers a report shows, computed from the store: per-category means with intervals,
+per-trial summaries, per-direction matrices and comparisons along each grid axis."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from mtforget.data.categories import CATEGORIES
+from mtforget.report.stats import bootstrap_mean_ci
+
+METRIC_TITLES = {"chrf": "chrF delta", "bleu": "BLEU delta", "off_target": "off-target rate delta"}
+UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
+# Grid axes the condition label already shows, or that are replicates rather than conditions.
+_LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method")
+
+
+def condition_label(trial: dict) -> str:
+    """A trial's condition: model, method, size and any other grid value except the seed."""
+    grid = {k: v for k, v in json.loads(trial["grid_values"]).items() if k not in _LABELLED}
+    parts = [trial["model"], trial["method"], f"n={trial['finetune_size']}"]
+    if trial["alignment"] != "none":
+        parts.append(f"align={trial['alignment']}")
+    parts += [f"{k}={v}" for k, v in sorted(grid.items())]
+    return " ".join(parts)
+
+
+@dataclass
+class TrialSummary:
+    """One done trial: its condition and mean chrF deltas on supervised and unseen directions."""
+
+    trial_id: str
+    condition: str
+    model: str
+    method: str
+    finetune_size: int
+    seed: int
+    grid: dict
+    info: dict
+    supervised_chrf: float
+    unseen_chrf: float
+
+    @property
+    def tokens_per_parameter(self) -> float | None:
+        """Fine-tuning tokens divided by model parameters (the study's first axis)."""
+        tokens = self.info.get("train", {}).get("tokens")
+        params = self.info.get("parameters")
+        return tokens / params if tokens and params else None
+
+
+def category_table(trials: list[dict], rows: list[dict], resamples: int = 2000) -> list[dict]:
+    """Mean delta and bootstrap CI per condition × metric × category."""
+    done = {t["trial_id"]: t for t in trials if t["status"] == "done"}
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    order: dict[str, tuple] = {}
+    for row in rows:
+        trial = done[row["trial_id"]]
+        label = condition_label(trial)
+        order.setdefault(label, (trial["model"], trial["method"], trial["alignment"], trial["finetune_size"]))
+        groups[(label, row["metric"], row["category"])].append(row["delta"])
+    table = []
+    for label in sorted(order, key=lambda k: (order[k], k)):
+        model, method, alignment, size = order[label]
+        for metric in METRIC_TITLES:
+            for category in CATEGORIES:
+                values = groups.get((label, metric, category))
+                if not values:
+                    continue
+                mean, low, high = bootstrap_mean_ci(values, seed=0, resamples=resamples)
+                table.append({"condition": label, "model": model, "method": method, "alignment": alignment,
+                              "finetune_size": size, "metric": metric, "category": category,
+                              "n": len(values), "mean": mean, "low": low, "high": high})
+    return table
+
+
+def trial_summaries(trials: list[dict], rows: list[dict]) -> list[TrialSummary]:
+    """Per done trial, mean chrF delta on supervised and on unseen directions."""
+    chrf: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["metric"] == "chrf":
+            chrf[row["trial_id"]][row["category"]].append(row["delta"])
+    out = []
+    for t in trials:
+        if t["status"] != "done" or t["trial_id"] not in chrf:
+            continue
+        cats = chrf[t["trial_id"]]
+        unseen = [v for c in UNSEEN for v in cats.get(c, [])]
+        out.append(TrialSummary(
+            t["trial_id"], condition_label(t), t["model"], t["method"], t["finetune_size"], t["seed"],
+            json.loads(t["grid_values"]), json.loads(t["info"] or "{}"),
+            float(np.mean(cats["supervised"])) if cats.get("supervised") else float("nan"),
+            float(np.mean(unseen)) if unseen else float("nan"),
+        ))
+    return out
+
+
+def direction_matrix(trials: list[dict], rows: list[dict], condition: str,
+                     metric: str = "chrf") -> tuple[list[str], np.ndarray]:
+    """Languages and the source × target matrix of mean delta for one condition (NaN on the diagonal)."""
+    ids = {t["trial_id"] for t in trials if t["status"] == "done" and condition_label(t) == condition}
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    languages: dict[str, None] = {}
+    for row in rows:
+        if row["trial_id"] in ids and row["metric"] == metric:
+            cells[(row["src"], row["tgt"])].append(row["delta"])
+            languages.update(dict.fromkeys((row["src"], row["tgt"])))
+    langs = list(languages)
+    matrix = np.full((len(langs), len(langs)), np.nan)
+    for (src, tgt), values in cells.items():
+        matrix[langs.index(src), langs.index(tgt)] = float(np.mean(values))
+    return langs, matrix
+
+
+def axis_comparisons(summaries: list[TrialSummary], resamples: int = 2000) -> dict[str, list[dict]]:
+    """For each condition axis with several values, the mean unseen chrF delta per value.
+
+    Axes are the trial columns (model, method) and every grid key except the seed and the data
+    size (which has its own plot). Means are over trials, with a bootstrap interval.
+    """
+    axes: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        axes["model"][s.model].append(s.unseen_chrf)
+        axes["method"][s.method].append(s.unseen_chrf)
+        for key, value in s.grid.items():
+            if key not in ("seed", "finetune.size", "model.tiny", "model.path", "finetune.method"):
+                axes[key][json.dumps(value)].append(s.unseen_chrf)
+    out = {}
+    for axis, groups in axes.items():
+        if len(groups) < 2:
+            continue
+        out[axis] = []
+        for value, values in groups.items():
+            mean, low, high = bootstrap_mean_ci(values, seed=0, resamples=resamples)
+            out[axis].append({"value": value, "n": len(values), "mean": mean, "low": low, "high": high})
+    return out
+
+
+def log_fit(xs: list[float], ys: list[float], seed: int = 0, resamples: int = 1000,
+            grid: np.ndarray | None = None) -> dict | None:
+    """Least-squares fit y = a + b·log10(x) with a bootstrap band over points (needs ≥ 3 points)."""
+    x = np.log10(np.asarray(xs, dtype=float))
+    y = np.asarray(ys, dtype=float)
+    if x.size < 3 or np.ptp(x) == 0:
+        return None
+    grid = np.linspace(x.min(), x.max(), 50) if grid is None else grid
+    slope, intercept = np.polyfit(x, y, 1)
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(resamples):
+        idx = rng.integers(0, x.size, x.size)
+        if np.ptp(x[idx]) == 0:
+            continue
+        b, a = np.polyfit(x[idx], y[idx], 1)
+        curves.append(a + b * grid)
+    low, high = np.percentile(np.asarray(curves), [2.5, 97.5], axis=0)
+    return {"slope": float(slope), "intercept": float(intercept), "x": 10 ** grid,
+            "y": intercept + slope * grid, "low": low, "high": high}
