@@ -130,3 +130,22 @@ def test_malformed_corpus_is_exit_2_naming_file_and_line(tmp_path, capsys):
 def test_report_command_rebuilds_the_report(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.sqlite" in capsys.readouterr().err
+
+
+def test_lora_trials_train_adapters_only_and_report_their_size(tmp_path):
+    raw = tiny_study(**{"finetune.method": ["full", "lora"]})
+    raw["finetune"]["lora"] = {"rank": 4, "alpha": 8, "dropout": 0.0}
+    out = tmp_path / "s"
+    assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+    infos = {json.loads(p.read_text())["info"]["method"]: json.loads(p.read_text())["info"]
+             for p in (out / "trials").glob("*/result.json")}
+    assert infos["full"]["trainable_parameters"] == infos["full"]["parameters"]
+    assert 0 < infos["lora"]["trainable_parameters"] < infos["lora"]["parameters"] / 4
+    assert infos["lora"]["parameters"] == infos["full"]["parameters"]  # merged back into a plain model
+    rows = _rows(out)
+    assert {r["method"] for r in rows} == {"full", "lora"}
+    lora_ft = [float(r["finetuned"]) for r in rows if r["method"] == "lora" and r["metric"] == "chrf"]
+    lora_base = [float(r["base"]) for r in rows if r["method"] == "lora" and r["metric"] == "chrf"]
+    assert lora_ft != lora_base  # the adapters changed the model
+    summary = (out / "report" / "summary.md").read_text()
+    assert "tiny:small lora n=32" in summary

@@ -47,15 +47,8 @@ def load_seq2seq(path: str | Path, trust_remote_code: bool = False):
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Number of (trainable) parameters, counting tied weights once."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+    """Number of (trainable) parameters; ``parameters()`` already counts tied weights once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def _first_line(exc: Exception) -> str:

@@ -40,6 +40,10 @@ class TinySpec:
     dropout: float = 0.0  # the synthetic world has far more examples than a tiny model can memorise
 
 
+# Bumped whenever the pre-training recipe (tokenizer, architecture defaults, training loop)
+# changes the weights it produces, so cached bases from older recipes are not reused.
+RECIPE_VERSION = 2
+
 # Step counts, not wall time, bound pre-training, so a base is the same on every machine.
 # The sizes differ by more than 4x in parameters; each reaches a usable quality on the
 # synthetic world within its budget.
@@ -95,6 +99,7 @@ def tiny_base(
     train_ids = fingerprint([s.id for s in splits.train])
     key = fingerprint(
         {
+            "recipe": RECIPE_VERSION,
             "spec": asdict(spec),
             "steps": steps,
             "corpus": corpus.fingerprint(),

@@ -50,12 +50,22 @@ class CorpusConfig(_Strict):
     split_seed: int = 0
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters (peft). ``target_modules`` unset: attention and MLP projections, found by name."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | None = None
+
+
 class FinetuneConfig(_Strict):
     """What a trial fine-tunes on, and how."""
 
     directions: list[str] | None = None  # None: English (or the most frequent) ↔ first half of the others
     size: int = Field(1000, ge=1)  # training examples (sentence pairs), spread evenly over directions
-    method: Literal["full"] = "full"
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = LoraConfig()
     lr: float = Field(1e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, ge=1)

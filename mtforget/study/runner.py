@@ -38,6 +38,7 @@ from mtforget.evaluate.lid import CorpusLanguageIdentifier
 from mtforget.evaluate.metrics import signatures
 from mtforget.models.language import LanguageTokens, add_language_tokens
 from mtforget.models.loading import count_parameters, default_device, load_seq2seq
+from mtforget.models.lora import apply_lora, merge_lora
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.executors import run_trials
@@ -213,10 +214,14 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
                              seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every)
+    if ft.method == "lora":
+        model = apply_lora(model, ft.lora.rank, ft.lora.alpha, ft.lora.dropout, ft.lora.target_modules)
+    trainable = count_parameters(model, trainable_only=True)
     hook = (lambda step, loss: loss_hook(trial, step, loss)) if loss_hook else None
     outcome = train(model, control, examples, settings, dev=dev, desc=f"fine-tune {trial.id}",
                     progress=progress, loss_hook=hook, checkpoint_dir=trial_dir / "checkpoint",
                     log_dir=trial_dir / "tensorboard" if cfg.tensorboard else None)
+    model = merge_lora(model)  # evaluate a plain model: adapters folded into the weights
     timings["finetune"] = _lap(clock)
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
@@ -235,7 +240,8 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "model": trial.model_label,
         "base_dir": str(base_dir),
         "parameters": count_parameters(model),
-        "trainable_parameters": count_parameters(model, trainable_only=True),
+        "trainable_parameters": trainable,
+        "method": ft.method,
         "finetune_directions": [f"{s}-{t}" for s, t in directions],
         "finetune_examples": len(examples),
         "languages": languages,

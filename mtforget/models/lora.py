@@ -1,0 +1,51 @@
+"""LoRA adapters over any Hugging Face model, through peft.
+
+The default target modules are the attention and MLP projections of the architecture, found by
+the names its linear layers carry (Bart/M2M/NLLB/Marian/mBART, Llama/Qwen/Mistral, T5, GPT-2
+families), so a new model of a known family needs no configuration.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+
+# Leaf names of attention and MLP projections per family; whichever occur in a model are targeted.
+PROJECTION_NAMES = (
+    "q_proj", "k_proj", "v_proj", "out_proj", "o_proj",  # attention (Bart/M2M family, Llama family)
+    "fc1", "fc2",  # MLP, Bart/M2M family
+    "gate_proj", "up_proj", "down_proj",  # MLP, Llama/Qwen family
+    "q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1",  # T5 family
+    "c_attn", "c_proj", "c_fc",  # GPT-2 family
+)
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """Projection names present as linear (or GPT-2 Conv1D) layers in ``model``, in a stable order."""
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    found = [name for name in PROJECTION_NAMES if name in present]
+    if not found:
+        raise ValueError("no known attention/MLP projection layers: set finetune.lora.target_modules")
+    return found
+
+
+def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float,
+               target_modules: list[str] | None = None) -> torch.nn.Module:
+    """Wrap ``model`` with LoRA adapters; only the adapters are trainable afterwards.
+
+    LayerDrop is switched off: with few layers a step could otherwise skip every adapter.
+    """
+    config = model.config
+    for key in ("encoder_layerdrop", "decoder_layerdrop", "layerdrop"):
+        if getattr(config, key, 0):
+            setattr(config, key, 0.0)
+    task = TaskType.SEQ_2_SEQ_LM if getattr(config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task,
+                      target_modules=target_modules or default_target_modules(model))
+    return get_peft_model(model, lora)
+
+
+def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold the adapters into the base weights (a plain model again, for fast evaluation)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
