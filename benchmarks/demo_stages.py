@@ -21,8 +21,7 @@ from mtforget.data.splits import direction_examples, sample_directions, split_by
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
 from mtforget.evaluate.generate import translate
 from mtforget.evaluate.lid import CorpusLanguageIdentifier
-from mtforget.models.language import LanguageTokens
-from mtforget.models.loading import load_seq2seq
+from mtforget.models.loading import load_model, make_control
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import apply_overrides, parse_study
 from mtforget.study.demo import demo_study
@@ -60,9 +59,9 @@ def main() -> None:
     splits = split_by_id(corpus, study.corpus.dev_size, study.corpus.test_size, study.corpus.split_seed)
     base_dir = timed(f"pre-train tiny:{tiny}", lambda: tiny_base(tiny, corpus, splits, 0,
                                                                  study.model.pretrain_steps, progress=False))
-    model, tokenizer = load_seq2seq(base_dir)
-    control = LanguageTokens(tokenizer)
+    model, tokenizer = load_model(base_dir)
     languages = list(corpus.languages)
+    control, _ = make_control(model, tokenizer, languages)
     lid = timed("train language identifier", lambda: CorpusLanguageIdentifier.train(splits.train, languages))
     directions = [(s, t) for s in languages for t in languages if s != t]
     settings = EvalSettings(study.eval.max_sentences, study.eval.batch_size, study.eval.max_new_tokens)

@@ -1,37 +1,80 @@
-"""Language control for encoder-decoder models steered by language tokens (M2M-100 convention).
+"""Language control for encoder-decoder models steered by language tokens.
 
-The source sentence is ``__src__ tokens </s>`` on the encoder side; the decoder starts from the
-decoder start token and is forced to emit ``__tgt__`` first, then the translation. A language the
-tokenizer lacks gets a new token, and the model's embeddings are resized to hold it.
+Each family spells its tokens its own way, and the convention is detected from the tokenizer:
+
+- M2M-100 (and the built-in tiny bases): ``__de__``; NLLB: ``deu_Latn``; mBART-50: ``de_DE``.
+  The source is ``<src> tokens </s>``; the decoder is forced to emit ``<tgt>`` first.
+- Marian multilingual: ``>>deu<<`` in front of the *source* names the target language; the target
+  side carries no language token.
+
+A language the tokenizer lacks gets a new token, and the model's embeddings are resized to hold it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from mtforget.data.splits import Example
+from mtforget.models.languages import iso639_3, mbart_code, nllb_code
+
+CONVENTIONS = ("m2m", "nllb", "mbart", "marian")
 
 
 def language_token(code: str) -> str:
-    """The token that names a language: ``__en__``, ``__pt_BR__``."""
+    """The M2M-100 style token of a language: ``__en__``, ``__pt_BR__``."""
     return f"__{code}__"
+
+
+def detect_convention(tokenizer) -> str:
+    """Which language-token convention a tokenizer follows (M2M-100 when nothing else matches)."""
+    vocab = tokenizer.get_vocab()
+    if any(tok.startswith(">>") and tok.endswith("<<") for tok in vocab):
+        return "marian"
+    if "eng_Latn" in vocab:
+        return "nllb"
+    if "en_XX" in vocab:
+        return "mbart"
+    return "m2m"
 
 
 @dataclass
 class LanguageTokens:
-    """Encodes examples for a language-token encoder-decoder and names its target tokens."""
+    """Encodes examples for a language-token encoder-decoder and generates translations."""
 
     tokenizer: object
+    convention: str = "m2m"
     max_length: int = 128
+    _ids: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, max_length: int = 128) -> LanguageTokens:
+        """A control with the convention the tokenizer follows."""
+        return cls(tokenizer, detect_convention(tokenizer), max_length)
+
+    def token(self, code: str) -> str:
+        """The spelling of ``code``'s language token in this convention."""
+        if self.convention == "nllb":
+            return nllb_code(code)
+        if self.convention == "mbart":
+            return mbart_code(code)
+        if self.convention == "marian":
+            vocab = self.tokenizer.get_vocab()
+            for candidate in (f">>{iso639_3(code)}<<", f">>{code}<<"):
+                if candidate in vocab:
+                    return candidate
+            return f">>{iso639_3(code)}<<"
+        return language_token(code)
 
     def token_id(self, code: str) -> int:
         """Id of the language token of ``code``; a KeyError if the tokenizer lacks it."""
-        tid = self.tokenizer.convert_tokens_to_ids(language_token(code))
-        if tid is None or tid == self.tokenizer.unk_token_id:
-            raise KeyError(code)
-        return tid
+        if code not in self._ids:
+            tid = self.tokenizer.convert_tokens_to_ids(self.token(code))
+            if tid is None or tid == self.tokenizer.unk_token_id:
+                raise KeyError(code)
+            self._ids[code] = tid
+        return self._ids[code]
 
     def has(self, code: str) -> bool:
         """Whether the tokenizer has a token for ``code``."""
@@ -41,58 +84,72 @@ class LanguageTokens:
             return False
         return True
 
-    def encode(self, texts: list[str], langs: list[str]) -> list[list[int]]:
-        """``__lang__ tokens </s>`` for each text, truncated to ``max_length``.
-
-        The same layout serves sources (encoder input) and targets (labels, which the model
-        shifts right behind its decoder start token).
-        """
+    def _encode(self, texts: list[str], prefixes: list[int | None]) -> list[list[int]]:
         eos = self.tokenizer.eos_token_id
-        lang_ids = {lang: self.token_id(lang) for lang in set(langs)}
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [[lang_ids[lang], *seq[: self.max_length - 2], eos] for seq, lang in zip(ids, langs)]
+        return [([p] if p is not None else []) + seq[: self.max_length - 2] + [eos] for seq, p in zip(ids, prefixes)]
+
+    def encode_sources(self, texts: list[str], src_langs: list[str], tgt_langs: list[str]) -> list[list[int]]:
+        """Encoder inputs: ``<src> tokens </s>`` (Marian: ``>>tgt<< tokens </s>``)."""
+        langs = tgt_langs if self.convention == "marian" else src_langs
+        return self._encode(texts, [self.token_id(lang) for lang in langs])
+
+    def encode_targets(self, texts: list[str], tgt_langs: list[str]) -> list[list[int]]:
+        """Labels: ``<tgt> tokens </s>`` (Marian: ``tokens </s>``); the model shifts them right."""
+        if self.convention == "marian":
+            return self._encode(texts, [None] * len(texts))
+        return self._encode(texts, [self.token_id(lang) for lang in tgt_langs])
 
     def batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """A padded training batch (padding to the longest sequence of this batch only)."""
-        sources = self.encode([ex.src for ex in examples], [ex.src_lang for ex in examples])
-        targets = self.encode([ex.tgt for ex in examples], [ex.tgt_lang for ex in examples])
+        sources = self.encode_sources([ex.src for ex in examples], [ex.src_lang for ex in examples],
+                                      [ex.tgt_lang for ex in examples])
+        targets = self.encode_targets([ex.tgt for ex in examples], [ex.tgt_lang for ex in examples])
         input_ids, attention_mask = pad(sources, self.tokenizer.pad_token_id)
         labels, _ = pad(targets, -100)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
+    @torch.no_grad()
+    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:
+        """Greedy translations of one batch of sentences."""
+        device = next(model.parameters()).device
+        encoded = self.encode_sources(texts, [src_lang] * len(texts), [tgt_lang] * len(texts))
+        input_ids, attention_mask = pad(encoded, self.tokenizer.pad_token_id)
+        forced = {} if self.convention == "marian" else {"forced_bos_token_id": self.token_id(tgt_lang)}
+        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **forced)
+        return [" ".join(t.split()) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
-def pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence; returns ids and the attention mask."""
+
+def pad(seqs: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence (right, or left for decoder-only prompts); ids and attention mask."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, seq in enumerate(seqs):
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[i, span] = torch.tensor(seq, dtype=torch.long)
+        mask[i, span] = 1
     return ids, mask
 
 
-def add_language_tokens(model, tokenizer, codes: list[str]) -> list[str]:
+def add_language_tokens(model, control: LanguageTokens, codes: list[str]) -> list[str]:
     """Give the tokenizer a token for every language it lacks and resize the model to match.
 
-    New embeddings start at the mean of the existing language tokens' embeddings, so a new
-    language begins as "some language" rather than as noise. Returns the codes that were added.
+    New embeddings start at the mean of the existing language tokens' embeddings (or of all
+    embeddings when there are none), so a new language begins as "some language" rather than as
+    noise. Returns the codes that were added.
     """
-    control = LanguageTokens(tokenizer)
     missing = [c for c in codes if not control.has(c)]
     if not missing:
         return []
-    existing = [
-        tid
-        for tok, tid in tokenizer.get_vocab().items()
-        if tok.startswith("__") and tok.endswith("__") and len(tok) > 4
-    ]
-    tokenizer.add_special_tokens({"additional_special_tokens": [language_token(c) for c in missing]},
-                                 replace_additional_special_tokens=False)
+    existing = [control.token_id(c) for c in codes if c not in missing]
+    control.tokenizer.add_tokens([control.token(c) for c in missing], special_tokens=True)
     old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tokenizer))
+    if len(control.tokenizer) > old:  # some checkpoints already have spare rows beyond the vocabulary
+        model.resize_token_embeddings(len(control.tokenizer))
+    new_ids = [control.token_id(c) for c in missing]
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
-        init = emb[existing].mean(0) if existing else emb[:old].mean(0)
-        emb[old:] = init
+        emb[new_ids] = emb[existing].mean(0) if existing else emb[:old].mean(0)
     return missing

@@ -1,13 +1,16 @@
-"""Loading encoder-decoder translation checkpoints: safetensors only, no remote code by default."""
+"""Loading translation checkpoints (encoder-decoder or decoder-only): safetensors only, no remote
+code by default, and the language control that fits each."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mtforget.errors import UsageError
+from mtforget.models.instruction import InstructionControl
+from mtforget.models.language import LanguageTokens, add_language_tokens
 
 
 def default_device() -> torch.device:
@@ -15,12 +18,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_seq2seq(path: str | Path, trust_remote_code: bool = False):
-    """Load an encoder-decoder model and its tokenizer from a local directory or a hub id.
+def load_model(path: str | Path, trust_remote_code: bool = False, gradient_checkpointing: bool = False):
+    """Load an encoder-decoder or decoder-only model and its tokenizer, by local path or hub id.
 
     Weights load from safetensors only (``use_safetensors=True``): a pickle checkpoint is refused,
-    since unpickling runs arbitrary code. Returns ``(model, tokenizer)`` with the model in float32
-    on the CPU; callers move it.
+    since unpickling runs arbitrary code. The dtype is bfloat16 on a GPU that supports it, float32
+    otherwise; the model stays on the CPU and callers move it.
     """
     where = str(path)
     local = Path(where)
@@ -33,17 +36,30 @@ def load_seq2seq(path: str | Path, trust_remote_code: bool = False):
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UsageError(f"model.path: cannot load a model config from {where!r} ({_first_line(exc)})") from None
-    if not getattr(config, "is_encoder_decoder", False):
-        raise UsageError(
-            f"model.path: {where} is a {config.model_type} model; this version supports encoder-decoder "
-            "translation models (M2M-100 style language tokens)"
-        )
-    model = AutoModelForSeq2SeqLM.from_pretrained(
-        where, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        model = auto.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"model.path: cannot load {where!r} as a translation model ({_first_line(exc)})") from None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.eval()
     return model, tokenizer
+
+
+def make_control(model, tokenizer, languages: list[str], names: dict[str, str] | None = None):
+    """The language control that fits the model, and the language tokens it had to add.
+
+    Encoder-decoder models get language tokens in their own family's spelling (missing ones are
+    added, embeddings resized); decoder-only models get instructions, through the chat template
+    when the tokenizer has one.
+    """
+    if getattr(model.config, "is_encoder_decoder", False):
+        control = LanguageTokens.for_tokenizer(tokenizer)
+        return control, add_language_tokens(model, control, languages)
+    return InstructionControl(tokenizer, names=names or {}), []
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

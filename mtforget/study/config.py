@@ -27,6 +27,7 @@ class ModelConfig(_Strict):
     tiny: Literal["small", "base"] | None = "small"
     path: str | None = None
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
     seed: int = 0  # initialisation and pre-training order of a tiny base
     pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
 

@@ -36,8 +36,7 @@ from mtforget.errors import UsageError
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import CorpusLanguageIdentifier
 from mtforget.evaluate.metrics import signatures
-from mtforget.models.language import LanguageTokens, add_language_tokens
-from mtforget.models.loading import count_parameters, default_device, load_seq2seq
+from mtforget.models.loading import count_parameters, default_device, load_model, make_control
 from mtforget.models.lora import apply_lora, merge_lora
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
@@ -189,13 +188,12 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     base_dir = _base_model(cfg, corpus, splits, progress)
     timings["base_model"] = _lap(clock)
     clock = time.perf_counter()
-    model, tokenizer = load_seq2seq(base_dir, trust_remote_code=cfg.model.trust_remote_code)
-    added = add_language_tokens(model, tokenizer, languages)
+    model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
+    control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus))
     if added:
         log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
     device = default_device()
     model.to(device)
-    control = LanguageTokens(tokenizer)
 
     eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens)
     all_directions = [(s, t) for s in languages for t in languages if s != t]
@@ -246,6 +244,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "finetune_examples": len(examples),
         "languages": languages,
         "added_language_tokens": added,
+        "architecture": "encoder-decoder" if model.config.is_encoder_decoder else "decoder-only",
+        "language_control": getattr(control, "convention", None)
+        or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
         "lid_accuracy": lid_accuracy,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -306,6 +307,14 @@ def _corpus_and_splits(cfg: CorpusConfig, shared: TrialMemo) -> tuple[Corpus, Sp
         corpus = read_jsonl(path)
         shared.corpora[key] = (corpus, split_by_id(corpus, cfg.dev_size, cfg.test_size, cfg.split_seed))
     return shared.corpora[key]
+
+
+def _language_names(cfg: CorpusConfig) -> dict[str, str]:
+    """Names for instructions: the synthetic world's invented ones (real codes use the registry)."""
+    if cfg.path:
+        return {}
+    world = SyntheticWorld(seed=cfg.synthetic.seed, n_languages=cfg.synthetic.languages)
+    return {lang.code: lang.name for lang in world.languages}
 
 
 def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:

@@ -1,0 +1,101 @@
+"""Language control for decoder-only LLMs: a natural-language instruction.
+
+"Translate the following sentence from German to Czech." goes in the system turn of the
+tokenizer's chat template when it has one (instruction-tuned models), or in a plain prompt when it
+has none (base models). Loss is on the target tokens only; generation stops at the end of the
+assistant turn (chat) or at the end of the line (plain), and only the new tokens are decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mtforget.data.splits import Example
+from mtforget.models.language import pad
+from mtforget.models.languages import language_name
+
+INSTRUCTION = "Translate the following sentence from {src} to {tgt}."
+_MARK = "\x00MTFORGET\x00"  # stands for the assistant's text while reading the template's turn ending
+
+
+@dataclass
+class InstructionControl:
+    """Encodes examples for a decoder-only model and generates translations."""
+
+    tokenizer: object
+    names: dict[str, str] = field(default_factory=dict)  # language names beyond the registry's
+    max_length: int = 256
+    use_chat: bool | None = None  # None: the chat template when the tokenizer has one
+    _turn_end: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.use_chat is None:
+            self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
+        if self.tokenizer.pad_token_id is None:
+            # Decoder-only tokenizers often lack a pad token; padding is masked anyway.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.use_chat:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _MARK}], tokenize=False)
+            ending = rendered.split(_MARK, 1)[1]
+            self._turn_end = self.tokenizer(ending, add_special_tokens=False)["input_ids"]
+        else:
+            self._turn_end = self.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a translation."""
+        stops = [self.tokenizer.eos_token_id] + self._turn_end[:1]
+        return list(dict.fromkeys(t for t in stops if t is not None))
+
+    def instruction(self, src: str, tgt: str) -> str:
+        """The instruction for ``src→tgt`` with language names ("... from German to Czech.")."""
+        return INSTRUCTION.format(src=language_name(src, self.names), tgt=language_name(tgt, self.names))
+
+    def prompt(self, text: str, src: str, tgt: str) -> list[int]:
+        """Token ids of everything before the translation."""
+        if self.use_chat:
+            messages = [{"role": "system", "content": self.instruction(src, tgt)}, {"role": "user", "content": text}]
+            try:
+                rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception:  # noqa: BLE001 - some templates refuse a system turn: fold it into the user's
+                merged = [{"role": "user", "content": f"{self.instruction(src, tgt)}\n{text}"}]
+                rendered = self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            plain = f"{self.instruction(src, tgt)}\n{language_name(src, self.names)}: {text}\n" \
+                    f"{language_name(tgt, self.names)}:"
+            ids = self.tokenizer(plain)["input_ids"]
+        return ids[-(self.max_length // 2):]
+
+    def target(self, text: str) -> list[int]:
+        """Token ids of the translation and what ends it (the turn ending, or a newline and eos)."""
+        ids = self.tokenizer(text if self.use_chat else " " + text, add_special_tokens=False)["input_ids"]
+        ending = self._turn_end if self.use_chat else self._turn_end + [self.tokenizer.eos_token_id]
+        return ids[: self.max_length // 2 - len(ending)] + ending
+
+    def batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """Prompt + target per example, right-padded; labels only on the target."""
+        seqs, labels = [], []
+        for ex in examples:
+            prompt, target = self.prompt(ex.src, ex.src_lang, ex.tgt_lang), self.target(ex.tgt)
+            seqs.append(prompt + target)
+            labels.append([-100] * len(prompt) + target)
+        input_ids, attention_mask = pad(seqs, self.tokenizer.pad_token_id)
+        label_ids, _ = pad(labels, -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+
+    @torch.no_grad()
+    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:
+        """Greedy translations of one batch: left-padded prompts, new tokens only, first line only."""
+        device = next(model.parameters()).device
+        prompts = [self.prompt(t, src_lang, tgt_lang) for t in texts]
+        input_ids, attention_mask = pad(prompts, self.tokenizer.pad_token_id, left=True)
+        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                   eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+        new = generated[:, input_ids.shape[1]:]
+        texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [" ".join(t.strip().split("\n", 1)[0].split()) for t in texts_out]

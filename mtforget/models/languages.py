@@ -1,0 +1,72 @@
+"""A registry of language codes: the study's codes (BCP-47-like) mapped to names, ISO 639-3 codes,
+scripts, and the spellings each model family uses for its language tokens.
+
+Study codes are ``en``, ``pt_BR``, ``zh_Hans``; NLLB wants ``por_Latn``, mBART-50 ``pt_XX``,
+Marian ``>>por<<``, and an instruction wants "Portuguese".
+"""
+
+from __future__ import annotations
+
+# code: (English name, ISO 639-3, default script)
+LANGUAGES: dict[str, tuple[str, str, str]] = {
+    "af": ("Afrikaans", "afr", "Latn"), "ar": ("Arabic", "arb", "Arab"), "bg": ("Bulgarian", "bul", "Cyrl"),
+    "bn": ("Bengali", "ben", "Beng"), "ca": ("Catalan", "cat", "Latn"), "cs": ("Czech", "ces", "Latn"),
+    "da": ("Danish", "dan", "Latn"), "de": ("German", "deu", "Latn"), "el": ("Greek", "ell", "Grek"),
+    "en": ("English", "eng", "Latn"), "es": ("Spanish", "spa", "Latn"), "et": ("Estonian", "est", "Latn"),
+    "eu": ("Basque", "eus", "Latn"), "fa": ("Persian", "pes", "Arab"), "fi": ("Finnish", "fin", "Latn"),
+    "fr": ("French", "fra", "Latn"), "gl": ("Galician", "glg", "Latn"), "he": ("Hebrew", "heb", "Hebr"),
+    "hi": ("Hindi", "hin", "Deva"), "hr": ("Croatian", "hrv", "Latn"), "hu": ("Hungarian", "hun", "Latn"),
+    "id": ("Indonesian", "ind", "Latn"), "is": ("Icelandic", "isl", "Latn"), "it": ("Italian", "ita", "Latn"),
+    "ja": ("Japanese", "jpn", "Jpan"), "ka": ("Georgian", "kat", "Geor"), "ko": ("Korean", "kor", "Hang"),
+    "lt": ("Lithuanian", "lit", "Latn"), "lv": ("Latvian", "lvs", "Latn"), "mk": ("Macedonian", "mkd", "Cyrl"),
+    "nb": ("Norwegian Bokmål", "nob", "Latn"), "nl": ("Dutch", "nld", "Latn"), "nn": ("Norwegian Nynorsk", "nno", "Latn"),
+    "pl": ("Polish", "pol", "Latn"), "pt": ("Portuguese", "por", "Latn"), "ro": ("Romanian", "ron", "Latn"),
+    "ru": ("Russian", "rus", "Cyrl"), "sk": ("Slovak", "slk", "Latn"), "sl": ("Slovenian", "slv", "Latn"),
+    "sr": ("Serbian", "srp", "Cyrl"), "sv": ("Swedish", "swe", "Latn"), "sw": ("Swahili", "swh", "Latn"),
+    "ta": ("Tamil", "tam", "Taml"), "th": ("Thai", "tha", "Thai"), "tr": ("Turkish", "tur", "Latn"),
+    "uk": ("Ukrainian", "ukr", "Cyrl"), "ur": ("Urdu", "urd", "Arab"), "vi": ("Vietnamese", "vie", "Latn"),
+    "zh": ("Chinese", "zho", "Hans"),
+}
+
+# mBART-50's language codes (its tokenizer's spelling), by ISO 639-1.
+MBART50 = {
+    "ar": "ar_AR", "cs": "cs_CZ", "de": "de_DE", "en": "en_XX", "es": "es_XX", "et": "et_EE", "fi": "fi_FI",
+    "fr": "fr_XX", "gl": "gl_ES", "he": "he_IL", "hi": "hi_IN", "hr": "hr_HR", "id": "id_ID", "it": "it_IT",
+    "ja": "ja_XX", "ka": "ka_GE", "ko": "ko_KR", "lt": "lt_LT", "lv": "lv_LV", "mk": "mk_MK", "nl": "nl_XX",
+    "fa": "fa_IR", "pl": "pl_PL", "pt": "pt_XX", "ro": "ro_RO", "ru": "ru_RU", "sl": "sl_SI", "sv": "sv_SE",
+    "sw": "sw_KE", "ta": "ta_IN", "th": "th_TH", "tr": "tr_TR", "uk": "uk_UA", "ur": "ur_PK", "vi": "vi_VN",
+    "zh": "zh_CN", "bn": "bn_IN", "af": "af_ZA",
+}
+
+
+def _split(code: str) -> tuple[str, str | None]:
+    base, _, rest = code.partition("_")
+    script = next((part for part in rest.split("_") if len(part) == 4), None) if rest else None
+    return base.lower(), script
+
+
+def language_name(code: str, names: dict[str, str] | None = None) -> str:
+    """The English name of ``code`` for instructions ("German"); the code itself if unknown."""
+    if names and code in names:
+        return names[code]
+    base, _ = _split(code)
+    return LANGUAGES[base][0] if base in LANGUAGES else code
+
+
+def iso639_3(code: str) -> str:
+    """ISO 639-3 code (``deu``); a 3-letter study code is returned as is."""
+    base, _ = _split(code)
+    return LANGUAGES[base][1] if base in LANGUAGES else base
+
+
+def nllb_code(code: str) -> str:
+    """FLORES-200/NLLB spelling: ``deu_Latn``, ``zho_Hant`` for ``zh_Hant``."""
+    base, script = _split(code)
+    default = LANGUAGES[base][2] if base in LANGUAGES else "Latn"
+    return f"{iso639_3(code)}_{script or default}"
+
+
+def mbart_code(code: str) -> str:
+    """mBART-50 spelling (``de_DE``); unknown languages get ``xx_XX`` so a new token can be added."""
+    base, _ = _split(code)
+    return MBART50.get(base, f"{base}_XX")
