@@ -139,3 +139,14 @@ def test_instruction_prompts_mask_everything_but_the_target(chat):
     assert control.stop_ids[0] == tok.eos_token_id
     if chat:
         assert tok.convert_tokens_to_ids("<|im_end|>") in control.stop_ids
+
+
+def test_lora_switches_layerdrop_off_in_the_modules(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from mtforget.models.lora import apply_lora
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(build_checkpoint("nllb", tmp_path / "n"))
+    assert model.model.encoder.layerdrop == 0.05
+    wrapped = apply_lora(model, rank=2, alpha=4, dropout=0.0)
+    assert all(getattr(m, "layerdrop", 0) == 0 for m in wrapped.modules())

@@ -40,6 +40,9 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float,
     for key in ("encoder_layerdrop", "decoder_layerdrop", "layerdrop"):
         if getattr(config, key, 0):
             setattr(config, key, 0.0)
+    for module in model.modules():  # encoders/decoders copy the rate from the config at init
+        if getattr(module, "layerdrop", 0):
+            module.layerdrop = 0.0
     task = TaskType.SEQ_2_SEQ_LM if getattr(config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task,
                       target_modules=target_modules or default_target_modules(model))

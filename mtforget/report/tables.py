@@ -117,13 +117,17 @@ def direction_matrix(trials: list[dict], rows: list[dict], condition: str,
 def axis_comparisons(summaries: list[TrialSummary], resamples: int = 2000) -> dict[str, list[dict]]:
     """For each condition axis with several values, the mean unseen chrF delta per value.
 
-    Axes are the trial columns (model, method) and every grid key except the seed and the data
-    size (which has its own plot). Means are over trials, with a bootstrap interval.
+    Axes are the trial columns (model, method), the architecture and language control each trial
+    recorded, and every grid key except the seed and the data size (which has its own plot).
+    Means are over trials, with a bootstrap interval.
     """
     axes: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in summaries:
         axes["model"][s.model].append(s.unseen_chrf)
         axes["method"][s.method].append(s.unseen_chrf)
+        for fact in ("architecture", "language_control"):
+            if s.info.get(fact):
+                axes[fact.replace("_", " ")][json.dumps(s.info[fact])].append(s.unseen_chrf)
         for key, value in s.grid.items():
             if key not in ("seed", "finetune.size", "model.tiny", "model.path", "finetune.method"):
                 axes[key][json.dumps(value)].append(s.unseen_chrf)
