@@ -20,7 +20,7 @@ from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, sample_directions, split_by_id
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
 from mtforget.evaluate.generate import translate
-from mtforget.evaluate.lid import CorpusLanguageIdentifier
+from mtforget.evaluate.lid import make_identifier
 from mtforget.models.loading import load_model, make_control
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import apply_overrides, parse_study
@@ -62,7 +62,7 @@ def main() -> None:
     model, tokenizer = load_model(base_dir)
     languages = list(corpus.languages)
     control, _ = make_control(model, tokenizer, languages)
-    lid = timed("train language identifier", lambda: CorpusLanguageIdentifier.train(splits.train, languages))
+    lid = timed("train language identifier", lambda: make_identifier(splits.train, languages))
     directions = [(s, t) for s in languages for t in languages if s != t]
     settings = EvalSettings(study.eval.max_sentences, study.eval.batch_size, study.eval.max_new_tokens)
     evaluation = timed("evaluate base (all directions)",

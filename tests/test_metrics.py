@@ -1,30 +1,85 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import sacrebleu
 
-from mtforget.evaluate.lid import off_target_rate
-from mtforget.evaluate.metrics import score, signatures
+from mtforget.data.corpus import Segment
+from mtforget.evaluate.lid import CorpusLanguageIdentifier, PyLangIdentifier, make_identifier, same_language
+from mtforget.evaluate.metrics import bleu_tokenizer, score, signatures
 
 HYPS = ["the cat sat on the mat", "a dog barks loudly at night", "", "green green green fish"]
 REFS = ["the cat is sitting on the mat", "the dog barks loudly at night", "nothing here", "nine green fish"]
+ZH_HYPS = ["我喜欢吃苹果。", "今天天气很好", "他去学校了"]
+ZH_REFS = ["我很喜欢吃苹果。", "今天的天气很好", "他已经去学校了"]
 
 
 def test_scores_equal_sacrebleu_reference_implementation():
-    ours = score(HYPS, REFS)
+    ours = score(HYPS, REFS, "en")
     assert ours["chrf"] == sacrebleu.corpus_chrf(HYPS, [REFS]).score
-    assert ours["bleu"] == sacrebleu.corpus_bleu(HYPS, [REFS], use_effective_order=True).score
+    assert ours["chrf++"] == sacrebleu.corpus_chrf(HYPS, [REFS], word_order=2).score
+    assert ours["bleu"] == sacrebleu.corpus_bleu(HYPS, [REFS]).score
     assert 0 < ours["bleu"] < ours["chrf"] < 100
+    zh = score(ZH_HYPS, ZH_REFS, "zh_Hans")
+    assert zh["bleu"] == sacrebleu.corpus_bleu(ZH_HYPS, [ZH_REFS], tokenize="zh").score
+
+
+@pytest.mark.parametrize("hyps, refs, target", [(HYPS, REFS, "en"), (ZH_HYPS, ZH_REFS, "zh")])
+def test_scores_equal_sacrebleu_command_line(tmp_path, hyps, refs, target):
+    (tmp_path / "hyp.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
+
+    def cli(*args: str) -> float:
+        out = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i",
+                              str(tmp_path / "hyp.txt"), "-b", "-w", "6", *args],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout.strip())
+
+    ours = score(hyps, refs, target)
+    assert ours["bleu"] == pytest.approx(cli("-m", "bleu", "-tok", bleu_tokenizer(target)), abs=1e-6)
+    assert ours["chrf"] == pytest.approx(cli("-m", "chrf"), abs=1e-6)
+    assert ours["chrf++"] == pytest.approx(cli("-m", "chrf", "--chrf-word-order", "2"), abs=1e-6)
 
 
 def test_identical_output_scores_100():
     perfect = score(REFS, REFS)
-    assert perfect["chrf"] == pytest.approx(100.0) and perfect["bleu"] == pytest.approx(100.0)
+    assert all(v == pytest.approx(100.0) for v in perfect.values())
+
+
+def test_bleu_tokenizer_follows_the_target_language():
+    assert bleu_tokenizer("zh_Hant") == "zh" and bleu_tokenizer("de") == "13a"
+    assert bleu_tokenizer("ja") in ("ja-mecab", "char")
 
 
 def test_signatures_name_the_settings():
-    sig = signatures()
-    assert "nc:6" in sig["chrf"] and "version:" in sig["chrf"]
-    assert "tok:13a" in sig["bleu"]
+    sig = signatures(["en", "zh"])
+    assert "nc:6" in sig["chrf"] and "nw:2" in sig["chrf++"] and "version:" in sig["chrf"]
+    assert "tok:13a" in sig["bleu"] and "tok:zh" in sig["bleu[zh]"]
 
 
-def test_off_target_rate_counts_empty_as_off_target():
-    assert off_target_rate(["de", "de", None, "en"], "de") == 0.5
+def test_confusable_groups_count_as_on_target():
+    assert same_language("sr", "hr") and same_language("nn", "nb") and same_language("da", "nb")
+    assert same_language("pt", "pt_BR")
+    assert not same_language("de", "nl") and not same_language(None, "de")
+
+
+def test_py3langid_restricted_to_study_languages_with_abstention():
+    lid = make_identifier([], ["en", "de", "hr", "sr"])
+    assert isinstance(lid, PyLangIdentifier)
+    outputs = ["Guten Morgen, wie geht es dir heute?", "Dobro jutro, kako si danas, prijatelju?",
+               "Good morning, how are you today?", "", "ok"]  # "ok" is too short to judge
+    assert lid.predict(outputs)[:2] == ["de", lid.predict(outputs[1:2])[0]]
+    assert lid.predict(outputs[1:2])[0] in ("hr", "sr")
+    # German target: the Croatian and English lines and the empty one are off-target; "ok" abstains.
+    assert lid.off_target(outputs, "de") == pytest.approx(3 / 4)
+    assert lid.off_target(outputs[1:2], "sr") == 0.0  # hr/sr confusable
+
+
+def test_unknown_languages_fall_back_to_a_corpus_identifier():
+    segs = [Segment(f"s{i}", {"en": f"the big dog number {i} sleeps", "xa": f"co wucon ceke {i} pefo"})
+            for i in range(30)]
+    lid = make_identifier(segs, ["en", "xa"])
+    assert isinstance(lid, CorpusLanguageIdentifier)
+    assert lid.accuracy(segs) == 1.0
+    assert lid.off_target(["co wucon pefo", "the dog sleeps", ""], "xa") == pytest.approx(2 / 3)

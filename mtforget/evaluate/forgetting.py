@@ -10,11 +10,10 @@ from mtforget.data.categories import categorize
 from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
 from mtforget.evaluate.generate import translate
-from mtforget.evaluate.lid import CorpusLanguageIdentifier, off_target_rate
 from mtforget.evaluate.metrics import score
 from mtforget.models.language import LanguageTokens
 
-METRICS = ("chrf", "bleu", "off_target")
+METRICS = ("chrf", "chrf++", "bleu", "off_target")
 
 
 @dataclass(frozen=True)
@@ -31,12 +30,12 @@ def evaluate_directions(
     control: LanguageTokens,
     test: tuple[Segment, ...] | list[Segment],
     directions: list[tuple[str, str]],
-    lid: CorpusLanguageIdentifier,
+    lid,
     settings: EvalSettings,
     desc: str = "evaluate",
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Translate the test split in every direction and score it.
+    """Translate the test split in every direction and score it (``lid``: a language identifier).
 
     Returns ``{"src-tgt": {"chrf", "bleu", "off_target", "n", "hypotheses"}}``; the first
     ``max_sentences`` test segments that have both languages form each direction's test set.
@@ -48,8 +47,8 @@ def evaluate_directions(
             continue
         hyps = translate(model, control, [e.src for e in examples], src, tgt,
                          batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
-        scores = score(hyps, [e.tgt for e in examples])
-        scores["off_target"] = off_target_rate(lid.predict(hyps), tgt)
+        scores = score(hyps, [e.tgt for e in examples], tgt)
+        scores["off_target"] = lid.off_target(hyps, tgt)
         results[f"{src}-{tgt}"] = {**scores, "n": len(examples), "hypotheses": hyps}
     return results
 

@@ -1,27 +1,103 @@
 """Language identification for the off-target rate.
 
-The synthetic languages (and many low-resource ones) are unknown to off-the-shelf identifiers, so
-the identifier is trained on the corpus itself: a multinomial naive Bayes classifier over
-character 1-4-grams (scikit-learn). Its accuracy on held-out sentences is recorded with results.
+Real languages go through py3langid (its model ships inside the wheel), restricted to the study's
+languages; languages of a confusable group (hr/sr/bs, nb/nn/da, ms/id) count as on-target for each
+other, and outputs too short to judge are left out. When the study has languages py3langid does not
+know (the synthetic world, many low-resource ones), the identifier is trained on the corpus itself:
+a multinomial naive Bayes classifier over character 1-4-grams (scikit-learn). Either way its
+accuracy on held-out sentences is recorded with the results.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
 from mtforget.data.corpus import Segment
 
 
+CONFUSABLE = ({"hr", "sr", "bs"}, {"nb", "nn", "no", "da"}, {"ms", "id"})
+
+
+def _base(code: str) -> str:
+    return code.split("_")[0].lower()
+
+
+def same_language(predicted: str | None, target: str) -> bool:
+    """Whether an identified language counts as the target (confusable groups count as one)."""
+    if predicted is None:
+        return False
+    p, t = _base(predicted), _base(target)
+    return p == t or any(p in group and t in group for group in CONFUSABLE)
+
+
+class _Scoring:
+    """What both identifiers share: off-target rate and held-out accuracy from ``predict``."""
+
+    languages: list[str]
+    min_chars: int = 0  # shorter non-empty outputs abstain (are left out of the rate)
+
+    def predict(self, texts: list[str]) -> list[str | None]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def off_target(self, texts: list[str], target: str) -> float:
+        """Fraction of outputs not in ``target``: empty ones count as off-target, short ones abstain."""
+        judged = [(t, p) for t, p in zip(texts, self.predict(texts)) if not t.strip() or len(t.strip()) >= self.min_chars]
+        if not judged:
+            return 0.0
+        return sum(not same_language(p, target) for _, p in judged) / len(judged)
+
+    def accuracy(self, segments: tuple[Segment, ...] | list[Segment]) -> float:
+        """Fraction of held-out sentences (every language of every segment) identified correctly."""
+        texts, labels = [], []
+        for seg in segments:
+            for lang, text in seg.translation.items():
+                if lang in self.languages and len(text) >= self.min_chars:
+                    texts.append(text)
+                    labels.append(lang)
+        predicted = self.predict(texts)
+        return sum(same_language(p, g) for p, g in zip(predicted, labels)) / max(len(labels), 1)
+
+
 @dataclass
-class CorpusLanguageIdentifier:
+class PyLangIdentifier(_Scoring):
+    """py3langid restricted to the study's languages (study codes map to their base subtag)."""
+
+    languages: list[str]
+    identifier: LanguageIdentifier
+    min_chars: int = 12
+    name: str = "py3langid"
+
+    @classmethod
+    def known(cls, languages: list[str]) -> bool:
+        """Whether py3langid knows every one of ``languages``."""
+        classes = set(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)
+        return all(_base(lang) in classes for lang in languages)
+
+    @classmethod
+    def create(cls, languages: list[str]) -> PyLangIdentifier:
+        """An identifier that only chooses among ``languages``."""
+        identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+        identifier.set_languages(sorted({_base(lang) for lang in languages}))
+        return cls(list(languages), identifier)
+
+    def predict(self, texts: list[str]) -> list[str | None]:
+        """The study code whose base language py3langid picks; ``None`` for an empty text."""
+        by_base = {_base(lang): lang for lang in self.languages}
+        return [by_base.get(self.identifier.classify(t)[0]) if t.strip() else None for t in texts]
+
+
+@dataclass
+class CorpusLanguageIdentifier(_Scoring):
     """A character n-gram classifier over the languages of a corpus."""
 
     languages: list[str]
     vectorizer: HashingVectorizer
     classifier: MultinomialNB
+    name: str = "corpus character n-grams"
 
     @classmethod
     def train(cls, segments: tuple[Segment, ...] | list[Segment], languages: list[str],
@@ -52,18 +128,9 @@ class CorpusLanguageIdentifier:
                 out[i] = str(lang)
         return out
 
-    def accuracy(self, segments: tuple[Segment, ...] | list[Segment]) -> float:
-        """Fraction of held-out sentences (every language of every segment) identified correctly."""
-        texts, labels = [], []
-        for seg in segments:
-            for lang, text in seg.translation.items():
-                if lang in self.languages:
-                    texts.append(text)
-                    labels.append(lang)
-        predicted = self.predict(texts)
-        return sum(p == g for p, g in zip(predicted, labels)) / max(len(labels), 1)
 
-
-def off_target_rate(identified: list[str | None], target: str) -> float:
-    """Fraction of outputs not identified as ``target`` (empty outputs count as off-target)."""
-    return sum(lang != target for lang in identified) / max(len(identified), 1)
+def make_identifier(segments: tuple[Segment, ...] | list[Segment], languages: list[str]) -> _Scoring:
+    """py3langid when it knows every study language, else a classifier trained on ``segments``."""
+    if PyLangIdentifier.known(languages):
+        return PyLangIdentifier.create(languages)
+    return CorpusLanguageIdentifier.train(segments, languages)

@@ -34,7 +34,7 @@ from mtforget.data.splits import Splits, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import UsageError
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forgetting_rows
-from mtforget.evaluate.lid import CorpusLanguageIdentifier
+from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import signatures
 from mtforget.models.loading import count_parameters, default_device, load_model, make_control
 from mtforget.models.lora import apply_lora, merge_lora
@@ -56,7 +56,7 @@ class TrialMemo:
     """What trials run in one process share: corpora, splits, identifiers and base evaluations."""
 
     corpora: dict[str, tuple[Corpus, Splits]] = field(default_factory=dict)
-    identifiers: dict[str, tuple[CorpusLanguageIdentifier, float]] = field(default_factory=dict)
+    identifiers: dict[str, tuple[object, float]] = field(default_factory=dict)
     base_evals: dict[str, dict] = field(default_factory=dict)
 
 
@@ -248,7 +248,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "language_control": getattr(control, "convention", None)
         or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
+        "lid": lid.name,
         "lid_accuracy": lid_accuracy,
+        "metric_signatures": signatures(languages),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "device": str(device),
         "processes": PartialState().num_processes,
@@ -334,11 +336,10 @@ def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool
                      progress=progress)
 
 
-def _identifier(corpus: Corpus, splits: Splits, languages: list[str],
-                shared: TrialMemo) -> tuple[CorpusLanguageIdentifier, float]:
+def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:
     key = fingerprint([corpus.fingerprint(), languages, len(splits.train)])
     if key not in shared.identifiers:
-        lid = CorpusLanguageIdentifier.train(splits.train, languages)
+        lid = make_identifier(splits.train, languages)
         shared.identifiers[key] = (lid, lid.accuracy(splits.dev))
     return shared.identifiers[key]
 
@@ -353,7 +354,8 @@ def _base_evaluation(base_dir, corpus, splits, directions, model, control, lid, 
         "test": [s.id for s in splits.test],
         "directions": directions,
         "settings": asdict(settings),
-        "metrics": signatures(),
+        "metrics": signatures(sorted({t for _, t in directions})),
+        "lid": type(lid).__name__,
         "lid_train": len(splits.train),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
