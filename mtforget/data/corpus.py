@@ -2,7 +2,8 @@
 
 One segment per line, in the Hugging Face translation convention, any number of languages per
 line: ``{"id": "s17", "translation": {"en": "...", "de": "...", "ja": "..."}}``. A line may lack
-some languages. The same reader serves the synthetic world and users' corpora.
+some languages. The same reader serves the synthetic world and users' corpora. Language codes
+are normalised through one registry (``deu_Latn`` and ``de`` are the same language).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from mtforget.cache import fingerprint
 from mtforget.errors import UsageError
+from mtforget.models.languages import normalize_code
 
 # BCP-47-like with "_" between subtags ("pt_BR", "zh_Hans"); "-" separates the two sides of a direction.
 LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}(_[A-Za-z0-9]{2,8})*$")
@@ -97,13 +99,16 @@ def _segment(record: dict, where: str, default_id: str) -> Segment:
         raise UsageError(f"{where}: expected a non-empty 'translation' object mapping language codes to text")
     clean: dict[str, str] = {}
     for lang, text in translation.items():
-        if not LANGUAGE_CODE.match(lang):
+        code = normalize_code(lang) if isinstance(lang, str) else ""
+        if not LANGUAGE_CODE.match(code):
             raise UsageError(f"{where}: {lang!r} is not a language code (expected e.g. 'en', 'pt_BR', 'zh_Hans')")
         if not isinstance(text, str):
             raise UsageError(f"{where}: the {lang!r} text is not a string")
+        if code in clean:
+            raise UsageError(f"{where}: {lang!r} names the same language as another key ({code!r})")
         text = " ".join(text.split())
         if text:
-            clean[lang] = text
+            clean[code] = text
     if not clean:
         raise UsageError(f"{where}: every text of the segment is empty")
     seg_id = record.get("id", default_id)

@@ -39,6 +39,40 @@ MBART50 = {
 }
 
 
+# ISO 639-3 (and a few ISO 639-2/B and macrolanguage spellings) back to the study's 2-letter codes.
+_FROM_ISO3 = {iso3: code for code, (_, iso3, _) in LANGUAGES.items()}
+_FROM_ISO3.update({"ara": "ar", "fas": "fa", "per": "fa", "swa": "sw", "lav": "lv", "nor": "nb", "zho": "zh",
+                   "chi": "zh", "ger": "de", "fre": "fr", "cze": "cs", "dut": "nl", "gre": "el", "ice": "is",
+                   "rum": "ro", "slo": "sk", "alb": "sq", "arm": "hy", "baq": "eu", "geo": "ka", "mac": "mk",
+                   "may": "ms", "msa": "ms", "est": "et", "ekk": "et"})
+# Languages written in several scripts: their script subtag is always kept.
+_MULTI_SCRIPT = {"zh", "sr", "pa", "uz", "az", "ms", "mn", "ks", "sd"}
+
+
+def normalize_code(code: str) -> str:
+    """One spelling for every language code: the study's BCP-47-like form.
+
+    ``deu_Latn`` → ``de``, ``de-DE`` → ``de_DE``, ``zho_Hant`` → ``zh_Hant``, ``zh-hans`` →
+    ``zh_Hans``, ``por_Latn`` → ``pt``, ``ast_Latn`` → ``ast``; a script subtag is dropped when it is
+    the language's usual one, except for languages commonly written in several scripts.
+    """
+    parts = [p for p in code.replace("-", "_").split("_") if p]
+    if not parts:
+        return code
+    base = parts[0].lower()
+    base = _FROM_ISO3.get(base, base) if len(base) == 3 else base
+    script = region = None
+    for part in parts[1:]:
+        if len(part) == 4 and part.isalpha():
+            script = part.title()
+        elif (len(part) == 2 and part.isalpha()) or (len(part) == 3 and part.isdigit()):
+            region = part.upper()
+    default_script = LANGUAGES[base][2] if base in LANGUAGES else "Latn"
+    if script == default_script and base not in _MULTI_SCRIPT:
+        script = None
+    return "_".join(p for p in (base, script, region) if p)
+
+
 def _split(code: str) -> tuple[str, str | None]:
     base, _, rest = code.partition("_")
     script = next((part for part in rest.split("_") if len(part) == 4), None) if rest else None

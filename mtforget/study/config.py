@@ -44,6 +44,11 @@ class CorpusConfig(_Strict):
     """Where segments come from and how they are split (by segment id)."""
 
     path: str | None = None
+    format: Literal["jsonl", "flores", "tsv", "hf"] = "jsonl"
+    tsv_languages: list[str] | None = None  # format tsv: the languages of the two columns
+    flores_splits: list[str] | None = None  # format flores: split folders to read (default: all)
+    hf_config: str | None = None  # format hf: dataset config name (e.g. "de-en")
+    hf_split: str = "train"  # format hf: split to read
     synthetic: SyntheticConfig = SyntheticConfig()
     languages: list[str] | None = None  # restrict the study to these; None: all of the corpus
     dev_size: int = Field(200, ge=1)

@@ -30,12 +30,14 @@ import mtforget
 from mtforget.cache import cache_root, cached_dir, fingerprint, write_json_atomic
 from mtforget.data.categories import parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
+from mtforget.data.loaders import load_corpus
 from mtforget.data.splits import Splits, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import UsageError
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import signatures
+from mtforget.models.languages import normalize_code
 from mtforget.models.loading import count_parameters, default_device, load_model, make_control
 from mtforget.models.lora import apply_lora, merge_lora
 from mtforget.models.tiny import tiny_base
@@ -272,7 +274,7 @@ def resolve_directions(given: list[str] | None, corpus: Corpus, languages: list[
     Without English, the most frequent language of the corpus is the pivot.
     """
     if given:
-        directions = [parse_direction(d) for d in given]
+        directions = [tuple(normalize_code(c) for c in parse_direction(d)) for d in given]
         for src, tgt in directions:
             for lang in (src, tgt):
                 if lang not in languages:
@@ -302,11 +304,11 @@ def _corpus_and_splits(cfg: CorpusConfig, shared: TrialMemo) -> tuple[Corpus, Sp
     key = fingerprint(cfg.model_dump(mode="json"))
     if key not in shared.corpora:
         if cfg.path:
-            path = Path(cfg.path)
+            corpus = load_corpus(cfg.format, cfg.path, cfg.tsv_languages, cfg.flores_splits, cfg.hf_config,
+                                 cfg.hf_split)
         else:
             s = cfg.synthetic
-            path = synthetic_corpus_path(s.languages, s.segments, s.seed)
-        corpus = read_jsonl(path)
+            corpus = read_jsonl(synthetic_corpus_path(s.languages, s.segments, s.seed))
         shared.corpora[key] = (corpus, split_by_id(corpus, cfg.dev_size, cfg.test_size, cfg.split_seed))
     return shared.corpora[key]
 
@@ -322,11 +324,12 @@ def _language_names(cfg: CorpusConfig) -> dict[str, str]:
 def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
     if not cfg.languages:
         return list(corpus.languages)
-    for lang in cfg.languages:
+    chosen = [normalize_code(lang) for lang in cfg.languages]
+    for lang in chosen:
         if lang not in corpus.languages:
             raise UsageError(f"corpus.languages: {lang!r} is not in {corpus.source} "
                              f"(it has {', '.join(corpus.languages)})")
-    return list(cfg.languages)
+    return chosen
 
 
 def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool) -> Path | str:
