@@ -83,3 +83,23 @@ def test_unknown_languages_fall_back_to_a_corpus_identifier():
     assert isinstance(lid, CorpusLanguageIdentifier)
     assert lid.accuracy(segs) == 1.0
     assert lid.off_target(["co wucon pefo", "the dog sleeps", ""], "xa") == pytest.approx(2 / 3)
+
+
+def test_paired_bootstrap_intervals():
+    import numpy as np
+
+    from mtforget.evaluate.bootstrap import interval, paired_deltas
+
+    refs = [f"the cat number {i} sat on the mat" for i in range(40)]
+    base = [f"a cat number {i} sat on a mat" for i in range(40)]
+    better = refs[:30] + base[30:]
+    flags = [0.0] * 40
+    same = paired_deltas(base, base, refs, "en", flags, flags, 200, np.random.default_rng(0))
+    assert all(interval(v) == (0.0, 0.0) for v in same.values())
+    samples = paired_deltas(base, better, refs, "en", flags, [1.0] * 10 + [None] * 5 + [0.0] * 25, 500,
+                            np.random.default_rng(0))
+    point = score(better, refs)["chrf"] - score(base, refs)["chrf"]
+    low, high = interval(samples["chrf"])
+    assert 0 < low < point < high
+    assert samples["chrf"].shape == (500,)
+    assert 0 < interval(samples["off_target"])[0]  # 10 of 35 judged outputs became off-target

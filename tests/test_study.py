@@ -46,6 +46,9 @@ def test_study_writes_the_contract_files(tmp_path):
     trial_dir = next((out / "trials").iterdir())
     result = json.loads((trial_dir / "result.json").read_text())
     assert result["info"]["finetune_directions"] == ["en-xa", "xa-en", "xa-xb"]
+    assert set(result["info"]["category_ci"]["chrf"]) == set(CATEGORIES)
+    for r in rows:  # paired-bootstrap interval and the copy-the-source baseline on every row
+        assert float(r["delta_low"]) <= float(r["delta_high"]) and r["source_copy"] != ""
     assert (trial_dir / "outputs.jsonl").is_file() and (trial_dir / "trial.log").is_file()
     summary = (out / "report" / "summary.md").read_text()
     assert "unseen_both" in summary and "tiny:small full n=16" in summary

@@ -22,6 +22,7 @@ class Example:
     tgt_lang: str
     src: str
     tgt: str
+    id: str = ""  # the segment it comes from
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def split_by_id(corpus: Corpus, dev_size: int, test_size: int, seed: int = 0) ->
 def direction_examples(segments: tuple[Segment, ...] | list[Segment], src: str, tgt: str) -> list[Example]:
     """All examples of ``src→tgt`` among the segments that have both languages."""
     return [
-        Example(src, tgt, s.translation[src], s.translation[tgt])
+        Example(src, tgt, s.translation[src], s.translation[tgt], s.id)
         for s in segments
         if src in s.translation and tgt in s.translation
     ]

@@ -43,12 +43,17 @@ class _Scoring:
     def predict(self, texts: list[str]) -> list[str | None]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def off_target_flags(self, texts: list[str], target: str) -> list[float | None]:
+        """Per output: 1.0 off-target, 0.0 on target, None abstained (too short to judge).
+
+        Empty outputs count as off-target.
+        """
+        return [None if t.strip() and len(t.strip()) < self.min_chars else float(not same_language(p, target))
+                for t, p in zip(texts, self.predict(texts))]
+
     def off_target(self, texts: list[str], target: str) -> float:
-        """Fraction of outputs not in ``target``: empty ones count as off-target, short ones abstain."""
-        judged = [(t, p) for t, p in zip(texts, self.predict(texts)) if not t.strip() or len(t.strip()) >= self.min_chars]
-        if not judged:
-            return 0.0
-        return sum(not same_language(p, target) for _, p in judged) / len(judged)
+        """Fraction of judged outputs not in ``target`` (see :meth:`off_target_flags`)."""
+        return off_target_rate(self.off_target_flags(texts, target))
 
     def accuracy(self, segments: tuple[Segment, ...] | list[Segment]) -> float:
         """Fraction of held-out sentences (every language of every segment) identified correctly."""
@@ -127,6 +132,12 @@ class CorpusLanguageIdentifier(_Scoring):
             for i, lang in zip(idx, self.classifier.predict(self.vectorizer.transform([texts[i] for i in idx]))):
                 out[i] = str(lang)
         return out
+
+
+def off_target_rate(flags: list[float | None]) -> float:
+    """Mean of the judged flags (0 when every output abstained)."""
+    judged = [f for f in flags if f is not None]
+    return sum(judged) / len(judged) if judged else 0.0
 
 
 def make_identifier(segments: tuple[Segment, ...] | list[Segment], languages: list[str]) -> _Scoring:

@@ -32,21 +32,22 @@ def bleu_tokenizer(target: str) -> str:
     return "13a"
 
 
-def _metrics(target: str) -> dict[str, object]:
+def metric_objects(target: str) -> dict[str, object]:
+    """Fresh sacrebleu metric objects for text in ``target``: ``{"chrf", "chrf++", "bleu"}``."""
     # sacrebleu's defaults, as its command line computes them, so numbers compare with published ones.
     return {"chrf": CHRF(), "chrf++": CHRF(word_order=2), "bleu": BLEU(tokenize=bleu_tokenizer(target))}
 
 
 def score(hypotheses: list[str], references: list[str], target: str = "en") -> dict[str, float]:
     """``{"chrf", "chrf++", "bleu"}`` for one direction into ``target`` (corpus-level, 0..100)."""
-    return {name: m.corpus_score(hypotheses, [references]).score for name, m in _metrics(target).items()}
+    return {name: m.corpus_score(hypotheses, [references]).score for name, m in metric_objects(target).items()}
 
 
 def signatures(targets: list[str] | None = None) -> dict[str, str]:
     """sacrebleu signatures of the metrics above; one BLEU signature per tokenizer in use."""
     out = {}
     for target in targets or ["en"]:
-        for name, metric in _metrics(target).items():
+        for name, metric in metric_objects(target).items():
             metric.corpus_score(["a"], [["a"]])  # the signature includes settings resolved on first use
             key = name if name != "bleu" or bleu_tokenizer(target) == "13a" else f"bleu[{bleu_tokenizer(target)}]"
             out[key] = str(metric.get_signature())

@@ -55,7 +55,7 @@ def build_report(out: Path) -> Path:
                               for i, (axis, entries) in enumerate(comparisons.items())]
     examples = _examples(out, summaries, rows)
 
-    context = {"table": table, "trials": trials, "meta": meta, "summaries": summaries, "fit": fit,
+    context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
                "examples": examples}
     (report / "summary.md").write_text(render_markdown(context), encoding="utf-8")
     html_path = report / "index.html"

@@ -39,6 +39,30 @@ def _pivot(table: list[dict], metric: str) -> tuple[list[str], dict[str, dict[st
     return conditions, cells
 
 
+def _paired_rows(context: dict) -> list[list[str]]:
+    """Per trial and category: mean chrF delta with its paired-bootstrap interval over test sentences."""
+    means: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in context["rows"]:
+        if row["metric"] == "chrf":
+            means[(row["trial_id"], row["category"])].append(row["delta"])
+    out = []
+    for t in context["trials"]:
+        ci = json.loads(t["info"] or "{}").get("category_ci", {}).get("chrf", {})
+        if not ci:
+            continue
+        cells = []
+        for c in CATEGORIES:
+            values = means.get((t["trial_id"], c))
+            cells.append(f"{sum(values) / len(values):+.1f} [{ci[c][0]:+.1f}, {ci[c][1]:+.1f}]" if values and c in ci else "–")
+        out.append([t["trial_id"], *cells])
+    return out
+
+
+PAIRED_INTRO = ("Per trial, the mean chrF delta of each category with a 95% paired-bootstrap interval: test "
+                "sentences resampled jointly for the base and fine-tuned model (sampling uncertainty of the "
+                "test set, where the tables above show the spread over directions and seeds).")
+
+
 def _trial_rows(context: dict) -> list[list[str]]:
     rows = []
     for t in context["trials"]:
@@ -77,6 +101,11 @@ def render_markdown(context: dict) -> str:
         lines += ["## Forgetting against data/model scale", "",
                   f"Unseen-direction chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · log10(fine-tuning "
                   "tokens / parameters), least squares over trials.", ""]
+    paired = _paired_rows(context)
+    if paired:
+        lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
+                  "| trial | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
+        lines += ["| " + " | ".join(r) + " |" for r in paired] + [""]
     failed = [t for t in trials if t["status"] == "failed"]
     if failed:
         lines += ["## Failed trials", ""] + [f"- `{t['trial_id']}`: {t['reason']}" for t in failed] + [""]
@@ -148,6 +177,13 @@ def render_html(context: dict, figures: dict) -> str:
                 ex["source"], ex["reference"], ex["base"], ex["finetuned"])) + "</tr>")
         parts.append("</table>")
 
+    paired = _paired_rows(context)
+    if paired:
+        parts.append(f"<h2>chrF delta per trial, paired bootstrap</h2><p class='muted'>{e(PAIRED_INTRO)}</p>"
+                     "<table><tr><th>trial</th>" + "".join(f"<th>{e(c)}</th>" for c in CATEGORIES) + "</tr>")
+        parts += ["<tr><td>" + e(r[0]) + "</td>" + "".join(f"<td class='num'>{e(c)}</td>" for c in r[1:]) + "</tr>"
+                  for r in paired]
+        parts.append("</table>")
     parts.append("<h2>Trials</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TRIAL_HEADER) + "</tr>")
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _trial_rows(context)]
     parts.append("</table>")

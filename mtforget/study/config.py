@@ -99,7 +99,8 @@ class EvalConfig(_Strict):
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    bootstrap_resamples: int = Field(2000, ge=100)
+    bootstrap_resamples: int = Field(2000, ge=100)  # report: intervals over directions and seeds
+    paired_resamples: int = Field(1000, ge=100)  # per direction: paired bootstrap over test sentences
 
 
 class RayConfig(_Strict):

@@ -233,8 +233,8 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     ft_eval = evaluate_directions(model, control, splits.test, all_directions, lid, eval_settings,
                                   desc="evaluate fine-tuned", progress=progress)
     timings["finetuned_eval"] = _lap(clock)
-    rows = forgetting_rows(base_eval, ft_eval, directions)
-    _write_outputs(trial_dir, splits, base_eval, ft_eval, eval_settings)
+    rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed)
+    _write_outputs(trial_dir, base_eval, ft_eval)
 
     info = {
         "model": trial.model_label,
@@ -250,6 +250,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "language_control": getattr(control, "convention", None)
         or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
+        "category_ci": category_ci,
         "lid": lid.name,
         "lid_accuracy": lid_accuracy,
         "metric_signatures": signatures(languages),
@@ -357,6 +358,7 @@ def _base_evaluation(base_dir, corpus, splits, directions, model, control, lid, 
         "test": [s.id for s in splits.test],
         "directions": directions,
         "settings": asdict(settings),
+        "format": 2,  # what an evaluation stores (sources, references, per-sentence flags)
         "metrics": signatures(sorted({t for _, t in directions})),
         "lid": type(lid).__name__,
         "lid_train": len(splits.train),
@@ -385,15 +387,16 @@ def _model_fingerprint(base_dir: Path | str) -> str:
     return str(base_dir)
 
 
-def _write_outputs(trial_dir: Path, splits: Splits, base_eval: dict, ft_eval: dict, settings: EvalSettings) -> None:
+def _write_outputs(trial_dir: Path, base_eval: dict, ft_eval: dict) -> None:
     """Every test translation of the trial, base beside fine-tuned, as JSON lines."""
     with (trial_dir / "outputs.jsonl").open("w", encoding="utf-8") as f:
         for key, ft in ft_eval.items():
             src, tgt = key.split("-")
-            segs = [s for s in splits.test if src in s.translation and tgt in s.translation][: settings.max_sentences]
-            for seg, base_hyp, ft_hyp in zip(segs, base_eval[key]["hypotheses"], ft["hypotheses"]):
-                f.write(json.dumps({"id": seg.id, "src_lang": src, "tgt_lang": tgt, "source": seg.translation[src],
-                                    "reference": seg.translation[tgt], "base": base_hyp, "finetuned": ft_hyp},
+            base = base_eval[key]
+            for seg_id, source, ref, base_hyp, ft_hyp in zip(base["ids"], base["sources"], base["references"],
+                                                             base["hypotheses"], ft["hypotheses"]):
+                f.write(json.dumps({"id": seg_id, "src_lang": src, "tgt_lang": tgt, "source": source,
+                                    "reference": ref, "base": base_hyp, "finetuned": ft_hyp},
                                    ensure_ascii=False) + "\n")
 
 

@@ -38,13 +38,17 @@ CREATE TABLE IF NOT EXISTS results (
     base REAL,
     finetuned REAL,
     delta REAL,
+    delta_low REAL,
+    delta_high REAL,
+    source_copy REAL,
     PRIMARY KEY (trial_id, src, tgt, metric)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 CSV_COLUMNS = ["trial_id", "model", "method", "alignment", "finetune_size", "seed",
-               "src", "tgt", "category", "metric", "base", "finetuned", "delta"]
+               "src", "tgt", "category", "metric", "base", "finetuned", "delta",
+               "delta_low", "delta_high", "source_copy"]
 
 
 class ResultStore:
@@ -56,6 +60,11 @@ class ResultStore:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        # Stores written before the interval and copy-baseline columns existed gain them.
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(results)")}
+        for column in ("delta_low", "delta_high", "source_copy"):
+            if column not in have:
+                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} REAL")
 
     def close(self) -> None:
         """Close the connection."""
@@ -100,10 +109,10 @@ class ResultStore:
         with self.db:
             self.db.execute("DELETE FROM results WHERE trial_id = ?", (trial_id,))
             self.db.executemany(
-                "INSERT INTO results (trial_id, src, tgt, category, metric, base, finetuned, delta)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO results (trial_id, src, tgt, category, metric, base, finetuned, delta, delta_low,"
+                " delta_high, source_copy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(trial_id, r["src"], r["tgt"], r["category"], r["metric"], r["base"], r["finetuned"],
-                  r["delta"]) for r in rows],
+                  r["delta"], r.get("delta_low"), r.get("delta_high"), r.get("source_copy")) for r in rows],
             )
             self.db.execute("UPDATE trials SET status='done', info=?, finished_at=? WHERE trial_id = ?",
                             (json.dumps(info), time.time(), trial_id))
@@ -127,7 +136,8 @@ class ResultStore:
         """Result rows of done trials joined with their conditions (the ``results.csv`` table)."""
         cur = self.db.execute(
             "SELECT r.trial_id, t.model, t.method, t.alignment, t.finetune_size, t.seed, r.src, r.tgt,"
-            " r.category, r.metric, r.base, r.finetuned, r.delta FROM results r JOIN trials t"
+            " r.category, r.metric, r.base, r.finetuned, r.delta, r.delta_low, r.delta_high, r.source_copy"
+            " FROM results r JOIN trials t"
             " USING (trial_id) WHERE t.status = 'done' ORDER BY t.rowid, r.src, r.tgt, r.metric"
         )
         return [dict(r) for r in cur.fetchall()]
