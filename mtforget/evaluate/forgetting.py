@@ -12,6 +12,7 @@ from mtforget.data.categories import categorize
 from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
 from mtforget.evaluate.bootstrap import interval, paired_deltas
+from mtforget.evaluate.comet import comet_scores
 from mtforget.evaluate.generate import translate
 from mtforget.evaluate.lid import off_target_rate
 from mtforget.evaluate.metrics import score
@@ -27,6 +28,7 @@ class EvalSettings:
     max_sentences: int = 50  # per direction
     batch_size: int = 128
     max_new_tokens: int = 64
+    comet: tuple | None = None  # (python, checkpoint, scorer, batch_size, gpus) when COMET is on
 
 
 def evaluate_directions(
@@ -38,11 +40,14 @@ def evaluate_directions(
     settings: EvalSettings,
     desc: str = "evaluate",
     progress: bool = True,
+    with_copy: bool = False,
 ) -> dict[str, dict]:
     """Translate the test split in every direction and score it (``lid``: a language identifier).
 
     Returns ``{"src-tgt": {"chrf", "bleu", "off_target", "n", "hypotheses"}}``; the first
     ``max_sentences`` test segments that have both languages form each direction's test set.
+    With COMET on, ``comet`` (×100) and its segment scores are added, and with ``with_copy`` the
+    COMET of copying the source too (the other metrics' copy baselines need no model).
     """
     results: dict[str, dict] = {}
     for src, tgt in tqdm(directions, desc=desc, unit="dir", leave=False, disable=not progress):
@@ -57,7 +62,25 @@ def evaluate_directions(
         results[f"{src}-{tgt}"] = {**scores, "n": len(examples), "hypotheses": hyps, "off_flags": flags,
                                    "ids": [e.id for e in examples], "sources": [e.src for e in examples],
                                    "references": [e.tgt for e in examples]}
+    if settings.comet:
+        _add_comet(results, settings.comet, with_copy)
     return results
+
+
+def _add_comet(results: dict[str, dict], comet: tuple, with_copy: bool) -> None:
+    """COMET for every direction in one scorer call (loading COMET costs more than scoring)."""
+    keys = list(results)
+    triples = [t for k in keys for t in zip(results[k]["sources"], results[k]["hypotheses"], results[k]["references"])]
+    if with_copy:  # copying the source: the output COMET is known to reward
+        triples += [t for k in keys for t in zip(results[k]["sources"], results[k]["sources"], results[k]["references"])]
+    scores = [100 * s for s in comet_scores(triples, *comet)]
+    offset = 0
+    for part in (("comet_seg", "comet"), ("copy_comet_seg", "copy_comet")) if with_copy else (("comet_seg", "comet"),):
+        for k in keys:
+            n = results[k]["n"]
+            results[k][part[0]] = scores[offset : offset + n]
+            results[k][part[1]] = float(np.mean(results[k][part[0]]))
+            offset += n
 
 
 def forgetting_rows(
@@ -88,7 +111,13 @@ def forgetting_rows(
         copy["off_target"] = lid.off_target(b["sources"], tgt)
         samples = paired_deltas(b["hypotheses"], f["hypotheses"], b["references"], tgt, b["off_flags"],
                                 f["off_flags"], resamples, rng)
-        for metric in METRICS:
+        metrics = METRICS
+        if "comet" in b and "comet" in f:
+            metrics = METRICS + ("comet",)
+            copy["comet"] = b.get("copy_comet")
+            idx = rng.integers(0, b["n"], size=(resamples, b["n"]))
+            samples["comet"] = np.asarray(f["comet_seg"])[idx].mean(1) - np.asarray(b["comet_seg"])[idx].mean(1)
+        for metric in metrics:
             low, high = interval(samples[metric])
             rows.append({
                 "src": src, "tgt": tgt, "category": category, "metric": metric,

@@ -13,7 +13,7 @@ from mtforget.data.categories import CATEGORIES
 from mtforget.report.stats import bootstrap_mean_ci
 
 METRIC_TITLES = {"chrf": "chrF delta", "chrf++": "chrF++ delta", "bleu": "BLEU delta",
-                 "off_target": "off-target rate delta"}
+                 "off_target": "off-target rate delta", "comet": "COMET delta"}
 UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 # Grid axes the condition label already shows, or that are replicates rather than conditions.
 _LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtforget.data.categories import parse_direction
 from mtforget.errors import UsageError
@@ -93,8 +93,21 @@ class FinetuneConfig(_Strict):
         return value
 
 
+class CometConfig(_Strict):
+    """COMET through a subprocess in an environment that has unbabel-comet."""
+
+    python: str  # that environment's interpreter
+    checkpoint: str  # a COMET checkpoint file, e.g. wmt22-comet-da/checkpoints/model.ckpt
+    scorer: str | None = None  # a script following the protocol of comet_score.py; None: that script
+    batch_size: int = Field(32, ge=1)
+    gpus: int = Field(0, ge=0)
+
+
 class EvalConfig(_Strict):
     """How every direction is evaluated (greedy decoding)."""
+
+    metrics: list[Literal["comet"]] = []  # extra metrics beyond chrF, chrF++, BLEU and off-target
+    comet: CometConfig | None = None
 
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
     batch_size: int = Field(128, ge=1)
@@ -121,6 +134,11 @@ class ResourcesConfig(_Strict):
     gpus: float = Field(0, ge=0)
 
 
+def _check_comet(study: "StudyConfig") -> None:
+    if "comet" in study.eval.metrics and study.eval.comet is None:
+        raise ValueError("eval.comet: 'comet' is in eval.metrics; give eval.comet.python and eval.comet.checkpoint")
+
+
 class StudyConfig(_Strict):
     """A study: one base config and a grid of values whose cross product is the set of trials.
 
@@ -140,6 +158,12 @@ class StudyConfig(_Strict):
     ray: RayConfig = RayConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tensorboard: bool = False  # also log training curves for TensorBoard under trials/<id>/tensorboard
+
+
+    @model_validator(mode="after")
+    def _metrics_have_settings(self) -> "StudyConfig":
+        _check_comet(self)
+        return self
 
 
 # How a study runs, not what a trial computes (excluded from trial ids).
@@ -260,7 +284,8 @@ def _describe(exc: ValidationError) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return _unknown_key_message(key)
-    return f"{key}: {err['msg']}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message
 
 
 def _deep_copy(raw: Any) -> Any:

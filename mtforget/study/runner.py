@@ -197,7 +197,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     device = default_device()
     model.to(device)
 
-    eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    comet = cfg.eval.comet
+    eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                 (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
+                                 if "comet" in cfg.eval.metrics else None)
     all_directions = [(s, t) for s in languages for t in languages if s != t]
     if main:
         lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
@@ -370,7 +373,7 @@ def _base_evaluation(base_dir, corpus, splits, directions, model, control, lid, 
 
     def build(out: Path) -> None:
         result = evaluate_directions(model, control, splits.test, directions, lid, settings,
-                                     desc="evaluate base", progress=progress)
+                                     desc="evaluate base", progress=progress, with_copy=True)
         (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False))
 
     path = cached_dir("base_evals", key, build) / "eval.json"
