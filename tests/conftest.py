@@ -26,3 +26,21 @@ def tiny_study(**grid) -> dict:
         "eval": {"max_sentences": 6, "max_new_tokens": 12, "bootstrap_resamples": 200},
         "grid": grid or {"finetune.size": [16, 32]},
     }
+
+
+def resume_and_check(study, out, finished, reference_rows, rows_of) -> None:
+    """Run ``study`` again in ``out``: ``finished`` (a trial dir) must not train again, and the
+    result table must equal ``reference_rows``."""
+    from mtforget.study.runner import run_study
+
+    stamp = (finished / "result.json").stat().st_mtime_ns
+    trained = []
+
+    def record(trial, step, loss):
+        trained.append(trial.id)
+        return loss
+
+    assert run_study(study, out, progress=False, loss_hook=record) == 0
+    assert finished.name not in trained  # the finished trial was not trained again
+    assert (finished / "result.json").stat().st_mtime_ns == stamp
+    assert rows_of(out) == reference_rows

@@ -14,7 +14,7 @@ import yaml
 
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
-from tests.conftest import tiny_study
+from tests.conftest import resume_and_check, tiny_study
 
 PYTHON = sys.executable
 
@@ -57,19 +57,7 @@ def test_sigkill_after_first_trial_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     finished = [p.parent for p in out.glob("trials/*/result.json")]
     assert len(finished) == 1, "kill came after the second trial finished: make it longer"
-    first = finished[0]
-    stamp = (first / "result.json").stat().st_mtime_ns
-
-    trained = []
-
-    def record(trial, step, loss):
-        trained.append(trial.id)
-        return loss
-
-    assert run_study(study, out, progress=False, loss_hook=record) == 0
-    assert first.name not in trained
-    assert (first / "result.json").stat().st_mtime_ns == stamp
-    assert _table(out) == _table(reference)
+    resume_and_check(study, out, finished[0], _table(reference), _table)
 
 
 def test_worker_processes_and_ray_give_the_same_results_as_in_process(tmp_path):

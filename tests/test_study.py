@@ -12,7 +12,7 @@ from mtforget.study.config import parse_study
 from mtforget.study.grid import expand
 from mtforget.study.runner import run_study
 from mtforget.study.store import CSV_COLUMNS
-from tests.conftest import tiny_study
+from tests.conftest import resume_and_check, tiny_study
 
 
 class Interrupt(BaseException):
@@ -62,10 +62,8 @@ def test_resume_skips_finished_trials_and_matches_uninterrupted_run(tmp_path):
     assert run_study(study, reference, progress=False) == 0
 
     out = tmp_path / "interrupted"
-    steps_seen = []
 
     def kill_second_trial(trial, step, loss):
-        steps_seen.append(trial.id)
         if trial.config.finetune.size == 32:
             raise Interrupt()
         return loss
@@ -73,18 +71,7 @@ def test_resume_skips_finished_trials_and_matches_uninterrupted_run(tmp_path):
     with pytest.raises(Interrupt):
         run_study(study, out, progress=False, loss_hook=kill_second_trial)
     first = next(p for p in (out / "trials").iterdir() if "-n16-" in p.name)
-    stamp = (first / "result.json").stat().st_mtime_ns
-
-    resumed = []
-
-    def record(trial, step, loss):
-        resumed.append(trial.id)
-        return loss
-
-    assert run_study(study, out, progress=False, loss_hook=record) == 0
-    assert first.name not in resumed  # the finished trial was not trained again
-    assert (first / "result.json").stat().st_mtime_ns == stamp
-    assert _comparable(_rows(out)) == _comparable(_rows(reference))
+    resume_and_check(study, out, first, _comparable(_rows(reference)), lambda d: _comparable(_rows(d)))
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_others_complete(tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtforget.data.splits import Example
-from mtforget.models.language import pad
+from mtforget.models.language import pad, padded_batch
 from mtforget.models.languages import language_name
 
 INSTRUCTION = "Translate the following sentence from {src} to {tgt}."
@@ -83,9 +83,7 @@ class InstructionControl:
             prompt, target = self.prompt(ex.src, ex.src_lang, ex.tgt_lang), self.target(ex.tgt)
             seqs.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
-        input_ids, attention_mask = pad(seqs, self.tokenizer.pad_token_id)
-        label_ids, _ = pad(labels, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+        return padded_batch(seqs, labels, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:

@@ -105,9 +105,7 @@ class LanguageTokens:
         sources = self.encode_sources([ex.src for ex in examples], [ex.src_lang for ex in examples],
                                       [ex.tgt_lang for ex in examples])
         targets = self.encode_targets([ex.tgt for ex in examples], [ex.tgt_lang for ex in examples])
-        input_ids, attention_mask = pad(sources, self.tokenizer.pad_token_id)
-        labels, _ = pad(targets, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return padded_batch(sources, targets, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:
@@ -131,6 +129,13 @@ def pad(seqs: list[list[int]], value: int, left: bool = False) -> tuple[torch.Te
         ids[i, span] = torch.tensor(seq, dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
+
+
+def padded_batch(inputs: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Model inputs with their attention mask and labels, each padded to its longest row (-100 for labels)."""
+    input_ids, attention_mask = pad(inputs, pad_id)
+    label_ids, _ = pad(labels, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 
 def add_language_tokens(model, control: LanguageTokens, codes: list[str]) -> list[str]:

@@ -24,6 +24,6 @@ def demo_study(quick: bool = False) -> dict:
         "model": {"tiny": "small"},
         "corpus": {"synthetic": {"languages": 10, "segments": 20000}, "dev_size": 200, "test_size": 40},
         "finetune": {"lr": 3e-4, "epochs": 2, "eval_every": 25},
-        "eval": {"max_sentences": 40},
+        "eval": {"max_sentences": 40, "paired_resamples": 500},
         "grid": {"model.tiny": ["small", "base"], "finetune.size": [100, 1000, 10000]},
     }
