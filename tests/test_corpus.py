@@ -69,3 +69,12 @@ def test_subsampling_is_deterministic_and_balanced():
     assert a != sample_directions(corpus.segments, directions, 100, seed=4)
     counts = {d: sum((e.src_lang, e.tgt_lang) == d for e in a) for d in directions}
     assert counts == {("en", "xa"): 34, ("xa", "en"): 33, ("en", "xb"): 33}
+
+
+def test_long_segments_can_be_dropped():
+    corpus = corpus_from_records([{"id": "a", "translation": {"en": "one two three", "de": "eins zwei drei"}},
+                                  {"id": "b", "translation": {"en": "one two three four five", "de": "eins"}},
+                                  {"id": "c", "translation": {"en": "short", "ja": "あ" * 40}}], "c")
+    assert [s.id for s in corpus.without_long_segments(3).segments] == ["a"]
+    with pytest.raises(UsageError, match="corpus.max_words"):
+        corpus.without_long_segments(0)

@@ -41,6 +41,17 @@ class Corpus:
         """A hash of the content (ids and texts), independent of where the corpus was read from."""
         return fingerprint([[s.id, sorted(s.translation.items())] for s in self.segments])
 
+    def without_long_segments(self, max_words: int) -> Corpus:
+        """The corpus without segments that have a text over ``max_words`` words (or, for scripts
+        written without spaces, over 8 × ``max_words`` characters)."""
+        def short(seg: Segment) -> bool:
+            return all(len(t.split()) <= max_words and len(t) <= 8 * max_words for t in seg.translation.values())
+
+        kept = tuple(seg for seg in self.segments if short(seg))
+        if not kept:
+            raise UsageError(f"corpus.max_words: no segment of {self.source} has all texts within {max_words} words")
+        return Corpus(kept, self.languages, self.source)
+
     def language_counts(self) -> dict[str, int]:
         """Number of segments that have each language."""
         counts = {lang: 0 for lang in self.languages}

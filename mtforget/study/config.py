@@ -51,6 +51,7 @@ class CorpusConfig(_Strict):
     hf_split: str = "train"  # format hf: split to read
     synthetic: SyntheticConfig = SyntheticConfig()
     languages: list[str] | None = None  # restrict the study to these; None: all of the corpus
+    max_words: int | None = Field(None, ge=1)  # drop segments with a longer text (or > 8×max_words characters)
     dev_size: int = Field(200, ge=1)
     test_size: int = Field(100, ge=1)
     split_seed: int = 0

@@ -313,6 +313,8 @@ def _corpus_and_splits(cfg: CorpusConfig, shared: TrialMemo) -> tuple[Corpus, Sp
         else:
             s = cfg.synthetic
             corpus = read_jsonl(synthetic_corpus_path(s.languages, s.segments, s.seed))
+        if cfg.max_words:
+            corpus = corpus.without_long_segments(cfg.max_words)
         shared.corpora[key] = (corpus, split_by_id(corpus, cfg.dev_size, cfg.test_size, cfg.split_seed))
     return shared.corpora[key]
 
