@@ -49,7 +49,7 @@ RECIPE_VERSION = 2
 # synthetic world within its budget.
 TINY_SPECS: dict[str, TinySpec] = {
     "small": TinySpec(d_model=96, layers=2, heads=4, ffn_dim=192, vocab_size=1500, steps=1600, batch_size=64, lr=3e-3),
-    "base": TinySpec(d_model=256, layers=2, heads=4, ffn_dim=512, vocab_size=1500, steps=1700, batch_size=64, lr=1.5e-3),
+    "base": TinySpec(d_model=224, layers=2, heads=4, ffn_dim=448, vocab_size=1500, steps=2000, batch_size=64, lr=1.5e-3),
 }
 
 
