@@ -1,7 +1,6 @@
 """COMET through the subprocess protocol, with a stand-in scorer in place of a real checkpoint."""
 
 import csv
-import json
 import sys
 from pathlib import Path
 
