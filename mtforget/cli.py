@@ -98,8 +98,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
     import transformers
 
+    # Accelerate warns at every checkpoint that tied embeddings are stored once; that is expected.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

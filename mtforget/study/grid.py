@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mtforget.cache import fingerprint
+from mtforget.models.tiny import RECIPE_VERSION, TINY_SPECS
 from mtforget.study.config import EXECUTION_KEYS, StudyConfig, set_dotted, study_to_dict
 
 
@@ -51,6 +52,9 @@ def expand(study: StudyConfig) -> list[Trial]:
             chosen.pop("model.tiny", None)
         config = StudyConfig.model_validate({**raw, "grid": {}})
         identity = {k: v for k, v in study_to_dict(config).items() if k not in EXECUTION_KEYS}
+        if config.model.tiny and not config.model.path:
+            # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
+            identity["tiny_recipe"] = [RECIPE_VERSION, asdict(TINY_SPECS[config.model.tiny])]
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
     return list(trials.values())
