@@ -120,6 +120,12 @@ def test_malformed_corpus_is_exit_2_naming_file_and_line(tmp_path, capsys):
 def test_report_command_rebuilds_the_report(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.sqlite" in capsys.readouterr().err
+    out = tmp_path / "s"
+    assert run_study(parse_study(tiny_study(**{"finetune.size": [16]}), "t"), out, progress=False) == 0
+    for built in (out / "report").iterdir():
+        built.unlink()
+    assert main(["report", str(out)]) == 0
+    assert {"index.html", "summary.md", "forgetting_by_size.png"} <= {p.name for p in (out / "report").iterdir()}
 
 
 def test_lora_trials_train_adapters_only_and_report_their_size(tmp_path):

@@ -77,15 +77,11 @@ class PyLangIdentifier(_Scoring):
     name: str = "py3langid"
 
     @classmethod
-    def known(cls, languages: list[str]) -> bool:
-        """Whether py3langid knows every one of ``languages``."""
-        classes = set(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)
-        return all(_base(lang) in classes for lang in languages)
-
-    @classmethod
-    def create(cls, languages: list[str]) -> PyLangIdentifier:
-        """An identifier that only chooses among ``languages``."""
-        identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+    def create(cls, languages: list[str]) -> PyLangIdentifier | None:
+        """An identifier that only chooses among ``languages``; None if py3langid lacks one of them."""
+        identifier = LanguageIdentifier.from_model_file(MODEL_FILE)  # loaded once: it takes ~1 s
+        if not all(_base(lang) in identifier.nb_classes for lang in languages):
+            return None
         identifier.set_languages(sorted({_base(lang) for lang in languages}))
         return cls(list(languages), identifier)
 
@@ -142,6 +138,4 @@ def off_target_rate(flags: list[float | None]) -> float:
 
 def make_identifier(segments: tuple[Segment, ...] | list[Segment], languages: list[str]) -> _Scoring:
     """py3langid when it knows every study language, else a classifier trained on ``segments``."""
-    if PyLangIdentifier.known(languages):
-        return PyLangIdentifier.create(languages)
-    return CorpusLanguageIdentifier.train(segments, languages)
+    return PyLangIdentifier.create(languages) or CorpusLanguageIdentifier.train(segments, languages)
