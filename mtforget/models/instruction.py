@@ -54,21 +54,23 @@ class InstructionControl:
         """The instruction for ``src→tgt`` with language names ("... from German to Czech.")."""
         return INSTRUCTION.format(src=language_name(src, self.names), tgt=language_name(tgt, self.names))
 
+    def chat_prompt(self, instruction: str, text: str) -> list[int]:
+        """Token ids of a chat turn asking ``instruction`` about ``text``, up to the assistant's answer."""
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": text}]
+        try:
+            rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 - some templates refuse a system turn: fold it into the user's
+            merged = [{"role": "user", "content": f"{instruction}\n{text}"}]
+            rendered = self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"][-(self.max_length // 2):]
+
     def prompt(self, text: str, src: str, tgt: str) -> list[int]:
         """Token ids of everything before the translation."""
         if self.use_chat:
-            messages = [{"role": "system", "content": self.instruction(src, tgt)}, {"role": "user", "content": text}]
-            try:
-                rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except Exception:  # noqa: BLE001 - some templates refuse a system turn: fold it into the user's
-                merged = [{"role": "user", "content": f"{self.instruction(src, tgt)}\n{text}"}]
-                rendered = self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
-            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        else:
-            plain = f"{self.instruction(src, tgt)}\n{language_name(src, self.names)}: {text}\n" \
-                    f"{language_name(tgt, self.names)}:"
-            ids = self.tokenizer(plain)["input_ids"]
-        return ids[-(self.max_length // 2):]
+            return self.chat_prompt(self.instruction(src, tgt), text)
+        plain = f"{self.instruction(src, tgt)}\n{language_name(src, self.names)}: {text}\n" \
+                f"{language_name(tgt, self.names)}:"
+        return self.tokenizer(plain)["input_ids"][-(self.max_length // 2):]
 
     def target(self, text: str) -> list[int]:
         """Token ids of the translation and what ends it (the turn ending, or a newline and eos)."""

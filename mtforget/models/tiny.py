@@ -81,6 +81,18 @@ def build_model(spec: TinySpec, tokenizer) -> M2M100ForConditionalGeneration:
     return M2M100ForConditionalGeneration(config)
 
 
+TINY_NAMES = ("small", "base", "lm", "lm-instruct")  # encoder-decoder sizes, then decoder-only styles
+
+
+def tiny_recipe(name: str) -> list:
+    """What determines a built-in base's weights besides the corpus (part of trial identity)."""
+    from mtforget.models.tiny_decoder import DECODER_RECIPE_VERSION, DECODER_SPEC
+
+    if name in TINY_SPECS:
+        return [RECIPE_VERSION, asdict(TINY_SPECS[name])]
+    return [DECODER_RECIPE_VERSION, name, asdict(DECODER_SPEC)]
+
+
 def tiny_base(
     name: str,
     corpus: Corpus,
@@ -88,12 +100,19 @@ def tiny_base(
     seed: int,
     steps: int | None = None,
     progress: bool = True,
+    names: dict[str, str] | None = None,
 ) -> Path:
     """The directory of the tiny base ``name`` trained on ``corpus`` (built and cached if missing).
 
     The cache key covers the spec, the training examples (corpus content and split), the seed and
-    the library versions that could change the weights.
+    the library versions that could change the weights. ``lm`` and ``lm-instruct`` are the
+    decoder-only bases (:mod:`mtforget.models.tiny_decoder`); ``names`` are the language names
+    their prompts use.
     """
+    if name not in TINY_SPECS:
+        from mtforget.models.tiny_decoder import tiny_decoder_base
+
+        return tiny_decoder_base(name, corpus, splits, seed, names or {}, steps, progress)
     spec = TINY_SPECS[name]
     steps = steps or spec.steps
     train_ids = fingerprint([s.id for s in splits.train])

@@ -17,7 +17,8 @@ import yaml
 from mtforget.data.categories import CATEGORIES
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
-from mtforget.report.tables import (axis_comparisons, category_table, direction_matrix, trial_summaries)
+from mtforget.report.tables import (axis_comparisons, category_table, controlled_contrasts, direction_matrix,
+                                    trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, ResultStore
 
 MAX_HEATMAPS = 12
@@ -56,7 +57,7 @@ def build_report(out: Path) -> Path:
     examples = _examples(out, summaries, rows)
 
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
-               "examples": examples}
+               "examples": examples, "contrasts": controlled_contrasts(trials, rows)}
     (report / "summary.md").write_text(render_markdown(context), encoding="utf-8")
     html_path = report / "index.html"
     html_path.write_text(render_html(context, figures), encoding="utf-8")

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 
 from mtforget.data.categories import CATEGORIES
-from mtforget.report.tables import METRIC_TITLES
+from mtforget.report.tables import CONTRAST_CATEGORIES, METRIC_TITLES
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1250px;padding:0 1em;color:#222}
@@ -83,6 +83,26 @@ INTRO = ("Each cell: mean delta (fine-tuned − base) over the category's direct
          "in the wrong language).")
 
 
+CONTRAST_INTRO = ("Trials whose configs differ in exactly one key, everything else held equal: each "
+                  "group is one controlled comparison. chrF delta per category with its 95% paired-bootstrap "
+                  "interval; off-target delta on unseen targets in percentage points.")
+CONTRAST_HEADER = ["differs in", "value", "condition", "architecture", "control", "parameters", "trainable",
+                   *(c.replace("_", " ") for c in CONTRAST_CATEGORIES), "off-target unseen tgt"]
+
+
+def _contrast_rows(context: dict) -> list[list[str]]:
+    rows = []
+    for c in context.get("contrasts", []):
+        cells = [f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" if cat in c["chrf"] else "–"
+                 for cat in CONTRAST_CATEGORIES for m, lo, hi in [c["chrf"].get(cat, (0, 0, 0))]]
+        off = c["unseen_target_off_target"]
+        value = c["value"] if isinstance(c["value"], str) else json.dumps(c["value"])
+        rows.append([c["axis"], value, c["condition"], str(c["architecture"]), str(c["control"]),
+                     f"{c['parameters']:,}" if c["parameters"] else "", f"{c['trainable']:,}" if c["trainable"] else "",
+                     *cells, f"{off:+.1f}" if off is not None else "–"])
+    return rows
+
+
 def render_markdown(context: dict) -> str:
     """``summary.md``: the same tables as the HTML page."""
     trials = context["trials"]
@@ -101,6 +121,11 @@ def render_markdown(context: dict) -> str:
         lines += ["## Forgetting against data/model scale", "",
                   f"Unseen-direction chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · log10(fine-tuning "
                   "tokens / parameters), least squares over trials.", ""]
+    contrasts = _contrast_rows(context)
+    if contrasts:
+        lines += ["## Controlled contrasts", "", CONTRAST_INTRO, "", "| " + " | ".join(CONTRAST_HEADER) + " |",
+                  "|---" * len(CONTRAST_HEADER) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in contrasts] + [""]
     paired = _paired_rows(context)
     if paired:
         lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
@@ -161,6 +186,13 @@ def render_html(context: dict, figures: dict) -> str:
             parts.append(figure(path, f"{axis}: " + ", ".join(
                 f"{en['value'].strip(chr(34))} {en['mean']:+.1f}" for en in entries)))
         parts.append("</div>")
+    contrasts = _contrast_rows(context)
+    if contrasts:
+        parts.append(f"<h2>Controlled contrasts</h2><p class='muted'>{e(CONTRAST_INTRO)}</p><table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in CONTRAST_HEADER) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row[:5])
+                  + "".join(f"<td class='num'>{e(c)}</td>" for c in row[5:]) + "</tr>" for row in contrasts]
+        parts.append("</table>")
     if figures.get("heatmaps"):
         parts.append("<h2>chrF delta per direction</h2><div class='grid'>")
         parts += [figure(path, condition) for condition, path in figures["heatmaps"]]

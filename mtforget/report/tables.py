@@ -163,3 +163,62 @@ def log_fit(xs: list[float], ys: list[float], seed: int = 0, resamples: int = 10
     low, high = np.percentile(np.asarray(curves), [2.5, 97.5], axis=0)
     return {"slope": float(slope), "intercept": float(intercept), "x": 10 ** grid,
             "y": intercept + slope * grid, "low": low, "high": high}
+
+
+# Config keys that say how a study runs, not what a trial computes: never a contrast.
+_NOT_CONDITIONS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard")
+CONTRAST_CATEGORIES = ("supervised", "unseen_source", "unseen_target", "unseen_both")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in config.items():
+        if not prefix and key in _NOT_CONDITIONS:
+            continue
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return flat
+
+
+def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
+    """Groups of done trials whose configs differ in exactly one key, one row per trial.
+
+    This is how a mixed grid is read: ``model.tiny`` small vs lm at the same data size is the
+    encoder-decoder vs decoder-only contrast, ``finetune.method`` full vs lora the LoRA one, and so
+    on, with everything else held equal. Each row has the trial's parameter counts and its mean
+    chrF delta per category with the paired-bootstrap interval, and the unseen-target off-target
+    delta in percentage points.
+    """
+    done = [t for t in trials if t["status"] == "done"]
+    flat = {t["trial_id"]: _flatten(json.loads(t["config"])) for t in done}
+    groups: dict[tuple[str, tuple], list[str]] = defaultdict(list)
+    for trial_id, config in flat.items():
+        for key in config:
+            rest = tuple(sorted((k, v) for k, v in config.items() if k != key))
+            groups[(key, rest)].append(trial_id)
+    means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        means[(row["trial_id"], row["metric"], row["category"])].append(row["delta"])
+    by_id = {t["trial_id"]: t for t in done}
+    out = []
+    for number, ((key, _), members) in enumerate(sorted(groups.items(), key=lambda g: (g[0][0], sorted(g[1])))):
+        if len({flat[m][key] for m in members}) < 2:
+            continue
+        for trial_id in sorted(members, key=lambda m: flat[m][key]):
+            info = json.loads(by_id[trial_id]["info"] or "{}")
+            ci = info.get("category_ci", {}).get("chrf", {})
+            cells = {}
+            for category in CONTRAST_CATEGORIES:
+                values = means.get((trial_id, "chrf", category))
+                if values:
+                    low, high = ci.get(category, (float("nan"), float("nan")))
+                    cells[category] = (float(np.mean(values)), low, high)
+            off = means.get((trial_id, "off_target", "unseen_target"))
+            out.append({"group": number, "axis": key, "value": json.loads(flat[trial_id][key]),
+                        "trial_id": trial_id, "condition": condition_label(by_id[trial_id]),
+                        "architecture": info.get("architecture", ""), "control": info.get("language_control", ""),
+                        "parameters": info.get("parameters"), "trainable": info.get("trainable_parameters"),
+                        "chrf": cells, "unseen_target_off_target": 100 * float(np.mean(off)) if off else None})
+    return out

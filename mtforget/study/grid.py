@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtforget.cache import fingerprint
-from mtforget.models.tiny import RECIPE_VERSION, TINY_SPECS
-from mtforget.study.config import EXECUTION_KEYS, StudyConfig, set_dotted, study_to_dict
+from mtforget.models.tiny import tiny_recipe
+from mtforget.study.config import EXECUTION_KEYS, StudyConfig, grid_parts, set_dotted, study_to_dict
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,17 @@ class Trial:
 def expand(study: StudyConfig) -> list[Trial]:
     """The cross product of the grid over the base config, in grid order; duplicates removed.
 
+    A list grid gives the union of its parts' cross products, in order.
+
     A trial's id hashes its whole resolved config (grid removed, the study name left out), so
     changing anything that affects a trial's numbers gives it a new id, and renaming a study does
     not invalidate finished trials.
     """
     base = study_to_dict(study)
-    grid = base.pop("grid") or {}
-    axes = list(grid)
+    parts = grid_parts(base.pop("grid")) or [{}]
     trials: dict[str, Trial] = {}
-    for values in itertools.product(*(grid[a] for a in axes)):
+    for axes, values in ((list(part), values) for part in parts
+                         for values in itertools.product(*part.values())):
         raw = copy.deepcopy(base)
         chosen = dict(zip(axes, values))
         for axis, value in chosen.items():
@@ -54,7 +56,7 @@ def expand(study: StudyConfig) -> list[Trial]:
         identity = {k: v for k, v in study_to_dict(config).items() if k not in EXECUTION_KEYS}
         if config.model.tiny and not config.model.path:
             # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
-            identity["tiny_recipe"] = [RECIPE_VERSION, asdict(TINY_SPECS[config.model.tiny])]
+            identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
     return list(trials.values())
