@@ -3,6 +3,7 @@ through `mtforget run --set model.path=DIR` as a user would with their own check
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,42 @@ def test_lora_switches_layerdrop_off_in_the_modules(tmp_path):
     assert model.model.encoder.layerdrop == 0.05
     wrapped = apply_lora(model, rank=2, alpha=4, dropout=0.0)
     assert all(getattr(m, "layerdrop", 0) == 0 for m in wrapped.modules())
+
+
+def test_builtin_decoder_bases_plain_and_instruction_tuned(tmp_path):
+    """tiny:lm is steered by a plain prompt, tiny:lm-instruct (built from it) by a chat template,
+    and an encoder-decoder of similar size sits beside them in one list grid."""
+    from mtforget.models.tiny_decoder import OTHER_TASKS, TRANSLATE_PHRASINGS, instruction_mix
+    from mtforget.study.runner import TrialMemo, _corpus_and_splits
+
+    raw = tiny_study()
+    raw["grid"] = [{"model.tiny": ["small", "lm", "lm-instruct"]}, {"model.tiny": ["lm"], "finetune.method": ["lora"]}]
+    raw["eval"]["max_new_tokens"] = 8
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--out", str(out), "--no-progress"]) == 0
+    infos = {(i["model"], i["method"]): i for i in
+             (json.loads(p.read_text())["info"] for p in (out / "trials").glob("*/result.json"))}
+    assert set(infos) == {("tiny:small", "full"), ("tiny:lm", "full"), ("tiny:lm-instruct", "full"), ("tiny:lm", "lora")}
+    assert infos[("tiny:lm", "full")]["language_control"] == "plain prompt"
+    assert infos[("tiny:lm-instruct", "full")]["language_control"] == "chat template"
+    assert {infos[k]["architecture"] for k in infos if k[0] != "tiny:small"} == {"decoder-only"}
+    small, lm = infos[("tiny:small", "full")]["parameters"], infos[("tiny:lm", "full")]["parameters"]
+    assert 0.8 < lm / small < 1.25  # similar size: the architecture is the contrast
+    assert infos[("tiny:lm", "lora")]["trainable_parameters"] < lm
+
+    instruct = json.loads((Path(infos[("tiny:lm-instruct", "full")]["base_dir"]) / "mtforget_base.json").read_text())
+    plain = json.loads((Path(infos[("tiny:lm", "full")]["base_dir"]) / "mtforget_base.json").read_text())
+    assert instruct["instruct_steps"] > 0 and plain["style"] == "plain prompt"
+    summary = (out / "report" / "summary.md").read_text()
+    assert "## Controlled contrasts" in summary and "| model.tiny | lm-instruct |" in summary
+
+    # The instruction mix varies the phrasing and holds other tasks in about the configured share.
+    from mtforget.study.config import parse_study
+    corpus, splits = _corpus_and_splits(parse_study(raw, "x").corpus, TrialMemo())
+    mix = instruction_mix(splits.train, list(corpus.languages), {}, 400, 0.25, seed=3)
+    others = [m for m in mix if m.instruction in OTHER_TASKS.values()]
+    assert 60 < len(others) < 140
+    assert len({m.instruction.split()[0] for m in mix if m not in others}) >= 4
+    assert any(t.startswith("Translate the following") for t in TRANSLATE_PHRASINGS)

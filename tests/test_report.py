@@ -54,14 +54,20 @@ def _open(page_path: Path):
 
 def test_quick_demo_report_renders_in_a_browser(tmp_path, capsys):
     out = tmp_path / "demo"
-    # The quick demo with a shortened pre-training, so the test stays fast.
-    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--set", "model.pretrain_steps=60"]) == 0
+    # The quick demo with a shortened pre-training and small data sizes, so the test stays fast,
+    # crossed with alignment on/off and an interpolation point so every section has data.
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--set", "model.pretrain_steps=60",
+                 "--set", "grid.finetune.size=[50,300]", "--set", "grid.finetune.alignment.enabled=[false,true]",
+                 "--set", "eval.interpolation=[0.5]"]) == 0
     report = out / "report" / "index.html"
     facts, errors, dialogs = _open(report)
     assert errors == [] and dialogs == []
-    assert len(facts["images"]) >= 4 and all(i["ok"] for i in facts["images"]), facts["images"]
+    assert len(facts["images"]) >= 6 and all(i["ok"] for i in facts["images"]), facts["images"]
+    names = {i["src"] for i in facts["images"]}
+    assert {"interpolation.png", "layer_retrieval.png"} <= names, names
     for heading in ("chrF delta", "off-target rate delta", "Gain on fine-tuned directions", "Example translations",
-                    "chrF delta per direction", "Trials", "Run metadata"):
+                    "chrF delta per direction", "Controlled contrasts", "Weight interpolation with the base",
+                    "Layer-wise cross-lingual retrieval", "Trials", "Run metadata"):
         assert heading in facts["text"]
     shutil.copyfile(out / "report" / "screenshot.png", SCREENSHOT)
     with capsys.disabled():

@@ -8,6 +8,7 @@ import yaml
 
 from mtforget.cli import main
 from mtforget.data.categories import CATEGORIES
+from mtforget.errors import UsageError
 from mtforget.study.config import parse_study
 from mtforget.study.grid import expand
 from mtforget.study.runner import run_study
@@ -145,3 +146,24 @@ def test_lora_trials_train_adapters_only_and_report_their_size(tmp_path):
     assert lora_ft != lora_base  # the adapters changed the model
     summary = (out / "report" / "summary.md").read_text()
     assert "tiny:small lora n=32" in summary
+
+
+def test_a_list_grid_is_the_union_of_its_parts_and_set_reaches_every_part():
+    from mtforget.study.config import apply_overrides
+    from mtforget.study.grid import expand
+
+    raw = {"grid": [{"model.tiny": ["small", "base"], "finetune.size": [100, 1000]},
+                    {"finetune.method": ["lora"], "finetune.size": [1000]},
+                    {"finetune.size": [1000]}]}  # the same trial as small/1000 in part one
+    trials = expand(parse_study(raw, "s"))
+    assert [(t.config.model.tiny, t.config.finetune.method, t.config.finetune.size) for t in trials] == [
+        ("small", "full", 100), ("small", "full", 1000), ("base", "full", 100), ("base", "full", 1000),
+        ("small", "lora", 1000)]
+    seeded = expand(parse_study(apply_overrides(raw, ["grid.seed=[0,1]"]), "s"))
+    assert len(seeded) == 2 * len(trials)
+    fixed = expand(parse_study(apply_overrides(raw, ["finetune.size=7"]), "s"))
+    assert {t.config.finetune.size for t in fixed} == {7} and len(fixed) == 3
+    with pytest.raises(UsageError, match="grid: unknown key 'finetune.sise'"):
+        parse_study({"grid": [{"finetune.sise": [1]}]}, "s")
+    with pytest.raises(UsageError, match="expected a mapping"):
+        parse_study({"grid": [["finetune.size", 1]]}, "s")

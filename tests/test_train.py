@@ -39,6 +39,25 @@ def test_step_batches_are_a_function_of_seed_and_step():
     assert sorted(i for b in full[:4] for i in b) == list(range(20))  # one epoch covers every example once
 
 
+def test_length_grouped_batches_pad_less_and_keep_every_example_once():
+    import random
+
+    lengths = [random.Random(i).randint(1, 80) for i in range(960)]
+    grouped = StepBatches(n=960, batch_size=32, seed=3, start=0, total=60, lengths=lengths)
+    plain = StepBatches(n=960, batch_size=32, seed=3, start=0, total=60)
+    batches = list(grouped)
+
+    def padding(bs):  # padded cells when each batch pads to its longest example
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    assert sorted(i for b in batches[:30] for i in b) == list(range(960))  # an epoch: every example once
+    assert padding(batches[:30]) < 0.3 * padding(list(plain)[:30])
+    assert list(StepBatches(n=960, batch_size=32, seed=3, start=41, total=60, lengths=lengths)) == batches[41:]
+    # Batch order stays random: lengths do not rise or fall steadily through the epoch.
+    means = [sum(lengths[i] for i in b) / len(b) for b in batches[:30]]
+    assert means != sorted(means) and means != sorted(means, reverse=True)
+
+
 def test_resumed_training_equals_uninterrupted(setup, tmp_path):
     tokenizer, examples = setup
     settings = TrainSettings(lr=3e-3, batch_size=8, max_steps=12, eval_every=3, checkpoint_every=4, seed=0)

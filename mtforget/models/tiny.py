@@ -42,7 +42,7 @@ class TinySpec:
 
 # Bumped whenever the pre-training recipe (tokenizer, architecture defaults, training loop)
 # changes the weights it produces, so cached bases from older recipes are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: length-grouped pre-training batches
 
 # Step counts, not wall time, bound pre-training, so a base is the same on every machine.
 # The sizes differ by more than 4x in parameters; each reaches a usable quality on the

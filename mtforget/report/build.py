@@ -18,7 +18,7 @@ from mtforget.data.categories import CATEGORIES
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
 from mtforget.report.tables import (axis_comparisons, category_table, controlled_contrasts, direction_matrix,
-                                    trial_summaries)
+                                    interpolation_curves, layer_series, trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, ResultStore
 
 MAX_HEATMAPS = 12
@@ -55,9 +55,13 @@ def build_report(out: Path) -> Path:
     figures["comparisons"] = [(axis, entries, plots.comparison(axis, entries, report / f"compare_{i}.png"))
                               for i, (axis, entries) in enumerate(comparisons.items())]
     examples = _examples(out, summaries, rows)
+    curves, layers = interpolation_curves(summaries), layer_series(summaries)
+    figures["interpolation"] = plots.interpolation_curves(curves, report / "interpolation.png")
+    figures["layers"] = plots.layer_accuracy(layers, report / "layer_retrieval.png")
 
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
-               "examples": examples, "contrasts": controlled_contrasts(trials, rows)}
+               "examples": examples, "contrasts": controlled_contrasts(trials, rows), "interpolation": curves,
+               "layers": layers}
     (report / "summary.md").write_text(render_markdown(context), encoding="utf-8")
     html_path = report / "index.html"
     html_path.write_text(render_html(context, figures), encoding="utf-8")

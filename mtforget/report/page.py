@@ -103,6 +103,42 @@ def _contrast_rows(context: dict) -> list[list[str]]:
     return rows
 
 
+INTERPOLATION_INTRO = ("Weight interpolation with the base, θ = (1−α)·θ_base + α·θ_ft, each model evaluated on "
+                       "every direction: mean chrF delta on supervised and unseen directions, and the off-target "
+                       "delta on unseen targets in percentage points. α=0 is the base, α=1 the fine-tuned model.")
+INTERPOLATION_HEADER = ["trial", "α", "supervised chrF Δ", "unseen chrF Δ", "off-target unseen tgt Δ"]
+LAYERS_INTRO = ("Cross-lingual retrieval accuracy of mean-pooled hidden states on the test split: each "
+                "language's sentence retrieves its pivot translation among all pivot sentences (and back), "
+                "top-1 by cosine, averaged over languages; the layer is the alignment layer, or the middle "
+                "layer when alignment is off.")
+LAYERS_HEADER = ["trial", "layer", "base accuracy", "fine-tuned accuracy", "best fine-tuned layer"]
+
+
+def _interpolation_rows(context: dict) -> list[list[str]]:
+    rows = []
+    for curve in context.get("interpolation", []):
+        for p in curve["points"]:
+            off = p["unseen_target_off_target"]
+            rows.append([curve["trial_id"], f"{p['alpha']:g}", f"{p['supervised']:+.1f}", f"{p['unseen']:+.1f}",
+                         f"{off:+.1f}" if off is not None else "–"])
+    return rows
+
+
+def _layer_rows(context: dict) -> list[list[str]]:
+    rows = []
+    for s in context.get("layers", []):
+        best = max(range(len(s["finetuned"])), key=lambda i: s["finetuned"][i])
+        rows.append([s["trial_id"], str(s["alignment_layer"]),
+                     f"{s['base_at_layer']:.3f}" if s["base_at_layer"] is not None else "–",
+                     f"{s['finetuned_at_layer']:.3f}" if s["finetuned_at_layer"] is not None else "–",
+                     f"{s['layers'][best]} ({s['finetuned'][best]:.3f})"])
+    return rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def render_markdown(context: dict) -> str:
     """``summary.md``: the same tables as the HTML page."""
     trials = context["trials"]
@@ -126,6 +162,12 @@ def render_markdown(context: dict) -> str:
         lines += ["## Controlled contrasts", "", CONTRAST_INTRO, "", "| " + " | ".join(CONTRAST_HEADER) + " |",
                   "|---" * len(CONTRAST_HEADER) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in contrasts] + [""]
+    if context.get("interpolation"):
+        lines += ["## Weight interpolation with the base", "", INTERPOLATION_INTRO, ""]
+        lines += _md_table(INTERPOLATION_HEADER, _interpolation_rows(context)) + [""]
+    if context.get("layers"):
+        lines += ["## Layer-wise cross-lingual retrieval", "", LAYERS_INTRO, ""]
+        lines += _md_table(LAYERS_HEADER, _layer_rows(context)) + [""]
     paired = _paired_rows(context)
     if paired:
         lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
@@ -192,6 +234,18 @@ def render_html(context: dict, figures: dict) -> str:
                      + "".join(f"<th>{e(h)}</th>" for h in CONTRAST_HEADER) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row[:5])
                   + "".join(f"<td class='num'>{e(c)}</td>" for c in row[5:]) + "</tr>" for row in contrasts]
+        parts.append("</table>")
+    for key, title, intro, header, rows in (
+            ("interpolation", "Weight interpolation with the base", INTERPOLATION_INTRO, INTERPOLATION_HEADER,
+             _interpolation_rows(context)),
+            ("layers", "Layer-wise cross-lingual retrieval", LAYERS_INTRO, LAYERS_HEADER, _layer_rows(context))):
+        if not rows:
+            continue
+        parts.append(f"<h2>{e(title)}</h2><p class='muted'>{e(intro)}</p>"
+                     + figure(figures.get(key), title) + "<table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr><td>" + e(r[0]) + "</td>" + "".join(f"<td class='num'>{e(c)}</td>" for c in r[1:]) + "</tr>"
+                  for r in rows]
         parts.append("</table>")
     if figures.get("heatmaps"):
         parts.append("<h2>chrF delta per direction</h2><div class='grid'>")

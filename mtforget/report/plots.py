@@ -29,7 +29,7 @@ def by_size(table: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(CATEGORIES), figsize=(3.2 * len(CATEGORIES), 3.2), sharey=True)
     series: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for e in chrf:
-        name = e["model"] + " " + e["method"] + ("" if e["alignment"] == "none" else " +align")
+        name = " ".join(part for part in e["condition"].split() if not part.startswith("n="))
         series[(name, e["category"])].append(e)
     for ax, category in zip(axes, CATEGORIES):
         for (name, cat), points in sorted(series.items()):
@@ -119,4 +119,45 @@ def comparison(axis: str, entries: list[dict], path: Path) -> Path:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("mean chrF delta, unseen")
     ax.set_title(axis, fontsize=9)
+    return _save(fig, path)
+
+
+def interpolation_curves(curves: list[dict], path: Path) -> Path | None:
+    """Weight interpolation with the base: gain on fine-tuned directions against loss on unseen
+    ones, one line per trial from α=0 (the base, at the origin) to α=1 (the fine-tuned model)."""
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for curve in curves:
+        points = curve["points"]
+        xs, ys = [p["supervised"] for p in points], [p["unseen"] for p in points]
+        line, = ax.plot(xs, ys, marker="o", label=curve["condition"])
+        for p in points:
+            ax.annotate(f"{p['alpha']:g}", (p["supervised"], p["unseen"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points", color=line.get_color())
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("supervised chrF delta (gain)")
+    ax.set_ylabel("unseen chrF delta (loss)")
+    ax.set_title("θ = (1−α)·θ_base + α·θ_ft, labelled by α")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def layer_accuracy(series: list[dict], path: Path) -> Path | None:
+    """Cross-lingual retrieval accuracy per layer: the base (dashed) and each fine-tuned trial."""
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    drawn_bases = set()
+    for s in series:
+        if s["base_key"] not in drawn_bases:
+            drawn_bases.add(s["base_key"])
+            ax.plot(s["layers"], s["base"], ls="--", color="grey", marker=".", label=f"{s['model']} base")
+        ax.plot(s["layers"], s["finetuned"], marker="o", label=s["condition"])
+        ax.axvline(s["alignment_layer"], color="#ccc", lw=0.8, zorder=0)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("retrieval accuracy (top-1, with the pivot)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path)

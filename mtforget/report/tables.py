@@ -222,3 +222,45 @@ def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
                         "parameters": info.get("parameters"), "trainable": info.get("trainable_parameters"),
                         "chrf": cells, "unseen_target_off_target": 100 * float(np.mean(off)) if off else None})
     return out
+
+
+def interpolation_curves(summaries: list[TrialSummary]) -> list[dict]:
+    """Per trial with a weight-interpolation sweep: per α, the mean chrF delta on supervised and on
+    unseen directions (direction-weighted over the three unseen categories) and the unseen-target
+    off-target delta in percentage points."""
+    curves = []
+    for s in summaries:
+        sweep = s.info.get("interpolation")
+        if not sweep:
+            continue
+        points = []
+        for entry in sorted(sweep, key=lambda e: e["alpha"]):
+            cats = entry["categories"]
+            unseen = [(c["chrf_delta"], c["directions"]) for name, c in cats.items() if name in UNSEEN]
+            weight = sum(n for _, n in unseen)
+            off = cats.get("unseen_target", {}).get("off_target_delta")
+            points.append({"alpha": entry["alpha"],
+                           "supervised": cats.get("supervised", {}).get("chrf_delta", float("nan")),
+                           "unseen": sum(d * n for d, n in unseen) / weight if weight else float("nan"),
+                           "unseen_target_off_target": 100 * off if off is not None else None})
+        curves.append({"trial_id": s.trial_id, "condition": s.condition, "points": points})
+    return curves
+
+
+def layer_series(summaries: list[TrialSummary]) -> list[dict]:
+    """Per trial with a representation analysis: mean retrieval accuracy per layer, base and
+    fine-tuned, and the accuracies at the alignment layer (the middle one when alignment is off)."""
+    out = []
+    for s in summaries:
+        reps = s.info.get("representations")
+        if not reps or not reps.get("finetuned", {}).get("mean"):
+            continue
+        layer = reps["alignment_layer"]
+        base, tuned = reps["base"], reps["finetuned"]
+        index = tuned["layers"].index(layer) if layer in tuned["layers"] else None
+        out.append({"trial_id": s.trial_id, "condition": s.condition, "model": s.model,
+                    "base_key": s.info.get("base_dir", s.model), "layers": tuned["layers"],
+                    "base": base["mean"], "finetuned": tuned["mean"], "alignment_layer": layer,
+                    "base_at_layer": base["mean"][index] if index is not None else None,
+                    "finetuned_at_layer": tuned["mean"][index] if index is not None else None})
+    return out

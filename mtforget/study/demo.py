@@ -1,11 +1,22 @@
-"""The built-in demo study: tiny bases on the synthetic world, two sizes × three data sizes.
+"""The built-in demo study: tiny bases on the synthetic world, every condition of the study once.
 
 It fine-tunes on English ↔ the first half of the other languages (the default directions) and
-measures what every direction loses. ``quick`` is the CI-sized variant: fewer languages, a short
-pre-training, two data sizes.
+measures what every direction loses. The grid is a union of parts, so the study's axes are covered
+without crossing all of them:
+
+1. model size × fine-tuning data size (two encoder-decoder sizes, three data sizes spanning 100×);
+2. encoder-decoder vs decoder-only at similar size, and plain-prompt vs instruction-tuned;
+3. full fine-tuning vs LoRA;
+4. the mitigations: cross-lingual alignment and replay.
+
+Parts 2–4 run at the largest data size, where forgetting is strongest, on the small model; each
+of their trials differs from a part-1 trial in one key, so the report's controlled contrasts pair
+them. ``quick`` is the CI-sized variant: fewer languages, a short pre-training, two data sizes.
 """
 
 from __future__ import annotations
+
+LARGEST = 10000
 
 
 def demo_study(quick: bool = False) -> dict:
@@ -24,6 +35,12 @@ def demo_study(quick: bool = False) -> dict:
         "model": {"tiny": "small"},
         "corpus": {"synthetic": {"languages": 10, "segments": 20000}, "dev_size": 200, "test_size": 40},
         "finetune": {"lr": 3e-4, "epochs": 2, "eval_every": 25},
-        "eval": {"max_sentences": 40, "paired_resamples": 500},
-        "grid": {"model.tiny": ["small", "base"], "finetune.size": [100, 1000, 10000]},
+        "eval": {"max_sentences": 40, "paired_resamples": 500, "interpolation": [0.25, 0.5, 0.75]},
+        "grid": [
+            {"model.tiny": ["small", "base"], "finetune.size": [100, 1000, LARGEST]},
+            {"model.tiny": ["lm", "lm-instruct"], "finetune.size": [LARGEST]},
+            {"finetune.method": ["lora"], "finetune.size": [LARGEST]},
+            {"finetune.alignment.enabled": [True], "finetune.size": [LARGEST]},
+            {"finetune.replay.fraction": [0.25], "finetune.size": [LARGEST]},
+        ],
     }
