@@ -5,7 +5,9 @@
 
 Runs in a fresh temporary cache so nothing is reused, and prints two tables: seconds per stage,
 and sentences/s of batched generation against a per-sentence ``generate`` loop measured on the same
-sentences in the same run (the baseline of the ratio column). Not a test: numbers vary by machine.
+sentences in the same run (the baseline of the ratio column). The evaluation stages use the
+study's generation engine (``eval.engine``); ``benchmarks/generation.py`` compares the engines.
+Not a test: numbers vary by machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, sample_directions, split_by_id
+from mtforget.evaluate.engine import make_engine
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
 from mtforget.evaluate.generate import translate
 from mtforget.evaluate.lid import make_identifier
@@ -65,9 +68,18 @@ def main() -> None:
     lid = timed("train language identifier", lambda: make_identifier(splits.train, languages))
     directions = [(s, t) for s in languages for t in languages if s != t]
     settings = EvalSettings(study.eval.max_sentences, study.eval.batch_size, study.eval.max_new_tokens)
-    evaluation = timed("evaluate base (all directions)",
-                       lambda: evaluate_directions(model, control, splits.test, directions, lid, settings, progress=False),
-                       lambda r: f"{sum(v['n'] for v in r.values())} sentences")
+
+    def evaluate() -> dict:
+        # A fresh engine each time, as the runner builds one: a converted engine holds the weights
+        # it was built from, and fine-tuning changes them. Its build time counts in the stage.
+        with make_engine(study.eval.engine, model, control, settings.max_new_tokens, study.eval.compute_type,
+                         max_batch_sentences=settings.batch_size, cache_conversion=False) as engine:
+            engine_names.append(engine.name)
+            return evaluate_directions(engine, splits.test, directions, lid, settings, progress=False)
+
+    engine_names: list[str] = []
+    evaluation = timed("evaluate base (all directions)", evaluate,
+                       lambda r: f"{sum(v['n'] for v in r.values())} sentences, {engine_names[-1]}")
     n_eval = sum(v["n"] for v in evaluation.values())
     eval_seconds = stages[-1][1]
 
@@ -99,8 +111,7 @@ def main() -> None:
                                                 schedule=ft.schedule, eval_every=ft.eval_every,
                                                 patience=ft.patience), dev=dev, progress=False),
         lambda o: f"{o.steps} steps")
-    timed("evaluate fine-tuned (all directions)",
-          lambda: evaluate_directions(model, control, splits.test, directions, lid, settings, progress=False))
+    timed("evaluate fine-tuned (all directions)", evaluate, lambda r: engine_names[-1])
 
     print(f"\nDemo stages ({'full' if args.full else 'quick'} settings, tiny:{tiny}, fresh cache)\n")
     print(f"{'stage':<40} {'seconds':>9}  note")
@@ -111,7 +122,7 @@ def main() -> None:
     print(f"{'method':<40} {'sent/s':>9} {'vs loop':>9}")
     print(f"{'per-sentence generate loop (baseline)':<40} {len(sample) / loop_s:>9.1f} {1.0:>8.2f}x")
     print(f"{'batched generate, length-sorted':<40} {len(sample) / batched_s:>9.1f} {loop_s / batched_s:>8.2f}x")
-    print(f"{'batched, whole base evaluation':<40} {n_eval / eval_seconds:>9.1f} "
+    print(f"{'whole base evaluation (' + engine_names[0] + ')':<40} {n_eval / eval_seconds:>9.1f} "
           f"{(n_eval / eval_seconds) / (len(sample) / loop_s):>8.2f}x")
 
 

@@ -59,6 +59,18 @@ def split_by_id(corpus: Corpus, dev_size: int, test_size: int, seed: int = 0) ->
     return Splits(tuple(train), tuple(dev), tuple(test))
 
 
+def pivot_language(corpus: Corpus, languages: list[str]) -> str:
+    """English when the study has it, else its most frequent language (the earlier one on a tie).
+
+    The pivot is the hub of the default fine-tuning directions, the side that alignment pairs and
+    retrieval analyses compare every other language with.
+    """
+    if "en" in languages:
+        return "en"
+    counts = corpus.language_counts()
+    return max(languages, key=lambda lang: (counts.get(lang, 0), -languages.index(lang)))
+
+
 def direction_examples(segments: tuple[Segment, ...] | list[Segment], src: str, tgt: str) -> list[Example]:
     """All examples of ``src→tgt`` among the segments that have both languages."""
     return [

@@ -13,27 +13,29 @@ from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
 from mtforget.evaluate.bootstrap import interval, paired_deltas
 from mtforget.evaluate.comet import comet_scores
-from mtforget.evaluate.generate import translate
+from mtforget.evaluate.engine import GenerationEngine
 from mtforget.evaluate.lid import off_target_rate
 from mtforget.evaluate.metrics import score
-from mtforget.models.language import LanguageTokens
 
 METRICS = ("chrf", "chrf++", "bleu", "off_target")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Decoding settings; part of the cache key of a base evaluation."""
+    """Evaluation settings; part of the cache key of a base evaluation.
+
+    ``batch_size`` and ``max_new_tokens`` configure the generation engine (``make_engine``), which
+    the caller builds from them; the engine's name joins them in the cache key.
+    """
 
     max_sentences: int = 50  # per direction
-    batch_size: int = 128
+    batch_size: int = 128  # sentences per batch at most (Hugging Face generate)
     max_new_tokens: int = 64
     comet: tuple | None = None  # (python, checkpoint, scorer, batch_size, gpus) when COMET is on
 
 
 def evaluate_directions(
-    model,
-    control: LanguageTokens,
+    engine: GenerationEngine,
     test: tuple[Segment, ...] | list[Segment],
     directions: list[tuple[str, str]],
     lid,
@@ -42,7 +44,8 @@ def evaluate_directions(
     progress: bool = True,
     with_copy: bool = False,
 ) -> dict[str, dict]:
-    """Translate the test split in every direction and score it (``lid``: a language identifier).
+    """Translate the test split in every direction with ``engine`` and score it (``lid``: a
+    language identifier).
 
     Returns ``{"src-tgt": {"chrf", "bleu", "off_target", "n", "hypotheses"}}``; the first
     ``max_sentences`` test segments that have both languages form each direction's test set.
@@ -54,8 +57,7 @@ def evaluate_directions(
         examples = direction_examples(test, src, tgt)[: settings.max_sentences]
         if not examples:
             continue
-        hyps = translate(model, control, [e.src for e in examples], src, tgt,
-                         batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
+        hyps = engine.translate([e.src for e in examples], src, tgt)
         scores = score(hyps, [e.tgt for e in examples], tgt)
         flags = lid.off_target_flags(hyps, tgt)
         scores["off_target"] = off_target_rate(flags)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtforget.data.splits import Example
-from mtforget.models.language import pad, padded_batch
+from mtforget.models.language import normalize_whitespace, pad, padded_batch
 from mtforget.models.languages import language_name
 
 INSTRUCTION = "Translate the following sentence from {src} to {tgt}."
@@ -97,5 +97,13 @@ class InstructionControl:
                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
         new = generated[:, input_ids.shape[1]:]
-        texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [" ".join(t.strip().split("\n", 1)[0].split()) for t in texts_out]
+        return [first_line(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def first_line(text: str) -> str:
+    """The translation in a decoder's continuation: its first line, whitespace-normalised.
+
+    A model that does not stop at the end of the line goes on with more text (another sentence,
+    the next prompt line); only the first line answers the instruction.
+    """
+    return normalize_whitespace(text.strip().split("\n", 1)[0])

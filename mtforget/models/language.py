@@ -116,7 +116,12 @@ class LanguageTokens:
         forced = {} if self.convention == "marian" else {"forced_bos_token_id": self.token_id(tgt_lang)}
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **forced)
-        return [" ".join(t.split()) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        return [normalize_whitespace(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+def normalize_whitespace(text: str) -> str:
+    """One space between words and none around them: the form every hypothesis is scored in."""
+    return " ".join(text.split())
 
 
 def pad(seqs: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,15 +16,20 @@ METRIC_TITLES = {"chrf": "chrF delta", "chrf++": "chrF++ delta", "bleu": "BLEU d
                  "off_target": "off-target rate delta", "comet": "COMET delta"}
 UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 # Grid axes the condition label already shows, or that are replicates rather than conditions.
-_LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method")
+_LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method", "finetune.alignment.enabled",
+             "finetune.alignment.layer", "finetune.alignment.schedule", "finetune.replay.fraction",
+             "finetune.replay.source")
 
 
 def condition_label(trial: dict) -> str:
-    """A trial's condition: model, method, size and any other grid value except the seed."""
+    """A trial's condition: model, method, size, mitigations and any other grid value except the seed."""
     grid = {k: v for k, v in json.loads(trial["grid_values"]).items() if k not in _LABELLED}
     parts = [trial["model"], trial["method"], f"n={trial['finetune_size']}"]
     if trial["alignment"] != "none":
         parts.append(f"align={trial['alignment']}")
+    replay = json.loads(trial.get("config") or "{}").get("finetune", {}).get("replay", {})
+    if replay.get("fraction"):
+        parts.append(f"replay{'-copies' if replay.get('source') == 'copies' else ''}={replay['fraction']:g}")
     parts += [f"{k}={v}" for k, v in sorted(grid.items())]
     return " ".join(parts)
 

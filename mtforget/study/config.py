@@ -24,7 +24,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """The base model: a built-in tiny size, or a checkpoint (``path`` wins when both are set)."""
 
-    tiny: Literal["small", "base"] | None = "small"
+    # Built-in bases: encoder-decoder "small" / "base"; decoder-only "lm" (plain prompt) and
+    # "lm-instruct" (the same, instruction-tuned through a chat template).
+    tiny: Literal["small", "base", "lm", "lm-instruct"] | None = "small"
     path: str | None = None
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # trade compute for memory on large models
@@ -66,6 +68,37 @@ class LoraConfig(_Strict):
     target_modules: list[str] | None = None
 
 
+class AlignmentConfig(_Strict):
+    """Cross-lingual alignment as an auxiliary loss (InfoNCE on mean-pooled middle-layer states).
+
+    Pairs (each language with the pivot: English, else the most frequent language) come from the
+    training split, for every study language or ``languages``, fine-tuned on or not.
+    """
+
+    enabled: bool = False
+    layer: Literal["middle"] | int = "middle"  # 1-based layer of the encoder (enc-dec) / decoder stack
+    temperature: float = Field(0.1, gt=0)
+    schedule: Literal["alternate", "weighted"] = "alternate"  # alternate doubles the optimizer steps
+    weight: float = Field(1.0, gt=0)  # weighted: translation + weight × alignment; alternate: scales its steps
+    pairs_per_language: int = Field(500, ge=1)
+    batch_size: int | None = Field(None, ge=2)  # pairs per alignment batch; None: finetune.batch_size
+    languages: list[str] | None = None  # None: every study language
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a layer number counts from 1 (the first layer's output), or say 'middle'")
+        return value
+
+
+class ReplayConfig(_Strict):
+    """Replay mixed into the fine-tuning examples: other directions, or monolingual copies."""
+
+    fraction: float = Field(0.0, ge=0)  # replay examples as a share of the fine-tuning examples; 0 = off
+    source: Literal["other_directions", "copies"] = "other_directions"
+
+
 class FinetuneConfig(_Strict):
     """What a trial fine-tunes on, and how."""
 
@@ -82,6 +115,8 @@ class FinetuneConfig(_Strict):
     patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
     dev_size: int = Field(200, ge=1)  # dev examples of the fine-tuning directions
     checkpoint_every: int = Field(100, ge=0)  # steps between resumable checkpoints; 0 = none
+    alignment: AlignmentConfig = AlignmentConfig()
+    replay: ReplayConfig = ReplayConfig()
 
     @field_validator("directions")
     @classmethod
@@ -111,10 +146,29 @@ class EvalConfig(_Strict):
     comet: CometConfig | None = None
 
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1)  # sentences per batch at most (Hugging Face generate)
     max_new_tokens: int = Field(64, ge=1)
+    # Generation engine: "auto" = CTranslate2 when it can convert the architecture, else Hugging
+    # Face generate (the reason is logged); "ctranslate2" fails when it cannot; "hf" never converts.
+    engine: Literal["auto", "ctranslate2", "hf"] = "auto"
+    # CTranslate2 weights/arithmetic: "default" = float32 on the CPU (the HF model's numbers),
+    # the model's half precision on a GPU; int8 / int8_float32 trade exactness for speed.
+    compute_type: Literal["default", "float32", "int8", "int8_float32"] = "default"
     bootstrap_resamples: int = Field(2000, ge=100)  # report: intervals over directions and seeds
     paired_resamples: int = Field(1000, ge=100)  # per direction: paired bootstrap over test sentences
+    # Weight interpolation with the base: α values strictly between 0 (base) and 1 (fine-tuned).
+    interpolation: list[float] = []
+    representations: bool = True  # layer-wise cross-lingual retrieval, base and fine-tuned
+    representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
+
+    @field_validator("interpolation")
+    @classmethod
+    def _alphas(cls, value: list[float]) -> list[float]:
+        for alpha in value:
+            if not 0 < alpha < 1:
+                raise ValueError(f"{alpha} is not strictly between 0 (the base) and 1 (the fine-tuned "
+                                 "model); both ends are evaluated anyway")
+        return value
 
 
 class RayConfig(_Strict):
@@ -143,6 +197,9 @@ def _check_comet(study: "StudyConfig") -> None:
 class StudyConfig(_Strict):
     """A study: one base config and a grid of values whose cross product is the set of trials.
 
+    ``grid`` may also be a list of such mappings: the trials are then the union of their cross
+    products, so a study can cross size × data size and add other conditions at one data size.
+
     ``executor``, ``workers``, ``ray``, ``resources`` and ``tensorboard`` say how trials run, not
     what they compute: they are not part of a trial's identity.
     """
@@ -153,7 +210,7 @@ class StudyConfig(_Strict):
     corpus: CorpusConfig = CorpusConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     eval: EvalConfig = EvalConfig()
-    grid: dict[str, list[Any]] = {}
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = {}
     executor: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)  # local executor: trials in this many separate processes when > 1
     ray: RayConfig = RayConfig()
@@ -194,6 +251,13 @@ def _check_key(key: str, where: str) -> None:
         raise UsageError(f"{where}: {_unknown_key_message(key)}")
 
 
+def grid_parts(grid: Any) -> list:
+    """The mappings of a grid: itself, or each item of a list grid (nothing for no grid)."""
+    if isinstance(grid, list):
+        return grid
+    return [grid] if grid else []
+
+
 def set_dotted(raw: dict, key: str, value: Any) -> None:
     """Set ``a.b.c = value`` in a nested dict, creating levels as needed."""
     node = raw
@@ -209,7 +273,7 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``--set KEY=VALUE`` strings (values parsed as YAML: ``1e-4``, ``[100, 1000]``, ``lora``).
 
-    ``--set grid.finetune.size=[10,100]`` sets one grid axis.
+    ``--set grid.finetune.size=[10,100]`` sets one grid axis (in every part of a list grid).
     """
     raw = _deep_copy(raw)
     for item in overrides:
@@ -224,13 +288,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if key.startswith("grid."):
             axis = key[len("grid."):]
             _check_key(axis, "--set")
-            raw.setdefault("grid", {})[axis] = value if isinstance(value, list) else [value]
+            for part in grid_parts(raw.setdefault("grid", {})):
+                part[axis] = value if isinstance(value, list) else [value]
         else:
             _check_key(key, "--set")
             set_dotted(raw, key, value)
             # A value set on the command line replaces the grid axis of the same key.
-            if isinstance(raw.get("grid"), dict):
-                raw["grid"].pop(key, None)
+            for part in grid_parts(raw.get("grid")):
+                part.pop(key, None)
     return raw
 
 
@@ -239,16 +304,18 @@ def parse_study(raw: dict, source: str) -> StudyConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"{source}: a study file must be a YAML mapping of keys to values")
     grid = raw.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise UsageError(f"{source}: grid: expected a mapping from dotted keys to lists of values")
-    for axis, values in grid.items():
-        _check_key(str(axis), f"{source}: grid")
-        if not isinstance(values, list) or not values:
-            raise UsageError(f"{source}: grid.{axis}: expected a non-empty list of values")
+    if not isinstance(grid, (dict, list)) or not all(isinstance(part, dict) for part in grid_parts(grid)):
+        raise UsageError(f"{source}: grid: expected a mapping from dotted keys to lists of values "
+                         "(or a list of such mappings)")
+    for part in grid_parts(grid):
+        for axis, values in part.items():
+            _check_key(str(axis), f"{source}: grid")
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"{source}: grid.{axis}: expected a non-empty list of values")
     try:
         study = StudyConfig.model_validate(raw)
         # Every grid value must give a valid config too; check them all before any trial runs.
-        for axis, values in grid.items():
+        for axis, values in (item for part in grid_parts(grid) for item in part.items()):
             for value in values:
                 probe = _deep_copy(raw)
                 probe.pop("grid", None)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mtforget.cache import fingerprint
 from mtforget.models.tiny import tiny_recipe
-from mtforget.study.config import EXECUTION_KEYS, StudyConfig, grid_parts, set_dotted, study_to_dict
+from mtforget.study.config import (EXECUTION_KEYS, FinetuneConfig, StudyConfig, grid_parts, set_dotted,
+                                   study_to_dict)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,32 @@ class Trial:
         if m.path:
             return Path(m.path).name or m.path
         return f"tiny:{m.tiny}"
+
+    @property
+    def alignment_label(self) -> str:
+        """The store's ``alignment`` column (see :func:`alignment_label`)."""
+        return alignment_label(self.config.finetune)
+
+    @property
+    def replay_label(self) -> str:
+        """What a condition label appends for replay (see :func:`replay_label`)."""
+        return replay_label(self.config.finetune)
+
+
+def alignment_label(finetune: FinetuneConfig) -> str:
+    """``none``, or layer and schedule of the alignment objective: ``mid-alternate``, ``L1-weighted``."""
+    a = finetune.alignment
+    if not a.enabled:
+        return "none"
+    return f"{'mid' if a.layer == 'middle' else f'L{a.layer}'}-{a.schedule}"
+
+
+def replay_label(finetune: FinetuneConfig) -> str:
+    """``+replay0.25`` (other directions), ``+replay-copies0.25`` (copies), or ``""`` when off."""
+    r = finetune.replay
+    if not r.fraction:
+        return ""
+    return f"+replay{'-copies' if r.source == 'copies' else ''}{r.fraction:g}"
 
 
 def expand(study: StudyConfig) -> list[Trial]:
@@ -64,4 +91,7 @@ def expand(study: StudyConfig) -> list[Trial]:
 
 def _readable(config: StudyConfig) -> str:
     model = f"tiny-{config.model.tiny}" if config.model.tiny and not config.model.path else "ckpt"
-    return f"{model}-{config.finetune.method}-n{config.finetune.size}-s{config.seed}"
+    # Mitigations show in the readable part only when they are on: plain trials keep short names.
+    mitigations = f"-align-{alignment_label(config.finetune)}" if config.finetune.alignment.enabled else ""
+    mitigations += replay_label(config.finetune).replace("+", "-")
+    return f"{model}-{config.finetune.method}-n{config.finetune.size}-s{config.seed}{mitigations}"

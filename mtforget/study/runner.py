@@ -13,6 +13,7 @@ import platform
 import shutil
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,15 +29,20 @@ from tqdm.auto import tqdm
 
 import mtforget
 from mtforget.cache import cache_root, cached_dir, fingerprint, write_json_atomic
-from mtforget.data.categories import parse_direction
+from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.loaders import load_corpus
-from mtforget.data.splits import Splits, sample_directions, split_by_id
+from mtforget.data.replay import replay_examples, replay_size
+from mtforget.data.splits import Splits, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import UsageError
+from mtforget.evaluate.engine import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import signatures
+from mtforget.evaluate.representations import layerwise_retrieval
+from mtforget.models.hidden import resolve_layer
+from mtforget.models.interpolation import cpu_state_dict, interpolation_sweep
 from mtforget.models.languages import normalize_code
 from mtforget.models.loading import count_parameters, default_device, load_model, make_control
 from mtforget.models.lora import apply_lora, merge_lora
@@ -45,6 +51,7 @@ from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.executors import run_trials
 from mtforget.study.grid import Trial, expand
 from mtforget.study.store import ResultStore
+from mtforget.train.alignment import AlignmentObjective
 from mtforget.train.loop import TrainSettings, train
 
 log = logging.getLogger("mtforget")
@@ -60,6 +67,7 @@ class TrialMemo:
     corpora: dict[str, tuple[Corpus, Splits]] = field(default_factory=dict)
     identifiers: dict[str, tuple[object, float]] = field(default_factory=dict)
     base_evals: dict[str, dict] = field(default_factory=dict)
+    base_representations: dict[str, dict] = field(default_factory=dict)
 
 
 def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: LossHook | None = None,
@@ -85,7 +93,7 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
         store.set_meta(_environment())
         for t in trials:
             c = t.config
-            store.register(t.id, t.model_label, c.finetune.method, "none", c.finetune.size, c.seed,
+            store.register(t.id, t.model_label, c.finetune.method, t.alignment_label, c.finetune.size, c.seed,
                            study_to_dict(c), t.grid_values)
             _recover_result(store, out, t)
         # A trial that failed on bad config or input is always retried: the user has fixed it.
@@ -204,9 +212,19 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     all_directions = [(s, t) for s in languages for t in languages if s != t]
     if main:
         lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
-        base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, model, control, lid,
-                                     eval_settings, shared, progress, added)
+        # The base's conversion is cached (every trial on this base reuses it); the fine-tuned
+        # model then gets the same kind of engine, so base and fine-tuned scores are comparable.
+        with _engine(cfg.eval.engine, model, control, cfg.eval.compute_type, eval_settings, True) as engine:
+            engine_kind, engine_name = engine.kind, engine.name
+            base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, engine, lid,
+                                         eval_settings, shared, progress, added)
     timings["base_eval"] = _lap(clock)
+    pivot = pivot_language(corpus, languages)
+    if main and cfg.eval.representations:  # before fine-tuning changes the weights in place
+        clock = time.perf_counter()
+        base_representations = _base_representations(base_dir, corpus, splits, model, tokenizer, languages, pivot,
+                                                     cfg.eval.representation_sentences, added, shared)
+        timings["base_representations"] = _lap(clock)
 
     clock = time.perf_counter()
     examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
@@ -217,13 +235,36 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
                              seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every)
+    extra: dict = {}  # mitigations and analyses that are on, for result.json's info
+    replay = replay_examples(splits.train, languages, directions, replay_size(ft.replay.fraction, len(examples)),
+                             ft.replay.source, cfg.seed)
+    if replay:
+        extra["replay"] = {"source": ft.replay.source, "fraction": ft.replay.fraction, "examples": len(replay),
+                           "by_direction": dict(Counter(f"{e.src_lang}-{e.tgt_lang}" for e in replay))}
+    auxiliary = (AlignmentObjective.from_config(ft.alignment, model, tokenizer, splits.train, languages, pivot,
+                                                ft.batch_size, cfg.seed) if ft.alignment.enabled else None)
+    # The base weights, kept on the CPU for interpolation (before LoRA renames the parameters).
+    base_state = cpu_state_dict(model) if main and cfg.eval.interpolation else None
     if ft.method == "lora":
+        # Adapters start from random matrices: seeded here, or they would depend on what this
+        # process ran before (building a base or loading it from the cache draws differently).
+        torch.manual_seed(cfg.seed)
         model = apply_lora(model, ft.lora.rank, ft.lora.alpha, ft.lora.dropout, ft.lora.target_modules)
     trainable = count_parameters(model, trainable_only=True)
     hook = (lambda step, loss: loss_hook(trial, step, loss)) if loss_hook else None
-    outcome = train(model, control, examples, settings, dev=dev, desc=f"fine-tune {trial.id}",
+    outcome = train(model, control, examples + replay, settings, dev=dev, desc=f"fine-tune {trial.id}",
                     progress=progress, loss_hook=hook, checkpoint_dir=trial_dir / "checkpoint",
-                    log_dir=trial_dir / "tensorboard" if cfg.tensorboard else None)
+                    log_dir=trial_dir / "tensorboard" if cfg.tensorboard else None, auxiliary=auxiliary)
+    if auxiliary:
+        extra["alignment"] = {
+            "label": auxiliary.label, "layer": auxiliary.layer, "schedule": auxiliary.schedule,
+            "temperature": auxiliary.temperature, "weight": auxiliary.weight, "batch_size": auxiliary.batch_size,
+            "pivot": pivot, "pairs": len(auxiliary.pairs),
+            "pairs_per_language": dict(Counter(p.lang for p in auxiliary.pairs)),
+            "loss_curve": [{"step": h["step"], "align_loss": h["align_loss"]}
+                           for h in outcome.history if "align_loss" in h],
+            "final_loss": outcome.align_loss,
+        }
     model = merge_lora(model)  # evaluate a plain model: adapters folded into the weights
     timings["finetune"] = _lap(clock)
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
@@ -233,11 +274,36 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         return None
 
     clock = time.perf_counter()
-    ft_eval = evaluate_directions(model, control, splits.test, all_directions, lid, eval_settings,
-                                  desc="evaluate fine-tuned", progress=progress)
+    with _engine(engine_kind, model, control, cfg.eval.compute_type, eval_settings, False) as engine:
+        ft_eval = evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
+                                      desc="evaluate fine-tuned", progress=progress)
     timings["finetuned_eval"] = _lap(clock)
     rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed)
     _write_outputs(trial_dir, base_eval, ft_eval)
+    if cfg.eval.representations:
+        clock = time.perf_counter()
+        extra["representations"] = {
+            "base": base_representations,
+            "finetuned": layerwise_retrieval(model, tokenizer, splits.test, languages, pivot,
+                                             cfg.eval.representation_sentences),
+            # The alignment layer, or the one "middle" names when alignment is off (for plots).
+            "alignment_layer": auxiliary.layer if auxiliary else resolve_layer(model, "middle"),
+        }
+        timings["representations"] = _lap(clock)
+    if cfg.eval.interpolation:
+        clock = time.perf_counter()
+        alphas = sorted(set(cfg.eval.interpolation))
+
+        def evaluate_at(m: torch.nn.Module, alpha: float) -> dict:
+            with _engine(engine_kind, m, control, cfg.eval.compute_type, eval_settings, False) as engine:
+                return evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
+                                           desc=f"evaluate α={alpha:g}", progress=progress)
+
+        evals = interpolation_sweep(model, base_state, alphas, evaluate_at)
+        evals = {0.0: base_eval, **evals, 1.0: ft_eval}  # both ends are the models evaluated above
+        extra["interpolation"] = [{"alpha": alpha, "categories": _category_means(base_eval, evals[alpha], directions)}
+                                  for alpha in evals]
+        timings["interpolation"] = _lap(clock)
 
     info = {
         "model": trial.model_label,
@@ -259,7 +325,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "metric_signatures": signatures(languages),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "device": str(device),
+        "engine": engine_name,
         "processes": PartialState().num_processes,
+        **extra,
     }
     return rows, info
 
@@ -285,8 +353,7 @@ def resolve_directions(given: list[str] | None, corpus: Corpus, languages: list[
                     raise UsageError(f"finetune.directions: {src}-{tgt}: language {lang!r} is not in the "
                                      f"corpus (it has {', '.join(languages)})")
         return directions
-    counts = corpus.language_counts()
-    pivot = "en" if "en" in languages else max(languages, key=lambda lang: (counts[lang], -languages.index(lang)))
+    pivot = pivot_language(corpus, languages)
     others = [lang for lang in languages if lang != pivot]
     chosen = others[: max(1, len(others) // 2)]
     return [d for lang in chosen for d in ((pivot, lang), (lang, pivot))]
@@ -342,7 +409,7 @@ def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool
     if cfg.model.path:
         return cfg.model.path
     return tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
-                     progress=progress)
+                     progress=progress, names=_language_names(cfg.corpus))
 
 
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:
@@ -353,11 +420,19 @@ def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: Tr
     return shared.identifiers[key]
 
 
-def _base_evaluation(base_dir, corpus, splits, directions, model, control, lid, settings, shared,
+def _engine(kind: str, model, control, compute_type: str, settings: EvalSettings,
+            cache_conversion: bool) -> GenerationEngine:
+    """The generation engine of ``kind`` for ``model``, with the study's decoding settings."""
+    return make_engine(kind, model, control, settings.max_new_tokens, compute_type,
+                       max_batch_sentences=settings.batch_size, cache_conversion=cache_conversion)
+
+
+def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings, shared,
                      progress, added) -> dict:
     """Scores of the base model on every direction, cached on disk under everything that decides them."""
     key = fingerprint({
         "base": _model_fingerprint(base_dir),
+        "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
         "added_tokens": added,
         "corpus": corpus.fingerprint(),
         "test": [s.id for s in splits.test],
@@ -374,13 +449,56 @@ def _base_evaluation(base_dir, corpus, splits, directions, model, control, lid, 
         return shared.base_evals[key]
 
     def build(out: Path) -> None:
-        result = evaluate_directions(model, control, splits.test, directions, lid, settings,
+        result = evaluate_directions(engine, splits.test, directions, lid, settings,
                                      desc="evaluate base", progress=progress, with_copy=True)
         (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False))
 
     path = cached_dir("base_evals", key, build) / "eval.json"
     shared.base_evals[key] = json.loads(path.read_text(encoding="utf-8"))
     return shared.base_evals[key]
+
+
+def _base_representations(base_dir, corpus, splits, model, tokenizer, languages, pivot, sentences, added,
+                          shared) -> dict:
+    """Layer-wise retrieval accuracy of the base model, cached like the base evaluation."""
+    key = fingerprint({
+        "base": _model_fingerprint(base_dir),
+        "added_tokens": added,
+        "corpus": corpus.fingerprint(),
+        "test": [s.id for s in splits.test],
+        "languages": languages,
+        "pivot": pivot,
+        "sentences": sentences,
+        "format": 1,  # what layerwise_retrieval returns
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    })
+    if key not in shared.base_representations:
+        def build(out: Path) -> None:
+            result = layerwise_retrieval(model, tokenizer, splits.test, languages, pivot, sentences)
+            (out / "representations.json").write_text(json.dumps(result))
+
+        path = cached_dir("base_representations", key, build) / "representations.json"
+        shared.base_representations[key] = json.loads(path.read_text(encoding="utf-8"))
+    return shared.base_representations[key]
+
+
+def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str, str]]) -> dict[str, dict]:
+    """Per direction category: the mean of each metric over its directions, and its mean delta vs the base."""
+    keys = [key for key in evaluated if key in base_eval]
+    metrics = [m for m in ("chrf", "bleu", "off_target", "comet")
+               if all(m in evaluated[k] and m in base_eval[k] for k in keys)]
+    by_category: dict[str, list[str]] = {}
+    for key in keys:
+        by_category.setdefault(categorize(*key.split("-"), directions), []).append(key)
+    summary = {}
+    for category in (c for c in CATEGORIES if c in by_category):
+        keys = by_category[category]
+        summary[category] = {"directions": len(keys)}
+        for m in metrics:
+            summary[category][m] = sum(evaluated[k][m] for k in keys) / len(keys)
+            summary[category][f"{m}_delta"] = sum(evaluated[k][m] - base_eval[k][m] for k in keys) / len(keys)
+    return summary
 
 
 def _model_fingerprint(base_dir: Path | str) -> str:

@@ -9,6 +9,9 @@ split across processes, so N processes take the same optimizer steps as one.
 With ``checkpoint_dir``, the full training state (weights, optimizer, scheduler, RNG, progress) is
 saved every ``checkpoint_every`` steps, and a later call with the same arguments resumes from it:
 the batch order is a pure function of (seed, step), so a resumed run sees the same batches.
+
+An optional auxiliary objective (cross-lingual alignment, :mod:`mtforget.train.alignment`) says
+what each optimizer step trains on: a translation batch, an alignment batch, or both.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -32,6 +36,9 @@ from mtforget.data.splits import Example
 from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
 
+if TYPE_CHECKING:  # alignment.py imports this module (StepBatches)
+    from mtforget.train.alignment import AlignmentObjective
+
 # Called with (step, loss) before the loss is checked and back-propagated; returns the loss to use.
 # Tests use it to inject faults (a NaN, an exception, a kill).
 LossHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -39,7 +46,10 @@ LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How long and how hard to train. ``max_steps`` wins over ``epochs`` when both are set."""
+    """How long and how hard to train. ``max_steps`` wins over ``epochs`` when both are set.
+
+    Both count translation batches: an alternating auxiliary objective adds its own steps on top.
+    """
 
     lr: float
     batch_size: int
@@ -54,6 +64,7 @@ class TrainSettings:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 0  # steps between resumable checkpoints (with checkpoint_dir); 0 = never
+    group_by_length: bool = True  # batches of similar-length examples: less padding, same examples
 
 
 @dataclass
@@ -67,9 +78,19 @@ class TrainOutcome:
     best_step: int | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
-    tokens: int = 0  # source + target tokens trained on (padding excluded), all processes
-
+    tokens: int = 0  # source + target tokens of translation batches (padding excluded), all processes
+    align_loss: float | None = None  # mean auxiliary alignment loss since the last log point
+    # Log points {"step", "train_loss" (translation), "align_loss" (with an auxiliary)} and dev checks.
     history: list[dict] = field(default_factory=list)
+
+
+def _length(example) -> int:
+    """Characters of an example's texts (not its ids or language codes): the sort key of
+    length-grouped batches."""
+    return sum(len(v) for k, v in vars(example).items() if isinstance(v, str) and k not in _NOT_TEXT)
+
+
+_NOT_TEXT = ("id", "src_lang", "tgt_lang", "lang")
 
 
 class StepBatches(Sampler[list[int]]):
@@ -77,23 +98,45 @@ class StepBatches(Sampler[list[int]]):
 
     Epoch ``e`` is a permutation seeded by ``(seed, e)``, so the batch of any step is known without
     replaying the steps before it; that is what makes a resumed run identical to an uninterrupted one.
+
+    With ``lengths``, batches are length-grouped: each window of ``GROUP`` batches of the epoch's
+    permutation is sorted by length before it is cut into batches, and the batches are then
+    shuffled, so a batch holds sentences of similar length and pads little while the order of
+    lengths stays random.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int) -> None:
+    GROUP = 16  # batches per sorting window: wide enough to group, narrow enough to stay random
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int,
+                 lengths: list[int] | None = None) -> None:
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.lengths = lengths
         self.per_epoch = math.ceil(n / batch_size)
 
     def __len__(self) -> int:
         return self.total - self.start
 
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of ``epoch``, in training order (a pure function of seed and epoch)."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.lengths is None:
+            return [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        window = self.batch_size * self.GROUP
+        batches = []
+        for start in range(0, self.n, window):
+            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
+
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, order = -1, None
+        epoch, batches = -1, []
         for step in range(self.start, self.total):
             e, i = divmod(step, self.per_epoch)
             if e != epoch:
-                epoch = e
-                order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
-            yield order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+                epoch, batches = e, self.epoch_batches(e)
+            yield batches[i]
 
 
 def train(
@@ -107,10 +150,13 @@ def train(
     loss_hook: LossHook | None = None,
     checkpoint_dir: Path | None = None,
     log_dir: Path | None = None,
+    auxiliary: AlignmentObjective | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place on ``examples``; restore the best dev checkpoint if ``dev`` is given.
 
-    With ``log_dir``, training and dev losses are also logged for TensorBoard there.
+    With ``log_dir``, training and dev losses are also logged for TensorBoard there. With
+    ``auxiliary``, its loss joins the translation loss on the steps its schedule says; early
+    stopping still watches the dev translation loss only.
     Raises :class:`TrialDiverged` on a non-finite loss.
     """
     if not examples:
@@ -121,8 +167,13 @@ def train(
                               project_dir=str(log_dir) if log_dir else None)
     if log_dir:
         accelerator.init_trackers(desc.split()[0])
+    if auxiliary and accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                          DistributedType.MULTI_CPU):
+        # The alignment pass runs the unwrapped model; sharded parameters (FSDP, DeepSpeed) are not there.
+        raise ValueError(f"an auxiliary objective needs one process or DDP, not {accelerator.distributed_type}")
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
-    total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    translation_total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    total = auxiliary.total_steps(translation_total) if auxiliary else translation_total
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = get_scheduler(settings.schedule, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
@@ -138,44 +189,68 @@ def train(
         outcome.resumed_from = outcome.steps
         progress_state = saved["progress"]
 
+    translation_done = auxiliary.translation_steps_done(outcome.steps) if auxiliary else outcome.steps
     loader = accelerator.prepare(DataLoader(
-        examples, batch_sampler=StepBatches(len(examples), settings.batch_size, settings.seed, outcome.steps, total),
+        examples, batch_sampler=StepBatches(len(examples), settings.batch_size, settings.seed, translation_done,
+                                            translation_total,
+                                            [_length(ex) for ex in examples] if settings.group_by_length else None),
         collate_fn=control.batch))
+    batches = iter(loader)
     dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
     best: dict[str, torch.Tensor] | None = None
     running, running_n = torch.zeros((), device=accelerator.device), 0
+    align_running, align_n = torch.zeros((), device=accelerator.device), 0
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     start = time.perf_counter() - progress_state["elapsed"]
     bar = tqdm(total=total, initial=outcome.steps, desc=desc, unit="step", leave=False,
                disable=not progress or not accelerator.is_main_process)
     model.train()
-    for step, batch in enumerate(loader, start=outcome.steps + 1):
-        loss = model(**batch).loss
+    for step in range(outcome.steps + 1, total + 1):
+        kind = auxiliary.kind(step) if auxiliary else "translation"
+        loss = torch.zeros((), device=accelerator.device)
+        if kind in ("translation", "both"):
+            batch = next(batches)
+            translation_loss = model(**batch).loss
+            loss = loss + translation_loss
+            running += translation_loss.detach()
+            running_n += 1
+            tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+        if kind in ("alignment", "both"):
+            with accelerator.autocast():
+                # The unwrapped model: the alignment pass stops midway, which DDP's forward cannot do.
+                align_loss = auxiliary.loss(accelerator.unwrap_model(model), step)
+            loss = loss + auxiliary.weight * align_loss
+            align_running += align_loss.detach()
+            align_n += 1
         if loss_hook is not None:
             loss = loss_hook(step, loss)
         if not torch.isfinite(loss):
             bar.close()
             raise TrialDiverged(f"non-finite training loss ({loss.item()}) at step {step}")
         accelerator.backward(loss)
+        if kind == "alignment" and accelerator.num_processes > 1:
+            _average_gradients(model)  # DDP only averages what went through its own forward
         if settings.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        running += loss.detach()
-        running_n += 1
-        tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
         bar.update(1)
         outcome.steps = step
 
         if step % settings.log_every == 0 or step == total:
             # .item() syncs with the device: only at log points, not every step.
-            outcome.train_loss = (running / running_n).item()
-            outcome.history.append({"step": step, "train_loss": round(outcome.train_loss, 5)})
-            bar.set_postfix(loss=f"{outcome.train_loss:.3f}")
+            logged: dict[str, float] = {}
+            if running_n:
+                outcome.train_loss = logged["train_loss"] = (running / running_n).item()
+            if align_n:
+                outcome.align_loss = logged["align_loss"] = (align_running / align_n).item()
+            outcome.history.append({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
             if log_dir:
-                accelerator.log({"train_loss": outcome.train_loss}, step=step)
+                accelerator.log(logged, step=step)
             running, running_n = torch.zeros((), device=accelerator.device), 0
+            align_running, align_n = torch.zeros((), device=accelerator.device), 0
 
         if dev_batches and settings.eval_every and (step % settings.eval_every == 0 or step == total):
             dev_loss = _dev_loss(model, dev_batches, accelerator)
@@ -203,6 +278,8 @@ def train(
     bar.close()
     if running_n:
         outcome.train_loss = (running / running_n).item()
+    if align_n:
+        outcome.align_loss = (align_running / align_n).item()
     outcome.tokens += int(accelerator.reduce(tokens, "sum"))
     unwrapped = accelerator.unwrap_model(model)
     if outcome.best_step is not None:
@@ -229,6 +306,16 @@ def _save_checkpoint(accelerator: Accelerator, directory: Path, outcome: TrainOu
         (directory / "progress.json.tmp").write_text(json.dumps({"outcome": asdict(outcome), "progress": progress}))
         (directory / "progress.json.tmp").replace(directory / "progress.json")
     accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def _average_gradients(model: torch.nn.Module) -> None:
+    """Average every gradient over the processes, as DDP does for a pass through its forward."""
+    world = torch.distributed.get_world_size()
+    for param in model.parameters():
+        if param.grad is not None:
+            torch.distributed.all_reduce(param.grad)
+            param.grad /= world
 
 
 @torch.no_grad()

@@ -1,0 +1,53 @@
+"""Replay: examples outside the fine-tuning directions, mixed into the fine-tuning data.
+
+The answer users of MT tools get most often to "how do I stop it forgetting the other languages"
+is to keep training a little on them. Two sources:
+
+- ``other_directions``: pairs of the training split in every direction *not* fine-tuned on, over
+  all study languages (so unseen languages are rehearsed too);
+- ``copies``: monolingual copies, source and target the same sentence in the same language, which
+  rehearse producing each language without needing any parallel data.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from mtforget.data.corpus import Segment
+from mtforget.data.splits import Example, sample_directions
+
+ReplaySource = Literal["other_directions", "copies"]
+
+
+def replay_size(fraction: float, finetune_examples: int) -> int:
+    """How many replay examples ``fraction`` of the fine-tuning examples is (0 when off)."""
+    return round(fraction * finetune_examples)
+
+
+def replay_examples(segments: tuple[Segment, ...] | list[Segment], languages: list[str],
+                    finetune_directions: list[tuple[str, str]], n: int, source: ReplaySource,
+                    seed: int) -> list[Example]:
+    """``n`` replay examples from ``segments`` (the training split), deterministic by ``seed``.
+
+    Spread evenly over the replayed directions (or languages, for copies); the order of those is
+    shuffled first, so when ``n`` is smaller than their number the remainder does not always go to
+    the same ones. A direction with too few pairs gives what it has, so fewer than ``n`` may return.
+    """
+    if n <= 0:
+        return []
+    rng = random.Random(f"replay:{seed}")
+    trained = set(finetune_directions)
+    if source == "copies":
+        order = list(languages)
+        rng.shuffle(order)
+        # A copy is the direction lang→lang of a segment: sample_directions spreads and shuffles it.
+        copies = [(lang, lang) for lang in order]
+        return sample_directions(segments, copies, n, rng.randrange(2**31))
+    if source != "other_directions":
+        raise ValueError(f"unknown replay source {source!r}")
+    others = [(s, t) for s in languages for t in languages if s != t and (s, t) not in trained]
+    if not others:
+        raise ValueError("no direction outside the fine-tuning directions to replay")
+    rng.shuffle(others)
+    return sample_directions(segments, others, n, rng.randrange(2**31))

@@ -1,0 +1,206 @@
+"""Generation engines: CTranslate2 and Hugging Face generate give the same translations.
+
+The models are tiny and built in memory with random weights drawn at a large scale
+(``init_std=0.5`` instead of 0.02): their logits then depend strongly on the input and are far
+apart, so greedy outputs differ from sentence to sentence (an order mix-up shows) and a
+floating-point difference between the engines cannot hide behind near-ties. Agreement on a
+trained model is measured by ``benchmarks/generation.py`` on the demo's base.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (GPTNeoConfig, GPTNeoForCausalLM, M2M100Config, M2M100ForConditionalGeneration,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+from mtforget.data.corpus import read_jsonl
+from mtforget.data.splits import direction_examples, split_by_id
+from mtforget.data.synthetic import SyntheticWorld
+from mtforget.errors import UsageError
+from mtforget.evaluate.engine import ENGINE_CHRF_TOLERANCE, HF_ENGINE_NAME, CT2Engine, HFEngine, make_engine
+from mtforget.evaluate.generate import length_batches
+from mtforget.evaluate.metrics import score
+from mtforget.models.instruction import InstructionControl
+from mtforget.models.language import LanguageTokens
+from mtforget.models.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
+from mtforget.models.tokenizer import train_tokenizer
+from mtforget.study.runner import synthetic_corpus_path
+
+MAX_NEW_TOKENS = 16
+INIT_STD = 0.5
+# Share of sentences whose outputs must be identical token for token. Float32 greedy search is the
+# same computation in both engines; only summation order differs, and at this logit scale that
+# should flip no token. Allowing a few flips keeps the test from failing on a new CPU's kernels.
+MIN_EXACT_MATCH = 0.95
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One thread for both engines: on models this small, synchronising threads costs more than
+    it saves, and both engines read the thread count from torch."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """The tiny study's corpus (5 languages), its split, and its invented language names."""
+    corpus = read_jsonl(synthetic_corpus_path(5, 600, 0))
+    splits = split_by_id(corpus, 40, 12, 0)
+    names = {lang.code: lang.name for lang in SyntheticWorld(seed=0, n_languages=5).languages}
+    return corpus, splits, names
+
+
+def _sentences(splits, languages, per_direction=12):
+    """(source texts, references, src, tgt) per direction, in the corpus's order (not by length)."""
+    out = []
+    for src in languages:
+        for tgt in languages:
+            if src != tgt:
+                ex = direction_examples(splits.test, src, tgt)[:per_direction]
+                out.append(([e.src for e in ex], [e.tgt for e in ex], src, tgt))
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder_decoder(world):
+    """A random M2M-100 (the tiny bases' architecture) with a corpus tokenizer and language tokens."""
+    corpus, splits, _ = world
+    languages = list(corpus.languages)
+    tok = train_tokenizer((t for s in splits.train for t in s.translation.values()), languages, 500)
+    torch.manual_seed(0)
+    model = M2M100ForConditionalGeneration(M2M100Config(
+        vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256,
+        encoder_layerdrop=0.0, decoder_layerdrop=0.0, dropout=0.0, init_std=INIT_STD, scale_embedding=True,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id)).eval()
+    return model, LanguageTokens.for_tokenizer(tok)
+
+
+@pytest.fixture(scope="module")
+def decoder_only(world):
+    """A random Qwen2 with a ChatML template, steered by instructions."""
+    corpus, splits, names = world
+    texts = [t for s in splits.train for t in s.translation.values()]
+    texts += ["Translate the following sentence from English to Wenufi. system user assistant"] * 5
+    tok = train_tokenizer(texts, [], 500, CHAT_MARKERS)
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=INIT_STD, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)).eval()
+    control = InstructionControl(tok, names=names)
+    assert control.use_chat
+    return model, control
+
+
+def _compare(model, control, cases) -> tuple[float, float, float]:
+    """Exact-match share of CT2 vs batched HF generate, and both corpus chrFs vs references."""
+    hf_hyps, ct2_hyps, refs = [], [], []
+    hf = make_engine("hf", model, control, MAX_NEW_TOKENS)
+    with make_engine("ctranslate2", model, control, MAX_NEW_TOKENS) as engine:
+        assert isinstance(engine, CT2Engine)
+        for texts, references, src, tgt in cases:
+            hf_hyps += hf.translate(texts, src, tgt)
+            ct2_hyps += engine.translate(texts, src, tgt)
+            refs += references
+    assert len(set(hf_hyps)) > len(hf_hyps) // 2  # outputs vary with the input, so order matters
+    exact = sum(a == b for a, b in zip(hf_hyps, ct2_hyps)) / len(hf_hyps)
+    return exact, score(hf_hyps, refs, "xa")["chrf"], score(ct2_hyps, refs, "xa")["chrf"]
+
+
+def test_ctranslate2_matches_hf_on_an_encoder_decoder(world, encoder_decoder):
+    corpus, splits, _ = world
+    model, control = encoder_decoder
+    cases = _sentences(splits, list(corpus.languages))
+    assert any(texts != sorted(texts, key=len) for texts, *_ in cases)  # CT2 must restore the order
+    exact, hf_chrf, ct2_chrf = _compare(model, control, cases)
+    assert exact >= MIN_EXACT_MATCH
+    assert abs(hf_chrf - ct2_chrf) < ENGINE_CHRF_TOLERANCE
+
+
+def test_ctranslate2_matches_hf_on_a_decoder_only_chat_model(world, decoder_only):
+    corpus, splits, _ = world
+    model, control = decoder_only
+    cases = _sentences(splits, list(corpus.languages)[:3], per_direction=8)
+    exact, hf_chrf, ct2_chrf = _compare(model, control, cases)
+    assert exact >= MIN_EXACT_MATCH
+    assert abs(hf_chrf - ct2_chrf) < ENGINE_CHRF_TOLERANCE
+
+
+def test_hf_engine_batches_by_tokens_and_keeps_the_input_order(world, encoder_decoder):
+    corpus, splits, _ = world
+    model, control = encoder_decoder
+    texts, _, src, tgt = _sentences(splits, list(corpus.languages))[0]
+    assert texts != sorted(texts, key=len)
+    # Straight through the control, one sentence at a time: no sorting, no index bookkeeping.
+    one_by_one = [control.generate(model, [text], src, tgt, MAX_NEW_TOKENS)[0] for text in texts]
+    # A budget of a few sentences forces several batches in length order.
+    engine = make_engine("hf", model, control, MAX_NEW_TOKENS, max_batch_tokens=64)
+    assert isinstance(engine, HFEngine) and engine.name == HF_ENGINE_NAME == "hf-generate"
+    batched = engine.translate(texts, src, tgt)
+    assert sum(a == b for a, b in zip(one_by_one, batched)) / len(texts) >= MIN_EXACT_MATCH
+    assert engine.translate([], src, tgt) == []
+
+
+def test_length_batches_respect_both_limits():
+    lengths = [5, 30, 1, 12, 12, 7, 100, 3]
+    batches = length_batches(lengths, max_sentences=3, max_tokens=40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths)  # shortest first
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 40
+    assert [lengths[i] for i in batches[-1]] == [100]  # too long for the budget: alone
+
+
+def test_conversion_is_cached_per_weights_and_compute_type(encoder_decoder):
+    model, control = encoder_decoder
+    with CT2Engine(model, control, MAX_NEW_TOKENS) as first:
+        name, model_dir = first.name, first.model_dir
+    with CT2Engine(model, control, MAX_NEW_TOKENS) as second:
+        assert not second.converted and second.model_dir == model_dir
+    assert name.startswith("ctranslate2-") and name.endswith(" float32")
+    with CT2Engine(model, control, MAX_NEW_TOKENS, compute_type="int8") as quantized:
+        assert quantized.name.endswith(" int8") and quantized.model_dir != model_dir
+    # Other weights (a fine-tuned model): a conversion of their own, here to a scratch directory.
+    changed = M2M100ForConditionalGeneration(model.config).eval()
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed.lm_head.weight[0, 0] += 1.0
+    engine = CT2Engine(changed, control, MAX_NEW_TOKENS, cache_conversion=False)
+    assert engine.converted and engine.model_dir != model_dir
+    engine.close()
+    assert not engine.model_dir.exists()
+
+
+def test_auto_falls_back_to_hf_on_an_unsupported_architecture(world, decoder_only):
+    _, _, names = world
+    _, chat = decoder_only
+    tok = chat.tokenizer
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(GPTNeoConfig(vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=2,
+                                           attention_types=[[["global"], 1]], max_position_embeddings=512,
+                                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    control = InstructionControl(tok, names=names, use_chat=False)
+    engine = make_engine("auto", model, control, MAX_NEW_TOKENS)
+    assert isinstance(engine, HFEngine) and engine.name == HF_ENGINE_NAME
+    assert "GPTNeoConfig" in engine.fallback_reason
+    assert len(engine.translate(["a b", "c"], "en", "xa")) == 2
+    with pytest.raises(UsageError, match="ctranslate2"):
+        make_engine("ctranslate2", model, control, MAX_NEW_TOKENS)
+
+
+def test_auto_prefers_ctranslate2_and_rejects_unknown_kinds(encoder_decoder):
+    model, control = encoder_decoder
+    with make_engine("auto", model, control, MAX_NEW_TOKENS) as engine:
+        assert engine.kind == "ctranslate2"
+    with pytest.raises(UsageError, match="unknown engine"):
+        make_engine("vllm", model, control)
