@@ -42,7 +42,7 @@ class TinySpec:
 
 # Bumped whenever the pre-training recipe (tokenizer, architecture defaults, training loop)
 # changes the weights it produces, so cached bases from older recipes are not reused.
-RECIPE_VERSION = 3  # 3: length-grouped pre-training batches
+RECIPE_VERSION = 2
 
 # Step counts, not wall time, bound pre-training, so a base is the same on every machine.
 # The sizes differ by more than 4x in parameters; each reaches a usable quality on the
@@ -137,9 +137,11 @@ def tiny_base(
         torch.manual_seed(seed)
         model = build_model(spec, tokenizer)
         examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed)
+        # Random (not length-grouped) batches: a base pre-trained on length-grouped batches for the
+        # same steps stayed before its jump in quality (tiny:base: mean chrF 22.7 against 96.0).
         settings = TrainSettings(
             lr=spec.lr, batch_size=spec.batch_size, max_steps=steps, warmup_ratio=0.06,
-            schedule="linear", seed=seed, log_every=100,
+            schedule="linear", seed=seed, log_every=100, group_by_length=False,
         )
         outcome = train(model, LanguageTokens(tokenizer), examples, settings,
                         desc=f"pre-train tiny:{name}", progress=progress)

@@ -172,6 +172,9 @@ def log_fit(xs: list[float], ys: list[float], seed: int = 0, resamples: int = 10
 
 # Config keys that say how a study runs, not what a trial computes: never a contrast.
 _NOT_CONDITIONS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard")
+# Analyses added after evaluation: they do not change a trial's scores, so trials that differ
+# only in them (and in one condition) still form a controlled contrast.
+_ANALYSES = ("eval.interpolation", "eval.representations", "eval.representation_sentences")
 CONTRAST_CATEGORIES = ("supervised", "unseen_source", "unseen_target", "unseen_both")
 
 
@@ -197,7 +200,8 @@ def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
     delta in percentage points.
     """
     done = [t for t in trials if t["status"] == "done"]
-    flat = {t["trial_id"]: _flatten(json.loads(t["config"])) for t in done}
+    flat = {t["trial_id"]: {k: v for k, v in _flatten(json.loads(t["config"])).items() if k not in _ANALYSES}
+            for t in done}
     groups: dict[tuple[str, tuple], list[str]] = defaultdict(list)
     for trial_id, config in flat.items():
         for key in config:

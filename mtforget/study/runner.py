@@ -125,6 +125,8 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
         bar.set_postfix_str(f"{trial.id} {outcome['status']}")
         bar.update(1)
 
+    if study.executor == "ray" or study.workers > 1:
+        todo = interleave_by_base(todo)
     try:
         run_trials(study, todo, out, progress, on_start, on_done, loss_hook)
         usage = [t["reason"] for t in store.trials() if t["status"] == "failed"
@@ -143,6 +145,21 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
 
 
 USAGE_PREFIX = "bad configuration or input: "
+
+
+def interleave_by_base(trials: list[Trial]) -> list[Trial]:
+    """Trials reordered round-robin over their base models, first appearance first.
+
+    Parallel workers take trials in order, and the first trial of a base builds it while later
+    ones wait for it; interleaving starts different bases on different workers at once instead
+    of leaving a worker waiting on the base its neighbour is building.
+    """
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        m = trial.config.model
+        groups.setdefault(json.dumps([m.path, m.tiny, m.seed, m.pretrain_steps]), []).append(trial)
+    queues = list(groups.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook | None,
