@@ -25,6 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/demo_stages.py
+	$(VENV)/bin/python benchmarks/generation.py
+	$(VENV)/bin/python benchmarks/training.py
+	$(VENV)/bin/python benchmarks/demo_wall.py --quick
 
 clean:
 	rm -rf runs .pytest_cache

@@ -26,7 +26,7 @@ from mtforget.evaluate.generate import translate
 from mtforget.evaluate.lid import make_identifier
 from mtforget.models.loading import load_model, make_control
 from mtforget.models.tiny import tiny_base
-from mtforget.study.config import apply_overrides, parse_study
+from mtforget.study.config import apply_overrides, grid_parts, parse_study
 from mtforget.study.demo import demo_study
 from mtforget.study.runner import resolve_directions, synthetic_corpus_path
 from mtforget.train.loop import TrainSettings, train
@@ -45,7 +45,7 @@ def main() -> None:
 
     raw = demo_study(quick=not args.full)
     tiny = "base" if args.full else raw["model"]["tiny"]
-    size = max(raw["grid"]["finetune.size"])
+    size = max(v for part in grid_parts(raw["grid"]) for v in part.get("finetune.size", []))
     study = parse_study(apply_overrides(raw, [f"model.tiny={tiny}", f"finetune.size={size}"]), "bench")
     stages: list[tuple[str, float, str]] = []
 

@@ -3,11 +3,12 @@
     python benchmarks/demo_wall.py            # mtforget demo
     python benchmarks/demo_wall.py --quick    # mtforget demo --quick
 
-Runs the demo study in-process on an empty temporary cache and output folder, and prints:
+Runs ``mtforget demo`` as a subprocess on an empty temporary cache and output folder and prints:
 seconds per stage summed over the run (pre-training of each base from its metadata, then each
-trial's own timings), the wall time, peak resident memory (RSS) of the process, and how many
-times a model was evaluated on every direction, against K + B for K trials sharing B bases (the
-base evaluation is done once per base, not once per trial) plus the interpolation sweeps.
+trial's own timings), the wall time, the peak resident memory (RSS) summed over the process and
+its worker processes (sampled every 0.2 s from /proc), and how many times a model was evaluated on
+every direction: K trials + B base evaluations (one per base, shared by its trials, counted from
+the cache entries the run created) + the interpolation points.
 """
 
 from __future__ import annotations
@@ -15,46 +16,61 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB (Linux /proc)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    os.environ["MTFORGET_CACHE"] = tempfile.mkdtemp(prefix="mtforget-bench-")
-    out = Path(tempfile.mkdtemp(prefix="mtforget-demo-"))
+    cache = Path(tempfile.mkdtemp(prefix="mtforget-bench-"))
+    out = Path(tempfile.mkdtemp(prefix="mtforget-demo-")) / "demo"
+    command = [sys.executable, "-m", "mtforget.cli", "demo", "--no-progress", "--out", str(out)]
+    command += ["--quick"] if args.quick else []
 
-    import mtforget.study.runner as runner
-    from mtforget.study.config import parse_study
-    from mtforget.study.demo import demo_study
-    from mtforget.study.grid import expand
-
-    evaluations = 0
-    real_evaluate = runner.evaluate_directions
-
-    def counting(*a, **k):  # the real evaluation, counted
-        nonlocal evaluations
-        evaluations += 1
-        return real_evaluate(*a, **k)
-
-    runner.evaluate_directions = counting
-    study = parse_study(demo_study(args.quick), "demo")
     start = time.perf_counter()
-    code = runner.run_study(study, out, progress=False)
+    proc = subprocess.Popen(command, env={**os.environ, "MTFORGET_CACHE": str(cache)})
+    peak = 0.0
+
+    def sample() -> None:
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_mb(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = proc.wait()
     wall = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sampler.join()
 
     stages: dict[str, float] = defaultdict(float)
-    bases = set()
-    trials = expand(study)
-    interpolated = 0
-    for trial in trials:
-        info = json.loads((out / "trials" / trial.id / "result.json").read_text())["info"]
+    bases, interpolated, trials = set(), 0, 0
+    for path in sorted((out / "trials").glob("*/result.json")):
+        info = json.loads(path.read_text())["info"]
+        trials += 1
         bases.add(info["base_dir"])
         interpolated += max(0, len(info.get("interpolation", [])) - 2)  # α=0 and α=1 are evaluated anyway
         for stage, seconds in info["timings_s"].items():
@@ -63,17 +79,18 @@ def main() -> None:
     for base in sorted(bases):
         meta = json.loads((Path(base) / "mtforget_base.json").read_text())
         stages[f"pre-train tiny:{meta['tiny']}"] = meta["train_seconds"]
+    base_evals = [d for d in (cache / "base_evals").iterdir() if d.is_dir()] if (cache / "base_evals").is_dir() else []
 
-    print(f"\n{'mtforget demo --quick' if args.quick else 'mtforget demo'}: {len(trials)} trials, "
-          f"{len(bases)} bases, fresh cache, exit code {code}\n")
-    print(f"{'stage (summed over trials)':<40} {'seconds':>9}")
+    print(f"\n{' '.join(command[2:4])}{' --quick' if args.quick else ''}: {trials} trials, {len(bases)} bases, "
+          f"fresh cache, exit code {code}\n")
+    print(f"{'stage (summed over trials and workers)':<40} {'seconds':>9}")
     for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"{stage:<40} {seconds:>9.1f}")
     print(f"{'wall time':<40} {wall:>9.1f}")
-    print(f"{'peak RSS (MB)':<40} {peak_mb:>9.0f}")
-    expected = len(trials) + len(bases) + interpolated
-    print(f"\nmodel evaluations on every direction: {evaluations} "
-          f"(K + B + interpolation = {len(trials)} + {len(bases)} + {interpolated} = {expected})")
+    print(f"{'peak RSS, all processes (MB)':<40} {peak:>9.0f}")
+    total = trials + len(base_evals) + interpolated
+    print(f"\nmodel evaluations on every direction: {total} = {trials} trials + {len(base_evals)} base evaluations "
+          f"(one per base, shared) + {interpolated} interpolation points")
 
 
 if __name__ == "__main__":

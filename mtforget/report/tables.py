@@ -18,7 +18,7 @@ UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 # Grid axes the condition label already shows, or that are replicates rather than conditions.
 _LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method", "finetune.alignment.enabled",
              "finetune.alignment.layer", "finetune.alignment.schedule", "finetune.replay.fraction",
-             "finetune.replay.source")
+             "finetune.replay.source", "eval.interpolation", "eval.representations", "eval.representation_sentences")
 
 
 def condition_label(trial: dict) -> str:
