@@ -46,8 +46,8 @@ def by_size(table: list[dict], path: Path) -> Path | None:
     axes[0].set_ylabel("chrF delta (fine-tuned − base)")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.12))
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02))
     return _save(fig, path)
 
 
