@@ -159,5 +159,5 @@ def layer_accuracy(series: list[dict], path: Path) -> Path | None:
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("retrieval accuracy (top-1, with the pivot)")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, path)
