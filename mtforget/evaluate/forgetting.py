@@ -53,20 +53,34 @@ def evaluate_directions(
     COMET of copying the source too (the other metrics' copy baselines need no model).
     """
     results: dict[str, dict] = {}
-    for src, tgt in tqdm(directions, desc=desc, unit="dir", leave=False, disable=not progress):
-        examples = direction_examples(test, src, tgt)[: settings.max_sentences]
-        if not examples:
-            continue
-        hyps = engine.translate([e.src for e in examples], src, tgt)
-        scores = score(hyps, [e.tgt for e in examples], tgt)
-        flags = lid.off_target_flags(hyps, tgt)
-        scores["off_target"] = off_target_rate(flags)
-        results[f"{src}-{tgt}"] = {**scores, "n": len(examples), "hypotheses": hyps, "off_flags": flags,
-                                   "ids": [e.id for e in examples], "sources": [e.src for e in examples],
-                                   "references": [e.tgt for e in examples]}
+    jobs = [(src, tgt, examples) for src, tgt in directions
+            if (examples := direction_examples(test, src, tgt)[: settings.max_sentences])]
+    bar = tqdm(total=len(jobs), desc=desc, unit="dir", leave=False, disable=not progress)
+    # Directions go to the engine a few at a time: an engine that decodes jobs concurrently gets
+    # enough of them to keep its workers busy, and the progress bar still moves.
+    for start in range(0, len(jobs), DIRECTIONS_PER_CALL):
+        chunk = jobs[start : start + DIRECTIONS_PER_CALL]
+        outputs = engine.translate_many([([e.src for e in examples], src, tgt) for src, tgt, examples in chunk])
+        for (src, tgt, examples), hyps in zip(chunk, outputs):
+            results[f"{src}-{tgt}"] = _scored(hyps, tgt, examples, lid)
+        bar.update(len(chunk))
+    bar.close()
     if settings.comet:
         _add_comet(results, settings.comet, with_copy)
     return results
+
+
+DIRECTIONS_PER_CALL = 8
+
+
+def _scored(hyps: list[str], tgt: str, examples: list, lid) -> dict:
+    """One direction's scores and what the paired bootstrap and the report need."""
+    scores = score(hyps, [e.tgt for e in examples], tgt)
+    flags = lid.off_target_flags(hyps, tgt)
+    scores["off_target"] = off_target_rate(flags)
+    return {**scores, "n": len(examples), "hypotheses": hyps, "off_flags": flags,
+            "ids": [e.id for e in examples], "sources": [e.src for e in examples],
+            "references": [e.tgt for e in examples]}
 
 
 def _add_comet(results: dict[str, dict], comet: tuple, with_copy: bool) -> None:
