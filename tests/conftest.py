@@ -44,3 +44,17 @@ def resume_and_check(study, out, finished, reference_rows, rows_of) -> None:
     assert finished.name not in trained  # the finished trial was not trained again
     assert (finished / "result.json").stat().st_mtime_ns == stamp
     assert rows_of(out) == reference_rows
+
+
+def tiny_world(n_languages: int, segments: int, n_examples: int):
+    """A small synthetic corpus, its languages, a 300-token tokenizer and ``n_examples`` random
+    training examples in every direction (for tests that train a model directly)."""
+    from mtforget.data.corpus import corpus_from_records
+    from mtforget.data.splits import sample_all_directions
+    from mtforget.data.synthetic import SyntheticWorld
+    from mtforget.models.tokenizer import train_tokenizer
+
+    corpus = corpus_from_records(SyntheticWorld(seed=0, n_languages=n_languages).corpus(segments, seed=0), "w")
+    languages = list(corpus.languages)
+    tokenizer = train_tokenizer((t for s in corpus.segments for t in s.translation.values()), languages, 300)
+    return corpus, languages, tokenizer, sample_all_directions(corpus.segments, languages, n_examples, seed=0)

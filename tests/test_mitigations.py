@@ -10,10 +10,9 @@ from tokenizers import processors
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from mtforget.data.categories import CATEGORIES
-from mtforget.data.corpus import Segment, corpus_from_records
+from mtforget.data.corpus import Segment
 from mtforget.data.replay import replay_examples, replay_size
-from mtforget.data.splits import pivot_language, sample_all_directions, sample_directions
-from mtforget.data.synthetic import SyntheticWorld
+from mtforget.data.splits import pivot_language, sample_directions
 from mtforget.evaluate.representations import layerwise_retrieval, retrieval_accuracy, sentence_states
 from mtforget.models.hidden import encode_sentences, resolve_layer
 from mtforget.models.instruction import InstructionControl
@@ -26,7 +25,7 @@ from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, info_nce, sample_alignment_pairs
 from mtforget.train.loop import TrainSettings, train
-from tests.conftest import resume_and_check, tiny_study
+from tests.conftest import resume_and_check, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
 
@@ -37,10 +36,7 @@ class Kill(BaseException):
 
 @pytest.fixture(scope="module")
 def world():
-    corpus = corpus_from_records(SyntheticWorld(seed=0, n_languages=4).corpus(240, seed=0), "w")
-    languages = list(corpus.languages)
-    tokenizer = train_tokenizer((t for s in corpus.segments for t in s.translation.values()), languages, 300)
-    examples = sample_all_directions(corpus.segments, languages, 96, seed=0)
+    corpus, languages, tokenizer, examples = tiny_world(n_languages=4, segments=240, n_examples=96)
     pairs = sample_alignment_pairs(corpus.segments, languages, pivot_language(corpus, languages), 48, seed=0)
     return corpus, languages, tokenizer, examples, pairs
 

@@ -3,14 +3,11 @@
 import pytest
 import torch
 
-from mtforget.data.corpus import corpus_from_records
-from mtforget.data.splits import sample_all_directions
-from mtforget.data.synthetic import SyntheticWorld
 from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
 from mtforget.models.tiny import TinySpec, build_model
-from mtforget.models.tokenizer import train_tokenizer
 from mtforget.train.loop import StepBatches, TrainSettings, train
+from tests.conftest import tiny_world
 
 SPEC = TinySpec(d_model=32, layers=1, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
 
@@ -21,10 +18,7 @@ class Kill(BaseException):
 
 @pytest.fixture(scope="module")
 def setup():
-    corpus = corpus_from_records(SyntheticWorld(seed=0, n_languages=3).corpus(200, seed=0), "w")
-    languages = list(corpus.languages)
-    tokenizer = train_tokenizer((t for s in corpus.segments for t in s.translation.values()), languages, 300)
-    examples = sample_all_directions(corpus.segments, languages, 120, seed=0)
+    _, _, tokenizer, examples = tiny_world(n_languages=3, segments=200, n_examples=120)
     return tokenizer, examples
 
 
