@@ -167,3 +167,13 @@ def test_a_list_grid_is_the_union_of_its_parts_and_set_reaches_every_part():
         parse_study({"grid": [{"finetune.sise": [1]}]}, "s")
     with pytest.raises(UsageError, match="expected a mapping"):
         parse_study({"grid": [["finetune.size", 1]]}, "s")
+
+
+def test_parallel_trials_start_different_bases_first():
+    from mtforget.study.runner import interleave_by_base
+
+    raw = {"grid": [{"model.tiny": ["small", "base"], "finetune.size": [10, 20, 30]},
+                    {"model.tiny": ["lm"], "finetune.size": [10]}]}
+    order = [(t.config.model.tiny, t.config.finetune.size) for t in interleave_by_base(expand(parse_study(raw, "s")))]
+    assert order == [("small", 10), ("base", 10), ("lm", 10), ("small", 20), ("base", 20), ("small", 30),
+                     ("base", 30)]

@@ -84,13 +84,13 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
 
 
+_NOT_TEXT = ("id", "src_lang", "tgt_lang", "lang")  # example fields that are labels, not text
+
+
 def _length(example) -> int:
     """Characters of an example's texts (not its ids or language codes): the sort key of
     length-grouped batches."""
     return sum(len(v) for k, v in vars(example).items() if isinstance(v, str) and k not in _NOT_TEXT)
-
-
-_NOT_TEXT = ("id", "src_lang", "tgt_lang", "lang")
 
 
 class StepBatches(Sampler[list[int]]):
