@@ -15,6 +15,10 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+class Kill(BaseException):
+    """Stands for a kill signal in the middle of training (not an Exception, so nothing catches it)."""
+
+
 def tiny_study(**grid) -> dict:
     """A study small enough to run end to end in seconds: 5 languages, a 40-step base."""
     return {

@@ -25,13 +25,9 @@ from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, info_nce, sample_alignment_pairs
 from mtforget.train.loop import TrainSettings, train
-from tests.conftest import resume_and_check, tiny_study, tiny_world
+from tests.conftest import Kill, resume_and_check, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
-
-
-class Kill(BaseException):
-    pass
 
 
 @pytest.fixture(scope="module")

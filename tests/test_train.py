@@ -7,13 +7,9 @@ from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
 from mtforget.models.tiny import TinySpec, build_model
 from mtforget.train.loop import StepBatches, TrainSettings, train
-from tests.conftest import tiny_world
+from tests.conftest import Kill, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=1, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
-
-
-class Kill(BaseException):
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -80,11 +80,13 @@ class InstructionControl:
 
     def batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """Prompt + target per example, right-padded; labels only on the target."""
-        seqs, labels = [], []
-        for ex in examples:
-            prompt, target = self.prompt(ex.src, ex.src_lang, ex.tgt_lang), self.target(ex.tgt)
-            seqs.append(prompt + target)
-            labels.append([-100] * len(prompt) + target)
+        return self.training_batch([(self.prompt(ex.src, ex.src_lang, ex.tgt_lang), self.target(ex.tgt))
+                                    for ex in examples])
+
+    def training_batch(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Padded ``prompt + answer`` sequences from (prompt ids, answer ids), loss on the answer only."""
+        seqs = [prompt + answer for prompt, answer in pairs]
+        labels = [[-100] * len(prompt) + answer for prompt, answer in pairs]
         return padded_batch(seqs, labels, self.tokenizer.pad_token_id)
 
     @torch.no_grad()

@@ -24,7 +24,6 @@ from mtforget.cache import cached_dir, fingerprint
 from mtforget.data.corpus import Corpus, Segment
 from mtforget.data.splits import Splits, sample_all_directions
 from mtforget.models.instruction import INSTRUCTION, InstructionControl
-from mtforget.models.language import padded_batch
 from mtforget.models.languages import language_name
 from mtforget.models.loading import count_parameters
 from mtforget.models.tokenizer import train_tokenizer
@@ -104,12 +103,8 @@ class ChatTasks:
     control: InstructionControl
 
     def batch(self, examples: list[TaskExample]) -> dict[str, torch.Tensor]:
-        seqs, labels = [], []
-        for ex in examples:
-            prompt, answer = self.control.chat_prompt(ex.instruction, ex.text), self.control.target(ex.answer)
-            seqs.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-        return padded_batch(seqs, labels, self.control.tokenizer.pad_token_id)
+        return self.control.training_batch([(self.control.chat_prompt(ex.instruction, ex.text),
+                                             self.control.target(ex.answer)) for ex in examples])
 
 
 def instruction_mix(segments: tuple[Segment, ...] | list[Segment], languages: list[str], names: dict[str, str],
