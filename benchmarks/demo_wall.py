@@ -5,8 +5,9 @@
 
 Runs ``mtforget demo`` as a subprocess on an empty temporary cache and output folder and prints:
 seconds per stage summed over the run (pre-training of each base from its metadata, then each
-trial's own timings), the wall time, the peak resident memory (RSS) summed over the process and
-its worker processes (sampled every 0.2 s from /proc), and how many times a model was evaluated on
+trial's own timings), the wall time, the peak memory of the process and its worker processes
+(sampled every 0.2 s from /proc: RSS summed, RSS of the largest process, and PSS summed, which
+counts the pages they share once), and how many times a model was evaluated on
 every direction: K trials + B base evaluations (one per base, shared by its trials, counted from
 the cache entries the run created) + the interpolation points.
 """
@@ -25,20 +26,26 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, in MB (Linux /proc)."""
-    total, stack = 0, [pid]
+def tree_memory_mb(pid: int) -> tuple[float, float, float]:
+    """Memory of ``pid`` and all its descendants in MB (Linux /proc): resident memory (RSS)
+    summed and of the largest process, and the proportional set size (PSS) summed, which counts
+    pages the processes share (the libraries every worker maps) once instead of once per process."""
+    total, largest, pss, stack = 0, 0, 0, [pid]
     while stack:
         p = stack.pop()
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
+                    largest = max(largest, int(line.split()[1]))
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total / 1024
+    return total / 1024, largest / 1024, pss / 1024
 
 
 def main() -> None:
@@ -52,12 +59,13 @@ def main() -> None:
 
     start = time.perf_counter()
     proc = subprocess.Popen(command, env={**os.environ, "MTFORGET_CACHE": str(cache)})
-    peak = 0.0
+    peak, peak_one, peak_pss = 0.0, 0.0, 0.0
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_one, peak_pss
         while proc.poll() is None:
-            peak = max(peak, tree_rss_mb(proc.pid))
+            summed, largest, pss = tree_memory_mb(proc.pid)
+            peak, peak_one, peak_pss = max(peak, summed), max(peak_one, largest), max(peak_pss, pss)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -88,6 +96,8 @@ def main() -> None:
         print(f"{stage:<40} {seconds:>9.1f}")
     print(f"{'wall time':<40} {wall:>9.1f}")
     print(f"{'peak RSS, all processes (MB)':<40} {peak:>9.0f}")
+    print(f"{'peak RSS, largest process (MB)':<40} {peak_one:>9.0f}")
+    print(f"{'peak PSS, all processes (MB)':<40} {peak_pss:>9.0f}")
     total = trials + len(base_evals) + interpolated
     print(f"\nmodel evaluations on every direction: {total} = {trials} trials + {len(base_evals)} base evaluations "
           f"(one per base, shared) + {interpolated} interpolation points")

@@ -7,10 +7,10 @@ config or input, with one ``error:`` line on stderr naming the key, file or line
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from mtforget.console import quiet_libraries
 from mtforget.errors import UsageError
 
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return _dispatch(args)
     except UsageError as exc:
@@ -94,18 +94,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(f"results: {out / 'results.csv'}\nreport:  {out / 'report' / 'index.html'}")
     print((out / "report" / "summary.md").read_text(encoding="utf-8"))
     return code
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-
-    import transformers
-
-    # Accelerate warns at every checkpoint that tied embeddings are stored once; that is expected.
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,49 @@ def test_length_grouped_batches_pad_less_and_keep_every_example_once():
     assert means != sorted(means) and means != sorted(means, reverse=True)
 
 
+def test_sorted_pieces_train_as_one_batch_with_less_padding(setup):
+    from mtforget.train.loop import _sorted_pieces
+
+    tokenizer, examples = setup
+    control = LanguageTokens(tokenizer)
+    whole, pieces = _sorted_pieces(control, 1, examples[:32]), _sorted_pieces(control, 4, examples[:32])
+    assert len(whole) == 1 and len(pieces) == 4
+
+    def cells(batches):  # padded positions included
+        return sum(b["input_ids"].numel() + b["labels"].numel() for b in batches)
+
+    def real(batches):
+        return sum(int(b["attention_mask"].sum() + (b["labels"] != -100).sum()) for b in batches)
+
+    assert real(pieces) == real(whole) and cells(pieces) < cells(whole)
+
+    results = []
+    for n in (1, 4):
+        model = _model(tokenizer)
+        settings = TrainSettings(lr=3e-3, batch_size=32, max_steps=3, seed=0, group_by_length=False, micro_batches=n)
+        outcome = train(model, control, examples, settings, progress=False)
+        results.append((model.state_dict(), outcome))
+    (one, a), (split, b) = results
+    assert a.tokens == b.tokens and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+    for name, value in one.items():  # the same gradient, up to float rounding
+        assert torch.allclose(value, split[name], atol=1e-5), name
+
+
+def test_bf16_autocast_keeps_float32_weights_and_tracks_float32_training(setup):
+    tokenizer, examples = setup
+    losses = []
+    for bf16 in (False, True):
+        model = _model(tokenizer)
+        settings = TrainSettings(lr=3e-3, batch_size=16, max_steps=6, seed=0, log_every=3, bf16=bf16)
+        outcome = train(model, LanguageTokens(tokenizer), examples, settings, progress=False)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        losses.append([h["train_loss"] for h in outcome.history])
+    (full, mixed) = losses
+    assert mixed[-1] < mixed[0]  # it learns
+    assert mixed == pytest.approx(full, rel=0.03)  # and stays close to float32 (bf16 rounds matrix products)
+    assert mixed != full  # autocast was on
+
+
 def test_resumed_training_equals_uninterrupted(setup, tmp_path):
     tokenizer, examples = setup
     settings = TrainSettings(lr=3e-3, batch_size=8, max_steps=12, eval_every=3, checkpoint_every=4, seed=0)

@@ -26,6 +26,7 @@ from mtforget.data.splits import Splits, sample_all_directions
 from mtforget.models.instruction import INSTRUCTION, InstructionControl
 from mtforget.models.languages import language_name
 from mtforget.models.loading import count_parameters
+from mtforget.models.tiny import precision_name, pretraining_precision
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.train.loop import TrainSettings, train
 
@@ -75,7 +76,7 @@ class DecoderSpec:
 
 
 # Bumped whenever the recipe changes the weights it produces (see tiny.RECIPE_VERSION).
-DECODER_RECIPE_VERSION = 1
+DECODER_RECIPE_VERSION = 2
 
 # Four decoder layers of width 96: 0.51M parameters against tiny:small's 0.52M (2+2 layers).
 # A decoder step costs about twice an encoder-decoder step (the prompt is in every sequence), so the
@@ -125,13 +126,15 @@ def instruction_mix(segments: tuple[Segment, ...] | list[Segment], languages: li
     return out
 
 
-def build_decoder(spec: DecoderSpec, tokenizer) -> LlamaForCausalLM:
-    """A randomly initialised Llama-class decoder sized by ``spec`` for ``tokenizer``."""
+def build_decoder(spec: DecoderSpec, tokenizer, attention: str = "sdpa") -> LlamaForCausalLM:
+    """A randomly initialised Llama-class decoder sized by ``spec`` for ``tokenizer`` (``attention``:
+    a transformers attention implementation)."""
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.d_model, intermediate_size=spec.ffn_dim,
         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
         max_position_embeddings=256, tie_word_embeddings=True, attention_dropout=0.0,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        attn_implementation=attention,
     )
     return LlamaForCausalLM(config)
 
@@ -155,52 +158,57 @@ def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, name
     """
     spec = DECODER_SPEC
     steps = steps or spec.steps
+    bf16, attention = pretraining_precision()
     languages = list(corpus.languages)
     names = {lang: language_name(lang, names) for lang in languages}
     key = fingerprint({
         "recipe": DECODER_RECIPE_VERSION, "spec": asdict(spec), "steps": steps, "corpus": corpus.fingerprint(),
         "train_ids": fingerprint([s.id for s in splits.train]), "languages": languages, "names": names,
-        "seed": seed, "torch": torch.__version__, "transformers": transformers.__version__,
+        "seed": seed, "bf16": bf16, "torch": torch.__version__, "transformers": transformers.__version__,
     })
     if name == "lm-instruct":
         plain_dir = tiny_decoder_base("lm", corpus, splits, seed, names, steps, progress)
         return cached_dir("bases", f"tiny-lm-instruct-{key}",
                           lambda out: _instruction_tune(plain_dir, out, spec, steps, splits, languages, names, seed,
-                                                        progress))
+                                                        progress, bf16, attention))
 
     def build(out: Path) -> None:
         tokenizer = train_tokenizer(_tokenizer_texts(splits, languages, names), [], spec.vocab_size, CHAT_MARKERS)
         torch.manual_seed(seed)
-        model = build_decoder(spec, tokenizer)
+        model = build_decoder(spec, tokenizer, attention)
         control = InstructionControl(tokenizer, names, use_chat=False)
         examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed)
         settings = TrainSettings(lr=spec.lr, batch_size=spec.batch_size, max_steps=steps, warmup_ratio=0.06,
-                                 schedule="linear", seed=seed, log_every=100)
+                                 schedule="linear", seed=seed, log_every=100, bf16=bf16)
         outcome = train(model, control, examples, settings, desc="pre-train tiny:lm", progress=progress)
         _save(out, model, tokenizer, {"tiny": "lm", "style": DECODER_STYLES["lm"], "steps": outcome.steps,
                                       "train_seconds": round(outcome.seconds, 2),
-                                      "final_train_loss": outcome.train_loss}, spec, seed, languages, corpus)
+                                      "final_train_loss": outcome.train_loss, "precision": precision_name(bf16)},
+              spec, seed, languages, corpus)
 
     return cached_dir("bases", f"tiny-lm-{key}", build)
 
 
 def _instruction_tune(plain_dir: Path, out: Path, spec: DecoderSpec, steps: int, splits: Splits,
-                      languages: list[str], names: dict[str, str], seed: int, progress: bool) -> None:
+                      languages: list[str], names: dict[str, str], seed: int, progress: bool, bf16: bool,
+                      attention: str) -> None:
     """Continue ``tiny:lm`` on chat-formatted instructions: the ``-instruct`` sibling."""
-    model = LlamaForCausalLM.from_pretrained(plain_dir, use_safetensors=True)
+    model = LlamaForCausalLM.from_pretrained(plain_dir, use_safetensors=True, attn_implementation=attention)
     tokenizer = transformers.AutoTokenizer.from_pretrained(plain_dir)
     tokenizer.chat_template = CHAT_TEMPLATE
     tuning_steps = max(1, round(spec.instruct_steps * steps / spec.steps))
     examples = instruction_mix(splits.train, languages, names, tuning_steps * spec.batch_size, spec.task_share,
                                seed + 1)
     settings = TrainSettings(lr=spec.instruct_lr, batch_size=spec.batch_size, max_steps=tuning_steps,
-                             warmup_ratio=0.06, schedule="linear", seed=seed + 1, log_every=50)
+                             warmup_ratio=0.06, schedule="linear", seed=seed + 1, log_every=50, bf16=bf16)
     tasks = ChatTasks(InstructionControl(tokenizer, names, use_chat=True))
     outcome = train(model, tasks, examples, settings, desc="instruction-tune tiny:lm-instruct", progress=progress)
     _save(out, model, tokenizer, {"tiny": "lm-instruct", "style": DECODER_STYLES["lm-instruct"],
                                   "steps": steps, "instruct_steps": outcome.steps,
-                                  "train_seconds": round(outcome.seconds, 2), "final_train_loss": outcome.train_loss},
+                                  "train_seconds": round(outcome.seconds, 2), "final_train_loss": outcome.train_loss,
+                                  "precision": precision_name(bf16)},
           spec, seed, languages, None)
+
 
 
 def _save(out: Path, model, tokenizer, facts: dict, spec: DecoderSpec, seed: int, languages: list[str],

@@ -16,7 +16,7 @@ them. The largest size of part 1 also sweeps weight interpolation with the base.
 
 from __future__ import annotations
 
-LARGEST = 10000
+LARGEST = 5000
 
 
 def demo_study(quick: bool = False) -> dict:
@@ -24,7 +24,7 @@ def demo_study(quick: bool = False) -> dict:
     if quick:
         return {
             "name": "demo-quick",
-            "model": {"tiny": "small", "pretrain_steps": 1200},
+            "model": {"tiny": "small", "pretrain_steps": 600},
             "corpus": {"synthetic": {"languages": 6, "segments": 6000}, "dev_size": 100, "test_size": 40},
             "finetune": {"lr": 3e-4, "epochs": 2, "eval_every": 20},
             "eval": {"max_sentences": 20},
@@ -40,7 +40,7 @@ def demo_study(quick: bool = False) -> dict:
         # which is faster than one process with two threads (small matrices scale poorly).
         "workers": 2,
         "grid": [
-            {"model.tiny": ["small", "base"], "finetune.size": [100, 1000]},
+            {"model.tiny": ["small", "base"], "finetune.size": [50, 500]},
             # Interpolation with the base where forgetting is largest (it does not change the
             # trial's own scores, so these trials still pair with the ones below).
             {"model.tiny": ["small", "base"], "finetune.size": [LARGEST],

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from mtforget.console import quiet_libraries
 from mtforget.study.config import StudyConfig
 from mtforget.study.grid import Trial
 
@@ -50,6 +51,7 @@ def _worker_init(threads: int, env: dict[str, str]) -> None:
 
     os.environ.update(env)
     torch.set_num_threads(threads)
+    quiet_libraries()
 
 
 def _worker_env() -> dict[str, str]:
@@ -118,4 +120,5 @@ def _ray_trial(trial: Trial, out: str, threads: int) -> dict:
     from mtforget.study.runner import execute_trial
 
     torch.set_num_threads(threads)
+    quiet_libraries()
     return execute_trial(trial, Path(out), False, None, None)

@@ -41,6 +41,7 @@ from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forg
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import signatures
 from mtforget.evaluate.representations import layerwise_retrieval
+from mtforget.memory import release_memory
 from mtforget.models.hidden import resolve_layer
 from mtforget.models.interpolation import cpu_state_dict, interpolation_sweep
 from mtforget.models.languages import normalize_code
@@ -190,6 +191,7 @@ def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook |
     finally:
         log.removeHandler(handler)
         handler.close()
+        release_memory()  # a worker process runs trial after trial: their peaks must not add up
 
 
 def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool = True,
@@ -425,8 +427,10 @@ def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
 def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool) -> Path | str:
     if cfg.model.path:
         return cfg.model.path
-    return tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
-                     progress=progress, names=_language_names(cfg.corpus))
+    base_dir = tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
+                         progress=progress, names=_language_names(cfg.corpus))
+    release_memory()  # what pre-training held is not needed by the rest of the trial
+    return base_dir
 
 
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:
