@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float, float]:
+def tree_memory_mb(pid: int, per_process: dict[int, float]) -> tuple[float, float, float]:
     """Memory of ``pid`` and all its descendants in MB (Linux /proc): resident memory (RSS)
     summed and of the largest process, and the proportional set size (PSS) summed, which counts
     pages the processes share (the libraries every worker maps) once instead of once per process."""
@@ -38,6 +38,7 @@ def tree_memory_mb(pid: int) -> tuple[float, float, float]:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
                     largest = max(largest, int(line.split()[1]))
+                    per_process[p] = max(per_process.get(p, 0.0), int(line.split()[1]) / 1024)
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     pss += int(line.split()[1])
@@ -60,11 +61,12 @@ def main() -> None:
     start = time.perf_counter()
     proc = subprocess.Popen(command, env={**os.environ, "MTFORGET_CACHE": str(cache)})
     peak, peak_one, peak_pss = 0.0, 0.0, 0.0
+    per_process: dict[int, float] = {}
 
     def sample() -> None:
         nonlocal peak, peak_one, peak_pss
         while proc.poll() is None:
-            summed, largest, pss = tree_memory_mb(proc.pid)
+            summed, largest, pss = tree_memory_mb(proc.pid, per_process)
             peak, peak_one, peak_pss = max(peak, summed), max(peak_one, largest), max(peak_pss, pss)
             time.sleep(0.2)
 
@@ -98,6 +100,13 @@ def main() -> None:
     print(f"{'peak RSS, all processes (MB)':<40} {peak:>9.0f}")
     print(f"{'peak RSS, largest process (MB)':<40} {peak_one:>9.0f}")
     print(f"{'peak PSS, all processes (MB)':<40} {peak_pss:>9.0f}")
+    for pid, mb in sorted(per_process.items()):
+        print(f"{'  peak RSS, ' + ('main process' if pid == proc.pid else f'worker {pid}') + ' (MB)':<40} {mb:>9.0f}")
+    print("\nper trial: its process's peak RSS (MB) at the end of each stage")
+    for path in sorted((out / "trials").glob("*/result.json")):
+        info = json.loads(path.read_text())["info"]
+        peaks = " ".join(f"{k}={v:.0f}" for k, v in info.get("peak_rss_mb", {}).items())
+        print(f"  {path.parent.name[:44]:<45} {peaks}")
     total = trials + len(base_evals) + interpolated
     print(f"\nmodel evaluations on every direction: {total} = {trials} trials + {len(base_evals)} base evaluations "
           f"(one per base, shared) + {interpolated} interpolation points")

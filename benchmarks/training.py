@@ -3,7 +3,9 @@
 Both loops train the same tiny:small-sized M2M-100 (the same initial weights) on the same
 length-grouped batches of the demo corpus, with AdamW, gradient clipping and a linear schedule.
 Tokens are source + target tokens without padding. The table also shows what the batching and
-precision choices are worth in the bare loop: random (ungrouped) batches, and bf16 autocast.
+precision choices are worth: random (ungrouped) batches, those batches cut into length-sorted
+pieces (how tiny bases pre-train), and bf16 autocast with the fused (SDPA) or plain ("eager")
+attention. bf16 only pays on hardware that multiplies it natively (AVX-512 BF16, AMX, GPUs).
 
     python benchmarks/training.py [--steps 200] [--model small|base]
 """
@@ -77,25 +79,35 @@ def main() -> None:
     control = LanguageTokens(tokenizer)
     torch.manual_seed(0)
     initial = build_model(spec, tokenizer)
+    eager = build_model(spec, tokenizer, "eager")
+    eager.load_state_dict(initial.state_dict())  # the same weights, plain attention
     settings = TrainSettings(lr=spec.lr, batch_size=spec.batch_size, max_steps=args.steps, warmup_ratio=0.0,
                              seed=0, log_every=50)
     examples = sample_all_directions(splits.train, languages, args.steps * spec.batch_size, 0)
 
+    pieces = replace(settings, group_by_length=False, micro_batches=2)
     runs = [
-        ("bare PyTorch loop, length-grouped (baseline)", lambda m: bare_loop(m, control, examples, settings, True)),
-        ("mtforget train(), length-grouped", lambda m: project_loop(m, control, examples, settings)),
-        ("bare loop, random batches", lambda m: bare_loop(m, control, examples, settings, False)),
-        ("bare loop, length-grouped, bf16 autocast", lambda m: bare_loop(m, control, examples, settings, True, True)),
+        ("bare PyTorch loop, length-grouped (baseline)", initial, lambda m: bare_loop(m, control, examples, settings, True)),
+        ("mtforget train(), length-grouped", initial, lambda m: project_loop(m, control, examples, settings)),
+        ("bare loop, random batches", initial, lambda m: bare_loop(m, control, examples, settings, False)),
+        ("mtforget train(), random batches in 2 pieces", initial,
+         lambda m: project_loop(m, control, examples, pieces)),
+        ("bare loop, length-grouped, bf16, SDPA attention", initial,
+         lambda m: bare_loop(m, control, examples, settings, True, True)),
+        ("bare loop, length-grouped, bf16, plain attention", eager,
+         lambda m: bare_loop(m, control, examples, settings, True, True)),
+        ("mtforget train(), random in 2 pieces, bf16, plain", eager,
+         lambda m: project_loop(m, control, examples, replace(pieces, bf16=True))),
     ]
-    results = [(name, fn(copy.deepcopy(initial))) for name, fn in runs]
+    results = [(name, fn(copy.deepcopy(model))) for name, model, fn in runs]
     base = results[0][1]["tokens_per_s"]
     print(f"\nTraining throughput, tiny:{args.model} ({sum(p.numel() for p in initial.parameters()):,} parameters), "
           f"batch {spec.batch_size}, {args.steps} steps ({WARMUP} warm-up steps not timed), "
           f"{torch.get_num_threads()} threads\n")
-    print(f"{'loop':46s} {'tokens/s':>10s} {'vs bare':>8s} {'padding':>8s}")
+    print(f"{'loop':52s} {'tokens/s':>10s} {'vs bare':>8s} {'padding':>8s}")
     for name, r in results:
         padding = f"{r['padding']:.0%}" if r["padding"] is not None else "–"
-        print(f"{name:46s} {r['tokens_per_s']:10.0f} {r['tokens_per_s'] / base:7.2f}x {padding:>8s}")
+        print(f"{name:52s} {r['tokens_per_s']:10.0f} {r['tokens_per_s'] / base:7.2f}x {padding:>8s}")
 
 
 if __name__ == "__main__":

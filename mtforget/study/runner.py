@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import resource
 import shutil
 import time
 import traceback
@@ -203,6 +204,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     cfg = trial.config
     main = PartialState().is_main_process
     timings: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}  # the process's peak resident memory (MB) at the end of each stage
     clock = time.perf_counter()
 
     corpus, splits = _corpus_and_splits(cfg.corpus, shared)
@@ -212,10 +214,12 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         write_json_atomic(trial_dir / "config.json", {**study_to_dict(cfg), "resolved_directions":
                                                       [f"{s}-{t}" for s, t in directions]})
     timings["corpus"] = _lap(clock)
+    peak_rss["corpus"] = _peak_rss_mb()
 
     clock = time.perf_counter()
     base_dir = _base_model(cfg, corpus, splits, progress)
     timings["base_model"] = _lap(clock)
+    peak_rss["base_model"] = _peak_rss_mb()
     clock = time.perf_counter()
     model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
     control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus))
@@ -238,12 +242,14 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
             base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, engine, lid,
                                          eval_settings, shared, progress, added)
     timings["base_eval"] = _lap(clock)
+    peak_rss["base_eval"] = _peak_rss_mb()
     pivot = pivot_language(corpus, languages)
     if main and cfg.eval.representations:  # before fine-tuning changes the weights in place
         clock = time.perf_counter()
         base_representations = _base_representations(base_dir, corpus, splits, model, tokenizer, languages, pivot,
                                                      cfg.eval.representation_sentences, added, shared)
         timings["base_representations"] = _lap(clock)
+        peak_rss["base_representations"] = _peak_rss_mb()
 
     clock = time.perf_counter()
     examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
@@ -286,6 +292,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         }
     model = merge_lora(model)  # evaluate a plain model: adapters folded into the weights
     timings["finetune"] = _lap(clock)
+    peak_rss["finetune"] = _peak_rss_mb()
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
              f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
@@ -297,6 +304,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         ft_eval = evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
                                       desc="evaluate fine-tuned", progress=progress)
     timings["finetuned_eval"] = _lap(clock)
+    peak_rss["finetuned_eval"] = _peak_rss_mb()
     rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed)
     _write_outputs(trial_dir, base_eval, ft_eval)
     if cfg.eval.representations:
@@ -309,6 +317,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
             "alignment_layer": auxiliary.layer if auxiliary else resolve_layer(model, "middle"),
         }
         timings["representations"] = _lap(clock)
+        peak_rss["representations"] = _peak_rss_mb()
     if cfg.eval.interpolation:
         clock = time.perf_counter()
         alphas = sorted(set(cfg.eval.interpolation))
@@ -323,6 +332,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         extra["interpolation"] = [{"alpha": alpha, "categories": _category_means(base_eval, evals[alpha], directions)}
                                   for alpha in evals]
         timings["interpolation"] = _lap(clock)
+        peak_rss["interpolation"] = _peak_rss_mb()
 
     info = {
         "model": trial.model_label,
@@ -343,6 +353,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "lid_accuracy": lid_accuracy,
         "metric_signatures": signatures(languages),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "peak_rss_mb": peak_rss,
         "device": str(device),
         "engine": engine_name,
         "processes": PartialState().num_processes,
@@ -554,6 +565,12 @@ def _trial_log(trial_dir: Path) -> logging.Handler:
 
 def _lap(start: float) -> float:
     return time.perf_counter() - start
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if platform.system() == "Darwin" else 2**10), 1)
 
 
 def _environment() -> dict[str, object]:
