@@ -54,8 +54,9 @@ TINY_SPECS: dict[str, TinySpec] = {
 
 
 # Pre-training batches are random, so each is cut into length-sorted pieces: the same gradient
-# with a fifth fewer padded tokens. More pieces pad less but multiply smaller matrices, which
-# costs more than it saves on a CPU (tiny:base, bf16: 138 ms/step whole, 136 in 2, 154 in 4).
+# with a fifth fewer padded tokens. On one CPU thread that saves a tenth of a float32 step
+# (tiny:small: 70 against 79 ms); under bf16 two pieces cost about what one batch does (tiny:base:
+# 129-138 ms whole, 136 in two), and more pieces multiply matrices too small to pay (154 in four).
 PIECES = 2
 
 

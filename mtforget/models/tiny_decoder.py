@@ -210,7 +210,6 @@ def _instruction_tune(plain_dir: Path, out: Path, spec: DecoderSpec, steps: int,
           spec, seed, languages, None)
 
 
-
 def _save(out: Path, model, tokenizer, facts: dict, spec: DecoderSpec, seed: int, languages: list[str],
           corpus: Corpus | None) -> None:
     model.save_pretrained(out)
