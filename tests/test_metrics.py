@@ -102,3 +102,22 @@ def test_paired_bootstrap_intervals():
     assert 0 < low < point < high
     assert samples["chrf"].shape == (500,)
     assert 0 < interval(samples["off_target"])[0]  # 10 of 35 judged outputs became off-target
+
+
+def test_vectorised_chrf_equals_sacrebleu_on_every_resample():
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    from mtforget.evaluate.bootstrap import chrf_scores
+
+    rng = np.random.default_rng(0)
+    hyps = ["the cat sat", "", "a dog", "x", "the cat sat on the mat today", "ab ab ab"]
+    refs = ["the cat sat on the mat", "a cat", "a dog ran", "y", "the cat sat on the mat", "ab"]
+    for metric in (CHRF(), CHRF(word_order=2)):
+        per_sentence = np.asarray(metric._extract_corpus_statistics(hyps, [refs]))
+        sums = per_sentence[rng.integers(0, len(hyps), size=(300, len(hyps)))].sum(axis=1)
+        sums[0] = 0  # nothing on either side: sacrebleu's score is 0
+        sums[1, 0::3] = 0  # an empty hypothesis against a non-empty reference
+        expected = [metric._compute_f_score(list(row)) for row in sums]
+        assert chrf_scores(sums, metric.beta) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        assert np.ptp(expected) > 10  # the resamples really differ

@@ -305,8 +305,11 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
                                       desc="evaluate fine-tuned", progress=progress)
     timings["finetuned_eval"] = _lap(clock)
     peak_rss["finetuned_eval"] = _peak_rss_mb()
+    clock = time.perf_counter()
     rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed)
     _write_outputs(trial_dir, base_eval, ft_eval)
+    timings["paired_bootstrap"] = _lap(clock)
+    peak_rss["paired_bootstrap"] = _peak_rss_mb()
     if cfg.eval.representations:
         clock = time.perf_counter()
         extra["representations"] = {
