@@ -24,7 +24,7 @@ def demo_study(quick: bool = False) -> dict:
     if quick:
         return {
             "name": "demo-quick",
-            "model": {"tiny": "small", "pretrain_steps": 500},
+            "model": {"tiny": "small", "pretrain_steps": 400},
             "corpus": {"synthetic": {"languages": 6, "segments": 6000}, "dev_size": 100, "test_size": 40},
             "finetune": {"lr": 3e-4, "epochs": 2, "eval_every": 20},
             "eval": {"max_sentences": 20},
