@@ -91,6 +91,17 @@ def test_bf16_autocast_keeps_float32_weights_and_tracks_float32_training(setup):
     assert mixed != full  # autocast was on
 
 
+def test_dev_checks_build_no_autograd_graph(setup):
+    tokenizer, examples = setup
+    model = _model(tokenizer)
+    grad_modes = []
+    model.register_forward_hook(lambda module, args, out: grad_modes.append((module.training, torch.is_grad_enabled())))
+    settings = TrainSettings(lr=1e-3, batch_size=8, max_steps=2, eval_every=1, seed=0)
+    train(model, LanguageTokens(tokenizer), examples[16:], settings, dev=examples[:16], progress=False)
+    assert (True, True) in grad_modes  # training steps
+    assert (False, False) in grad_modes and (False, True) not in grad_modes  # dev checks: no graph
+
+
 def test_resumed_training_equals_uninterrupted(setup, tmp_path):
     tokenizer, examples = setup
     settings = TrainSettings(lr=3e-3, batch_size=8, max_steps=12, eval_every=3, checkpoint_every=4, seed=0)

@@ -233,7 +233,7 @@ def train(
             loss = loss + translation_loss
             running += translation_loss.detach()
             running_n += 1
-            tokens += sum(piece["attention_mask"].sum() for piece in pieces) + sum(targets)
+            tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum() for piece in pieces)
         if kind in ("alignment", "both"):
             with accelerator.autocast():
                 # The unwrapped model: the alignment pass stops midway, which DDP's forward cannot do.
@@ -337,7 +337,6 @@ def _average_gradients(model: torch.nn.Module) -> None:
             param.grad /= world
 
 
-@torch.no_grad()
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware, so that bf16 autocast speeds
     training up (elsewhere it is emulated and slower): a CUDA GPU with bf16, or a CPU with the
@@ -362,6 +361,7 @@ def _sorted_pieces(control: LanguageTokens, pieces: int, examples: list[Example]
     return [control.batch(ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
+@torch.no_grad()
 def _dev_loss(model: torch.nn.Module, batches: list[dict], accelerator: Accelerator) -> float:
     """Token-weighted mean loss over the dev batches."""
     model.eval()
