@@ -28,7 +28,7 @@ from mtforget.models.loading import load_model, make_control
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import apply_overrides, grid_parts, parse_study
 from mtforget.study.demo import demo_study
-from mtforget.study.runner import resolve_directions, synthetic_corpus_path
+from mtforget.study.trial import resolve_directions, synthetic_corpus_path
 from mtforget.train.loop import TrainSettings, train
 
 

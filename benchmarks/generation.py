@@ -36,7 +36,7 @@ from mtforget.models.loading import count_parameters, load_model, make_control
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import parse_study
 from mtforget.study.demo import demo_study
-from mtforget.study.runner import synthetic_corpus_path
+from mtforget.study.trial import synthetic_corpus_path
 
 Direction = tuple[str, str]
 

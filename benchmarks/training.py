@@ -23,10 +23,11 @@ from transformers import get_scheduler
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import sample_all_directions, split_by_id
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny import TINY_SPECS, build_model
+from mtforget.models.tiny import build_model
+from mtforget.models.tiny_specs import TINY_SPECS
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.demo import demo_study
-from mtforget.study.runner import synthetic_corpus_path
+from mtforget.study.trial import synthetic_corpus_path
 from mtforget.train.loop import StepBatches, TrainSettings, _length, train
 
 WARMUP = 10  # steps left out of the timing (allocator and kernel warm-up)

@@ -25,7 +25,7 @@ from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
 from mtforget.models.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.models.tokenizer import train_tokenizer
-from mtforget.study.runner import synthetic_corpus_path
+from mtforget.study.trial import synthetic_corpus_path
 
 MAX_NEW_TOKENS = 16
 INIT_STD = 0.5

@@ -157,7 +157,7 @@ def test_builtin_decoder_bases_plain_and_instruction_tuned(tmp_path):
     """tiny:lm is steered by a plain prompt, tiny:lm-instruct (built from it) by a chat template,
     and an encoder-decoder of similar size sits beside them in one list grid."""
     from mtforget.models.tiny_decoder import OTHER_TASKS, TRANSLATE_PHRASINGS, instruction_mix
-    from mtforget.study.runner import TrialMemo, _corpus_and_splits
+    from mtforget.study.trial import TrialMemo, _corpus_and_splits
 
     raw = tiny_study()
     raw["grid"] = [{"model.tiny": ["small", "lm", "lm-instruct"]}, {"model.tiny": ["lm"], "finetune.method": ["lora"]}]

@@ -121,3 +121,27 @@ def test_vectorised_chrf_equals_sacrebleu_on_every_resample():
         expected = [metric._compute_f_score(list(row)) for row in sums]
         assert chrf_scores(sums, metric.beta) == pytest.approx(expected, rel=1e-12, abs=1e-12)
         assert np.ptp(expected) > 10  # the resamples really differ
+
+
+def test_vectorised_bleu_equals_sacrebleu_on_every_resample():
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    from mtforget.evaluate.bootstrap import bleu_scores
+
+    rng = np.random.default_rng(0)
+    hyps = ["the cat sat on the mat", "", "a dog ran far away", "x y", "the cat sat on a mat today", "ab ab ab"]
+    refs = ["the cat sat on the mat", "a cat", "a dog ran", "y z w", "the cat sat on the mat", "ab"]
+    for metric in (BLEU(), BLEU(smooth_method="none"), BLEU(smooth_method="floor", smooth_value=0.1),
+                   BLEU(max_ngram_order=3)):
+        per_sentence = np.asarray(metric._extract_corpus_statistics(hyps, [refs]))
+        sums = per_sentence[rng.integers(0, len(hyps), size=(300, len(hyps)))].sum(axis=1)
+        sums[0] = 0  # nothing at all: no matches, score 0
+        sums[1, 0] = 0  # an empty system side: no brevity penalty can be computed, sacrebleu gives 0
+        sums[1, 2:] = 0
+        sums[2, 2 + metric.max_ngram_order + 1] = 0  # an order without system n-grams: precision 0, score 0
+        sums[3, 2 : 2 + metric.max_ngram_order] = 0  # n-grams but no matches: 0, even when smoothed
+        expected = [metric._compute_score_from_stats(list(row)).score for row in sums]
+        actual = bleu_scores(sums, metric.max_ngram_order, metric.smooth_method, metric.smooth_value)
+        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        assert np.ptp(expected) > 10  # the resamples really differ

@@ -19,7 +19,8 @@ from mtforget.models.instruction import InstructionControl
 from mtforget.models.interpolation import interpolate_state_dicts, interpolation_sweep, load_interpolated
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
-from mtforget.models.tiny import TinySpec, build_model
+from mtforget.models.tiny import build_model
+from mtforget.models.tiny_specs import TinySpec
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study

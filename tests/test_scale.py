@@ -68,8 +68,18 @@ def test_worker_processes_and_ray_give_the_same_results_as_in_process(tmp_path):
     local = tmp_path / "local"
     assert run_study(parse_study(raw, "t"), local, progress=False) == 0
 
+    # The pooled run in a process of its own, to see what it imported: the process that schedules
+    # and records trials must not load PyTorch (the models' memory belongs to the workers).
     pooled = tmp_path / "pool"
-    assert run_study(parse_study({**raw, "workers": 2}, "t"), pooled, progress=False) == 0
+    pooled_study = tmp_path / "pooled.yaml"
+    pooled_study.write_text(yaml.safe_dump({**raw, "workers": 2}))
+    script = ("import sys, yaml\nfrom pathlib import Path\nfrom mtforget.study.config import parse_study\n"
+              "from mtforget.study.runner import run_study\n"
+              f"raw = yaml.safe_load(Path({str(pooled_study)!r}).read_text())\n"
+              f"code = run_study(parse_study(raw, 't'), Path({str(pooled)!r}), progress=False)\n"
+              "print('exit', code, 'torch', 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.stdout.split()[-4:] == ["exit", "0", "torch", "False"], done.stdout + done.stderr
     assert _table(pooled) == _table(local)
 
     pytest.importorskip("ray")

@@ -5,7 +5,8 @@ import torch
 
 from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny import TinySpec, build_model
+from mtforget.models.tiny import build_model
+from mtforget.models.tiny_specs import TinySpec
 from mtforget.train.loop import StepBatches, TrainSettings, train
 from tests.conftest import Kill, tiny_world
 

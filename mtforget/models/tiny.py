@@ -9,7 +9,7 @@ fine-tunes it on a few directions and measures what the others lose.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,37 +21,9 @@ from mtforget.data.corpus import Corpus
 from mtforget.data.splits import Splits, sample_all_directions
 from mtforget.models.language import LanguageTokens
 from mtforget.models.loading import count_parameters, default_device
+from mtforget.models.tiny_specs import RECIPE_VERSION, TINY_SPECS, TinySpec
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.train.loop import TrainSettings, native_bf16, train
-
-
-@dataclass(frozen=True)
-class TinySpec:
-    """Architecture and pre-training recipe of one built-in size."""
-
-    d_model: int
-    layers: int  # encoder layers = decoder layers
-    heads: int
-    ffn_dim: int
-    vocab_size: int
-    steps: int
-    batch_size: int
-    lr: float
-    dropout: float = 0.0  # the synthetic world has far more examples than a tiny model can memorise
-
-
-# Bumped whenever the pre-training recipe (tokenizer, architecture defaults, training loop)
-# changes the weights it produces, so cached bases from older recipes are not reused.
-RECIPE_VERSION = 3
-
-# Step counts, not wall time, bound pre-training, so a base is the same on every machine.
-# The sizes differ by more than 4x in parameters; each reaches a usable quality on the
-# synthetic world within its budget.
-TINY_SPECS: dict[str, TinySpec] = {
-    "small": TinySpec(d_model=96, layers=2, heads=4, ffn_dim=192, vocab_size=1500, steps=1600, batch_size=64, lr=3e-3),
-    "base": TinySpec(d_model=224, layers=2, heads=4, ffn_dim=448, vocab_size=1500, steps=2000, batch_size=64, lr=1.5e-3),
-}
-
 
 # Pre-training batches are random, so each is cut into length-sorted pieces: the same gradient
 # with a fifth fewer padded tokens. On one CPU thread that saves a tenth of a float32 step
@@ -103,18 +75,6 @@ def pretraining_precision() -> tuple[bool, str]:
 def precision_name(bf16: bool) -> str:
     """How a base was pre-trained, for its metadata."""
     return "bf16 autocast" if bf16 else "float32"
-
-
-TINY_NAMES = ("small", "base", "lm", "lm-instruct")  # encoder-decoder sizes, then decoder-only styles
-
-
-def tiny_recipe(name: str) -> list:
-    """What determines a built-in base's weights besides the corpus (part of trial identity)."""
-    from mtforget.models.tiny_decoder import DECODER_RECIPE_VERSION, DECODER_SPEC
-
-    if name in TINY_SPECS:
-        return [RECIPE_VERSION, asdict(TINY_SPECS[name])]
-    return [DECODER_RECIPE_VERSION, name, asdict(DECODER_SPEC)]
 
 
 def tiny_base(

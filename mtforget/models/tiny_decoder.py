@@ -27,6 +27,12 @@ from mtforget.models.instruction import INSTRUCTION, InstructionControl
 from mtforget.models.languages import language_name
 from mtforget.models.loading import count_parameters
 from mtforget.models.tiny import precision_name, pretraining_precision
+from mtforget.models.tiny_specs import (
+    DECODER_RECIPE_VERSION,
+    DECODER_SPEC,
+    DECODER_STYLES,
+    DecoderSpec,
+)
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.train.loop import TrainSettings, train
 
@@ -56,36 +62,6 @@ OTHER_TASKS = {
     "count": "How many words are in this sentence?",
     "first": "What is the first word of this sentence?",
 }
-
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    """Architecture and training recipe of the built-in decoder-only bases."""
-
-    d_model: int
-    layers: int
-    heads: int
-    ffn_dim: int
-    vocab_size: int
-    steps: int  # plain-prompt pre-training (tiny:lm)
-    batch_size: int
-    lr: float
-    instruct_steps: int  # instruction tuning on top (tiny:lm-instruct)
-    instruct_lr: float
-    task_share: float  # share of non-translation tasks in instruction tuning
-
-
-# Bumped whenever the recipe changes the weights it produces (see tiny.RECIPE_VERSION).
-DECODER_RECIPE_VERSION = 2
-
-# Four decoder layers of width 96: 0.51M parameters against tiny:small's 0.52M (2+2 layers).
-# A decoder step costs about twice an encoder-decoder step (the prompt is in every sequence), so the
-# budget is smaller than tiny:small's. On the demo corpus it reached mean chrF 22.8 after 1,200
-# steps, 26.5 after 1,500 and 27.6 after 2,000 (tiny:small: 46.4 after 1,600): it has learned every
-# language and translates poorly, and more steps buy little.
-DECODER_SPEC = DecoderSpec(d_model=96, layers=4, heads=4, ffn_dim=192, vocab_size=1500, steps=900,
-                           batch_size=64, lr=3e-3, instruct_steps=150, instruct_lr=1e-3, task_share=0.25)
-DECODER_STYLES = {"lm": "plain prompt", "lm-instruct": "chat template"}
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ OnDone = Callable[[Trial, dict], None]
 def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: bool,
                on_start: OnStart, on_done: OnDone, loss_hook=None) -> None:
     """Run ``trials`` with the executor the study asks for."""
-    from mtforget.study.runner import TrialMemo, execute_trial
-
     if study.executor == "ray":
         _run_on_ray(study, trials, out, on_start, on_done)
     elif study.workers > 1:
         _run_in_pool(study, trials, out, on_start, on_done)
     else:
         import torch
+
+        from mtforget.study.trial import TrialMemo, execute_trial
 
         threads = torch.get_num_threads()
         torch.set_num_threads(study.resources.cpus or threads)
@@ -60,9 +60,14 @@ def _worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
-def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: OnStart, on_done: OnDone) -> None:
-    from mtforget.study.runner import execute_trial
+def _pool_trial(trial: Trial, out: Path) -> dict:
+    # Imported here, in the worker: the parent process only schedules and stays free of PyTorch.
+    from mtforget.study.trial import execute_trial
 
+    return execute_trial(trial, out, False, None, None)
+
+
+def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: OnStart, on_done: OnDone) -> None:
     # spawn, not fork: forking a process that already holds torch threads can deadlock.
     ctx = multiprocessing.get_context("spawn")
     threads = study.resources.cpus or max(1, (os.cpu_count() or 1) // study.workers)
@@ -71,7 +76,7 @@ def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: O
         pending = {}
         for trial in trials:
             on_start(trial)
-            pending[pool.submit(execute_trial, trial, out, False, None, None)] = trial
+            pending[pool.submit(_pool_trial, trial, out)] = trial
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -117,7 +122,7 @@ def _run_on_ray(study: StudyConfig, trials: list[Trial], out: Path, on_start: On
 def _ray_trial(trial: Trial, out: str, threads: int) -> dict:
     import torch
 
-    from mtforget.study.runner import execute_trial
+    from mtforget.study.trial import execute_trial
 
     torch.set_num_threads(threads)
     quiet_libraries()

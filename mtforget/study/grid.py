@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtforget.cache import fingerprint
-from mtforget.models.tiny import tiny_recipe
+from mtforget.models.tiny_specs import tiny_recipe
 from mtforget.study.config import (EXECUTION_KEYS, FinetuneConfig, StudyConfig, grid_parts, set_dotted,
                                    study_to_dict)
 
