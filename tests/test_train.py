@@ -54,7 +54,7 @@ def test_sorted_pieces_train_as_one_batch_with_less_padding(setup):
 
     tokenizer, examples = setup
     control = LanguageTokens(tokenizer)
-    whole, pieces = _sorted_pieces(control, 1, examples[:32]), _sorted_pieces(control, 4, examples[:32])
+    whole, pieces = _sorted_pieces(control, 1, 1, examples[:32]), _sorted_pieces(control, 4, 1, examples[:32])
     assert len(whole) == 1 and len(pieces) == 4
 
     def cells(batches):  # padded positions included
@@ -75,6 +75,33 @@ def test_sorted_pieces_train_as_one_batch_with_less_padding(setup):
     assert a.tokens == b.tokens and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
     for name, value in one.items():  # the same gradient, up to float rounding
         assert torch.allclose(value, split[name], atol=1e-5), name
+
+
+def test_widths_padded_to_a_multiple_train_as_unpadded(setup):
+    from mtforget.train.loop import _sorted_pieces
+
+    tokenizer, examples = setup
+    control = LanguageTokens(tokenizer)
+    plain, padded = _sorted_pieces(control, 2, 1, examples[:32]), _sorted_pieces(control, 2, 8, examples[:32])
+    for p, q in zip(plain, padded):
+        for key in ("input_ids", "labels"):
+            assert q[key].shape[1] % 8 == 0 and q[key].shape[1] >= p[key].shape[1]
+            assert torch.equal(q[key][:, : p[key].shape[1]], p[key])
+        assert int(q["attention_mask"].sum()) == int(p["attention_mask"].sum())  # the extra columns are masked
+        assert int((q["labels"] != -100).sum()) == int((p["labels"] != -100).sum())  # and unlabelled
+    assert any(q["input_ids"].shape[1] > p["input_ids"].shape[1] for p, q in zip(plain, padded))  # it padded
+
+    results = []
+    for multiple in (1, 8):
+        model = _model(tokenizer)
+        settings = TrainSettings(lr=3e-3, batch_size=32, max_steps=3, seed=0, group_by_length=False,
+                                 micro_batches=2, pad_to_multiple_of=multiple)
+        outcome = train(model, control, examples, settings, progress=False)
+        results.append((model.state_dict(), outcome))
+    (one, a), (other, b) = results
+    assert a.tokens == b.tokens and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+    for name, value in one.items():
+        assert torch.allclose(value, other[name], atol=1e-5), name
 
 
 def test_bf16_autocast_keeps_float32_weights_and_tracks_float32_training(setup):

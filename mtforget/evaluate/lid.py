@@ -11,12 +11,15 @@ accuracy on held-out sentences is recorded with the results.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.naive_bayes import MultinomialNB
 
 from mtforget.data.corpus import Segment
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.naive_bayes import MultinomialNB
 
 
 CONFUSABLE = ({"hr", "sr", "bs"}, {"nb", "nn", "no", "da"}, {"ms", "id"})
@@ -104,6 +107,11 @@ class CorpusLanguageIdentifier(_Scoring):
     def train(cls, segments: tuple[Segment, ...] | list[Segment], languages: list[str],
               max_per_language: int = 2000) -> CorpusLanguageIdentifier:
         """Fit on up to ``max_per_language`` sentences of each language (in corpus order)."""
+        # Imported here: scikit-learn brings SciPy and pandas (about 100 MB), which a process that
+        # identifies real languages, or only pre-trains a base, does not need.
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.naive_bayes import MultinomialNB
+
         texts: list[str] = []
         labels: list[str] = []
         counts = dict.fromkeys(languages, 0)

@@ -78,16 +78,16 @@ class InstructionControl:
         ending = self._turn_end if self.use_chat else self._turn_end + [self.tokenizer.eos_token_id]
         return ids[: self.max_length // 2 - len(ending)] + ending
 
-    def batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        """Prompt + target per example, right-padded; labels only on the target."""
+    def batch(self, examples: list[Example], multiple: int = 1) -> dict[str, torch.Tensor]:
+        """Prompt + target per example, right-padded (to a multiple of ``multiple``); labels only on the target."""
         return self.training_batch([(self.prompt(ex.src, ex.src_lang, ex.tgt_lang), self.target(ex.tgt))
-                                    for ex in examples])
+                                    for ex in examples], multiple)
 
-    def training_batch(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def training_batch(self, pairs: list[tuple[list[int], list[int]]], multiple: int = 1) -> dict[str, torch.Tensor]:
         """Padded ``prompt + answer`` sequences from (prompt ids, answer ids), loss on the answer only."""
         seqs = [prompt + answer for prompt, answer in pairs]
         labels = [[-100] * len(prompt) + answer for prompt, answer in pairs]
-        return padded_batch(seqs, labels, self.tokenizer.pad_token_id)
+        return padded_batch(seqs, labels, self.tokenizer.pad_token_id, multiple)
 
     @torch.no_grad()
     def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:

@@ -12,6 +12,7 @@ A language the tokenizer lacks gets a new token, and the model's embeddings are 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -100,12 +101,13 @@ class LanguageTokens:
             return self._encode(texts, [None] * len(texts))
         return self._encode(texts, [self.token_id(lang) for lang in tgt_langs])
 
-    def batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        """A padded training batch (padding to the longest sequence of this batch only)."""
+    def batch(self, examples: list[Example], multiple: int = 1) -> dict[str, torch.Tensor]:
+        """A padded training batch (padding to the longest sequence of this batch only, rounded up
+        to a multiple of ``multiple``)."""
         sources = self.encode_sources([ex.src for ex in examples], [ex.src_lang for ex in examples],
                                       [ex.tgt_lang for ex in examples])
         targets = self.encode_targets([ex.tgt for ex in examples], [ex.tgt_lang for ex in examples])
-        return padded_batch(sources, targets, self.tokenizer.pad_token_id)
+        return padded_batch(sources, targets, self.tokenizer.pad_token_id, multiple)
 
     @torch.no_grad()
     def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:
@@ -124,9 +126,10 @@ def normalize_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
-def pad(seqs: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence (right, or left for decoder-only prompts); ids and attention mask."""
-    width = max(len(s) for s in seqs)
+def pad(seqs: list[list[int]], value: int, left: bool = False, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence (right, or left for decoder-only prompts), its length rounded up
+    to a multiple of ``multiple``; ids and attention mask."""
+    width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, seq in enumerate(seqs):
@@ -136,10 +139,12 @@ def pad(seqs: list[list[int]], value: int, left: bool = False) -> tuple[torch.Te
     return ids, mask
 
 
-def padded_batch(inputs: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Model inputs with their attention mask and labels, each padded to its longest row (-100 for labels)."""
-    input_ids, attention_mask = pad(inputs, pad_id)
-    label_ids, _ = pad(labels, -100)
+def padded_batch(inputs: list[list[int]], labels: list[list[int]], pad_id: int,
+                 multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Model inputs with their attention mask and labels, each padded to its longest row (-100 for
+    labels), rounded up to a multiple of ``multiple``."""
+    input_ids, attention_mask = pad(inputs, pad_id, multiple=multiple)
+    label_ids, _ = pad(labels, -100, multiple=multiple)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 

@@ -9,7 +9,7 @@ fine-tunes it on a few directions and measures what the others lose.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -62,19 +62,29 @@ def build_model(spec: TinySpec, tokenizer, attention: str = "sdpa") -> M2M100For
     return M2M100ForConditionalGeneration(config)
 
 
-def pretraining_precision() -> tuple[bool, str]:
-    """Whether tiny bases pre-train under bf16 autocast here, and the attention implementation to
-    use: bf16 where the device multiplies it natively (on a CPU with AVX-512 BF16 it is 1.6x
-    faster for tiny:base), with plain ("eager") attention on a CPU, whose fused attention kernel
-    is slower in bf16 than the few small matrix products it replaces."""
+@dataclass(frozen=True)
+class Precision:
+    """How tiny bases pre-train on this device. Part of their cache key: it changes the weights."""
+
+    bf16: bool  # matrix products under bf16 autocast
+    attention: str  # the transformers attention implementation
+    pad_to_multiple_of: int  # batch widths (see TrainSettings.pad_to_multiple_of)
+
+    @property
+    def name(self) -> str:
+        """How a base was pre-trained, for its metadata."""
+        return "bf16 autocast" if self.bf16 else "float32"
+
+
+def pretraining_precision() -> Precision:
+    """bf16 where the device multiplies it natively (on a CPU with AVX-512 BF16 it is 1.6x faster
+    for tiny:base). On such a CPU, plain ("eager") attention, since the fused attention kernel is
+    slower in bf16 than the few small matrix products it replaces, and batch widths in steps of 4,
+    so the bf16 kernels built per matrix shape stay few."""
     device = default_device()
     bf16 = native_bf16(device)
-    return bf16, "eager" if bf16 and device.type == "cpu" else "sdpa"
-
-
-def precision_name(bf16: bool) -> str:
-    """How a base was pre-trained, for its metadata."""
-    return "bf16 autocast" if bf16 else "float32"
+    cpu_bf16 = bf16 and device.type == "cpu"
+    return Precision(bf16, "eager" if cpu_bf16 else "sdpa", 4 if cpu_bf16 else 1)
 
 
 def tiny_base(
@@ -99,7 +109,7 @@ def tiny_base(
         return tiny_decoder_base(name, corpus, splits, seed, names or {}, steps, progress)
     spec = TINY_SPECS[name]
     steps = steps or spec.steps
-    bf16, attention = pretraining_precision()
+    precision = pretraining_precision()
     train_ids = fingerprint([s.id for s in splits.train])
     key = fingerprint(
         {
@@ -110,7 +120,7 @@ def tiny_base(
             "train_ids": train_ids,
             "languages": corpus.languages,
             "seed": seed,
-            "bf16": bf16,  # autocast changes the weights it produces
+            "precision": asdict(precision),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         }
@@ -121,14 +131,14 @@ def tiny_base(
         texts = (text for seg in splits.train for text in seg.translation.values())
         tokenizer = train_tokenizer(texts, languages, spec.vocab_size)
         torch.manual_seed(seed)
-        model = build_model(spec, tokenizer, attention)
+        model = build_model(spec, tokenizer, precision.attention)
         examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed)
         # Random (not length-grouped) batches: a base pre-trained on length-grouped batches for the
         # same steps stayed before its jump in quality (tiny:base: mean chrF 22.7 against 96.0).
         settings = TrainSettings(
             lr=spec.lr, batch_size=spec.batch_size, max_steps=steps, warmup_ratio=0.06,
             schedule="linear", seed=seed, log_every=100, group_by_length=False, micro_batches=PIECES,
-            bf16=bf16,
+            bf16=precision.bf16, pad_to_multiple_of=precision.pad_to_multiple_of,
         )
         outcome = train(model, LanguageTokens(tokenizer), examples, settings,
                         desc=f"pre-train tiny:{name}", progress=progress)
@@ -139,7 +149,8 @@ def tiny_base(
             "spec": asdict(spec),
             "steps": outcome.steps,
             "seed": seed,
-            "precision": precision_name(bf16),
+            "precision": precision.name,
+            "pad_to_multiple_of": precision.pad_to_multiple_of,
             "parameters": count_parameters(model),
             "train_seconds": round(outcome.seconds, 2),
             "final_train_loss": outcome.train_loss,

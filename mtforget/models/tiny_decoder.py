@@ -26,7 +26,7 @@ from mtforget.data.splits import Splits, sample_all_directions
 from mtforget.models.instruction import INSTRUCTION, InstructionControl
 from mtforget.models.languages import language_name
 from mtforget.models.loading import count_parameters
-from mtforget.models.tiny import precision_name, pretraining_precision
+from mtforget.models.tiny import Precision, pretraining_precision
 from mtforget.models.tiny_specs import (
     DECODER_RECIPE_VERSION,
     DECODER_SPEC,
@@ -79,9 +79,9 @@ class ChatTasks:
 
     control: InstructionControl
 
-    def batch(self, examples: list[TaskExample]) -> dict[str, torch.Tensor]:
+    def batch(self, examples: list[TaskExample], multiple: int = 1) -> dict[str, torch.Tensor]:
         return self.control.training_batch([(self.control.chat_prompt(ex.instruction, ex.text),
-                                             self.control.target(ex.answer)) for ex in examples])
+                                             self.control.target(ex.answer)) for ex in examples], multiple)
 
 
 def instruction_mix(segments: tuple[Segment, ...] | list[Segment], languages: list[str], names: dict[str, str],
@@ -134,55 +134,58 @@ def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, name
     """
     spec = DECODER_SPEC
     steps = steps or spec.steps
-    bf16, attention = pretraining_precision()
+    precision = pretraining_precision()
     languages = list(corpus.languages)
     names = {lang: language_name(lang, names) for lang in languages}
     key = fingerprint({
         "recipe": DECODER_RECIPE_VERSION, "spec": asdict(spec), "steps": steps, "corpus": corpus.fingerprint(),
         "train_ids": fingerprint([s.id for s in splits.train]), "languages": languages, "names": names,
-        "seed": seed, "bf16": bf16, "torch": torch.__version__, "transformers": transformers.__version__,
+        "seed": seed, "precision": asdict(precision), "torch": torch.__version__, "transformers": transformers.__version__,
     })
     if name == "lm-instruct":
         plain_dir = tiny_decoder_base("lm", corpus, splits, seed, names, steps, progress)
         return cached_dir("bases", f"tiny-lm-instruct-{key}",
                           lambda out: _instruction_tune(plain_dir, out, spec, steps, splits, languages, names, seed,
-                                                        progress, bf16, attention))
+                                                        progress, precision))
 
     def build(out: Path) -> None:
         tokenizer = train_tokenizer(_tokenizer_texts(splits, languages, names), [], spec.vocab_size, CHAT_MARKERS)
         torch.manual_seed(seed)
-        model = build_decoder(spec, tokenizer, attention)
+        model = build_decoder(spec, tokenizer, precision.attention)
         control = InstructionControl(tokenizer, names, use_chat=False)
         examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed)
         settings = TrainSettings(lr=spec.lr, batch_size=spec.batch_size, max_steps=steps, warmup_ratio=0.06,
-                                 schedule="linear", seed=seed, log_every=100, bf16=bf16)
+                                 schedule="linear", seed=seed, log_every=100, bf16=precision.bf16,
+                                 pad_to_multiple_of=precision.pad_to_multiple_of)
         outcome = train(model, control, examples, settings, desc="pre-train tiny:lm", progress=progress)
         _save(out, model, tokenizer, {"tiny": "lm", "style": DECODER_STYLES["lm"], "steps": outcome.steps,
                                       "train_seconds": round(outcome.seconds, 2),
-                                      "final_train_loss": outcome.train_loss, "precision": precision_name(bf16)},
+                                      "final_train_loss": outcome.train_loss, "precision": precision.name,
+                                      "pad_to_multiple_of": precision.pad_to_multiple_of},
               spec, seed, languages, corpus)
 
     return cached_dir("bases", f"tiny-lm-{key}", build)
 
 
 def _instruction_tune(plain_dir: Path, out: Path, spec: DecoderSpec, steps: int, splits: Splits,
-                      languages: list[str], names: dict[str, str], seed: int, progress: bool, bf16: bool,
-                      attention: str) -> None:
+                      languages: list[str], names: dict[str, str], seed: int, progress: bool,
+                      precision: Precision) -> None:
     """Continue ``tiny:lm`` on chat-formatted instructions: the ``-instruct`` sibling."""
-    model = LlamaForCausalLM.from_pretrained(plain_dir, use_safetensors=True, attn_implementation=attention)
+    model = LlamaForCausalLM.from_pretrained(plain_dir, use_safetensors=True, attn_implementation=precision.attention)
     tokenizer = transformers.AutoTokenizer.from_pretrained(plain_dir)
     tokenizer.chat_template = CHAT_TEMPLATE
     tuning_steps = max(1, round(spec.instruct_steps * steps / spec.steps))
     examples = instruction_mix(splits.train, languages, names, tuning_steps * spec.batch_size, spec.task_share,
                                seed + 1)
     settings = TrainSettings(lr=spec.instruct_lr, batch_size=spec.batch_size, max_steps=tuning_steps,
-                             warmup_ratio=0.06, schedule="linear", seed=seed + 1, log_every=50, bf16=bf16)
+                             warmup_ratio=0.06, schedule="linear", seed=seed + 1, log_every=50, bf16=precision.bf16,
+                             pad_to_multiple_of=precision.pad_to_multiple_of)
     tasks = ChatTasks(InstructionControl(tokenizer, names, use_chat=True))
     outcome = train(model, tasks, examples, settings, desc="instruction-tune tiny:lm-instruct", progress=progress)
     _save(out, model, tokenizer, {"tiny": "lm-instruct", "style": DECODER_STYLES["lm-instruct"],
                                   "steps": steps, "instruct_steps": outcome.steps,
                                   "train_seconds": round(outcome.seconds, 2), "final_train_loss": outcome.train_loss,
-                                  "precision": precision_name(bf16)},
+                                  "precision": precision.name, "pad_to_multiple_of": precision.pad_to_multiple_of},
           spec, seed, languages, None)
 
 

@@ -28,7 +28,7 @@ class TinySpec:
 
 # Bumped whenever the pre-training recipe (tokenizer, architecture defaults, training loop)
 # changes the weights it produces, so cached bases from older recipes are not reused.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 # Step counts, not wall time, bound pre-training, so a base is the same on every machine.
 # The sizes differ by more than 4x in parameters; each reaches a usable quality on the
@@ -57,7 +57,7 @@ class DecoderSpec:
 
 
 # Bumped whenever the recipe changes the weights it produces (see RECIPE_VERSION).
-DECODER_RECIPE_VERSION = 2
+DECODER_RECIPE_VERSION = 3
 
 # Four decoder layers of width 96: 0.51M parameters against tiny:small's 0.52M (2+2 layers).
 # A decoder step costs about twice an encoder-decoder step (the prompt is in every sequence), so the

@@ -74,6 +74,10 @@ class TrainSettings:
     # Matrix products in bfloat16 under autocast (weights, gradients and optimizer stay float32):
     # for devices that multiply bf16 natively (see native_bf16), where it is the fastest setting.
     bf16: bool = False
+    # Batch widths rounded up to a multiple of this. A CPU's bf16 matrix library builds and keeps a
+    # kernel per matrix shape; with widths in steps of 4 a tiny base's pre-training held 250-350 MB
+    # less for 3% more time (padded positions are masked and unlabelled: the same loss).
+    pad_to_multiple_of: int = 1
 
 
 @dataclass
@@ -203,7 +207,7 @@ def train(
         examples, batch_sampler=StepBatches(len(examples), settings.batch_size, settings.seed, translation_done,
                                             translation_total,
                                             [_length(ex) for ex in examples] if settings.group_by_length else None),
-        collate_fn=partial(_sorted_pieces, control, settings.micro_batches)))
+        collate_fn=partial(_sorted_pieces, control, settings.micro_batches, settings.pad_to_multiple_of)))
     batches = iter(loader)
     # A causal LM's loss averages over the labels after the first position (it shifts them).
     first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
@@ -352,13 +356,15 @@ def native_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _sorted_pieces(control: LanguageTokens, pieces: int, examples: list[Example]) -> list[dict[str, torch.Tensor]]:
-    """One step's examples as ``pieces`` padded batches of similar length (one batch if 1)."""
+def _sorted_pieces(control: LanguageTokens, pieces: int, multiple: int,
+                   examples: list[Example]) -> list[dict[str, torch.Tensor]]:
+    """One step's examples as ``pieces`` padded batches of similar length (one batch if 1), their
+    widths rounded up to a multiple of ``multiple``."""
     if pieces <= 1:
-        return [control.batch(examples)]
+        return [control.batch(examples, multiple)]
     ordered = sorted(examples, key=_length)
     size = math.ceil(len(ordered) / pieces)
-    return [control.batch(ordered[i : i + size]) for i in range(0, len(ordered), size)]
+    return [control.batch(ordered[i : i + size], multiple) for i in range(0, len(ordered), size)]
 
 
 @torch.no_grad()
