@@ -2,6 +2,7 @@
 
     python benchmarks/demo_wall.py            # mtforget demo
     python benchmarks/demo_wall.py --quick    # mtforget demo --quick
+    python benchmarks/demo_wall.py --set model.pretrain_steps=300   # with overrides
 
 Runs ``mtforget demo`` as a subprocess on an empty temporary cache and output folder and prints:
 seconds per stage summed over the run (pre-training of each base from its metadata, then each
@@ -52,11 +53,14 @@ def tree_memory_mb(pid: int, per_process: dict[int, float]) -> tuple[float, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override passed on to mtforget demo (repeatable)")
     args = parser.parse_args()
     cache = Path(tempfile.mkdtemp(prefix="mtforget-bench-"))
     out = Path(tempfile.mkdtemp(prefix="mtforget-demo-")) / "demo"
     command = [sys.executable, "-m", "mtforget.cli", "demo", "--no-progress", "--out", str(out)]
     command += ["--quick"] if args.quick else []
+    command += [arg for override in args.set for arg in ("--set", override)]
 
     start = time.perf_counter()
     proc = subprocess.Popen(command, env={**os.environ, "MTFORGET_CACHE": str(cache)})

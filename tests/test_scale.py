@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtforget.study.config import parse_study
+from mtforget.study.config import StudyConfig, parse_study
+from mtforget.study.executors import process_pool
 from mtforget.study.runner import run_study
 from tests.conftest import resume_and_check, tiny_study
 
@@ -86,6 +87,16 @@ def test_worker_processes_and_ray_give_the_same_results_as_in_process(tmp_path):
     on_ray = tmp_path / "ray"
     assert run_study(parse_study({**raw, "executor": "ray"}, "t"), on_ray, progress=False) == 0
     assert _table(on_ray) == _table(local)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_worker_processes_are_fresh_for_each_trial_unless_asked_to_stay(fresh):
+    study = StudyConfig(workers=2, resources={"cpus": 1, "fresh_process": fresh})
+    with process_pool(study) as pool:
+        pids = [pool.submit(os.getpid).result() for _ in range(3)]
+    assert os.getpid() not in pids
+    # Fresh: every trial in a process of its own. Kept: the (at most two) workers serve all three.
+    assert len(set(pids)) == 3 if fresh else len(set(pids)) <= 2
 
 
 def test_two_process_training_under_accelerate_launch_matches_one_process(tmp_path):

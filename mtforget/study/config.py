@@ -183,10 +183,17 @@ class ResourcesConfig(_Strict):
     ``cpus`` unset: every core for an in-process trial, an equal share of the cores per worker
     process, one core per Ray task. The thread count changes the order of floating-point sums, so
     set it to compare numbers across executors bit for bit.
+
+    ``fresh_process``: a trial that runs outside the scheduling process (``workers`` > 1, Ray)
+    gets a process of its own that exits after it, so everything it allocated goes back to the
+    system before the next trial starts; off, a worker process runs trial after trial and keeps
+    the high-water mark of all of them (about 400 MB more per worker in the demo), for about
+    five seconds of imports less per trial.
     """
 
     cpus: int | None = Field(None, ge=1)
     gpus: float = Field(0, ge=0)
+    fresh_process: bool = True
 
 
 def _check_comet(study: "StudyConfig") -> None:

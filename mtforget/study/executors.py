@@ -67,12 +67,20 @@ def _pool_trial(trial: Trial, out: Path) -> dict:
     return execute_trial(trial, out, False, None, None)
 
 
-def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: OnStart, on_done: OnDone) -> None:
+def process_pool(study: StudyConfig) -> ProcessPoolExecutor:
+    """The pool of ``study.workers`` processes; with ``resources.fresh_process`` a process exits
+    after one trial and the pool starts a new one (CPython frees little of its heap back to the
+    system, so a long-lived worker holds the peak of every trial it ran)."""
     # spawn, not fork: forking a process that already holds torch threads can deadlock.
     ctx = multiprocessing.get_context("spawn")
     threads = study.resources.cpus or max(1, (os.cpu_count() or 1) // study.workers)
-    with ProcessPoolExecutor(max_workers=study.workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, _worker_env())) as pool:
+    return ProcessPoolExecutor(max_workers=study.workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(threads, _worker_env()),
+                               max_tasks_per_child=1 if study.resources.fresh_process else None)
+
+
+def _run_in_pool(study: StudyConfig, trials: list[Trial], out: Path, on_start: OnStart, on_done: OnDone) -> None:
+    with process_pool(study) as pool:
         pending = {}
         for trial in trials:
             on_start(trial)
@@ -101,7 +109,8 @@ def _run_on_ray(study: StudyConfig, trials: list[Trial], out: Path, on_start: On
             ray.init(runtime_env=env, include_dashboard=False, log_to_driver=False)
     try:
         cpus = study.resources.cpus or 1
-        remote = ray.remote(num_cpus=cpus, num_gpus=study.resources.gpus, max_retries=0)(_ray_trial)
+        remote = ray.remote(num_cpus=cpus, num_gpus=study.resources.gpus, max_retries=0,
+                            max_calls=1 if study.resources.fresh_process else 0)(_ray_trial)
         pending = {}
         for trial in trials:
             on_start(trial)

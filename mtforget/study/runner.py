@@ -42,8 +42,6 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
     launch`` every process runs the same trials (training is shared); only the main process
     writes the store and the report.
     """
-    from mtforget.report.build import build_report  # the report imports the store, not the runner
-
     state = _launched_state()
     main = state is None or state.is_main_process
     trials = expand(study)
@@ -105,6 +103,10 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
         store.export_csv(out / "results.csv")
         failed = any(t["status"] == "failed" for t in store.trials())
         store.close()
+        # Imported only now: its plotting libraries would otherwise sit in this process's memory
+        # beside the workers for the whole study.
+        from mtforget.report.build import build_report
+
         build_report(out)
     if state is not None:
         state.wait_for_everyone()
