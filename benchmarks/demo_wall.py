@@ -27,10 +27,11 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def tree_memory_mb(pid: int, per_process: dict[int, float]) -> tuple[float, float, float]:
+def tree_memory_mb(pid: int, per_process: dict[int, float], now: dict[int, float]) -> tuple[float, float, float]:
     """Memory of ``pid`` and all its descendants in MB (Linux /proc): resident memory (RSS)
     summed and of the largest process, and the proportional set size (PSS) summed, which counts
-    pages the processes share (the libraries every worker maps) once instead of once per process."""
+    pages the processes share (the libraries every worker maps) once instead of once per process.
+    Each process's RSS goes into ``now`` and raises its peak in ``per_process``."""
     total, largest, pss, stack = 0, 0, 0, [pid]
     while stack:
         p = stack.pop()
@@ -39,7 +40,8 @@ def tree_memory_mb(pid: int, per_process: dict[int, float]) -> tuple[float, floa
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
                     largest = max(largest, int(line.split()[1]))
-                    per_process[p] = max(per_process.get(p, 0.0), int(line.split()[1]) / 1024)
+                    now[p] = int(line.split()[1]) / 1024
+                    per_process[p] = max(per_process.get(p, 0.0), now[p])
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     pss += int(line.split()[1])
@@ -66,11 +68,15 @@ def main() -> None:
     proc = subprocess.Popen(command, env={**os.environ, "MTFORGET_CACHE": str(cache)})
     peak, peak_one, peak_pss = 0.0, 0.0, 0.0
     per_process: dict[int, float] = {}
+    at_peak: dict[int, float] = {}  # each process's RSS at the moment of the summed peak
 
     def sample() -> None:
-        nonlocal peak, peak_one, peak_pss
+        nonlocal peak, peak_one, peak_pss, at_peak
         while proc.poll() is None:
-            summed, largest, pss = tree_memory_mb(proc.pid, per_process)
+            now: dict[int, float] = {}
+            summed, largest, pss = tree_memory_mb(proc.pid, per_process, now)
+            if summed > peak:
+                at_peak = now
             peak, peak_one, peak_pss = max(peak, summed), max(peak_one, largest), max(peak_pss, pss)
             time.sleep(0.2)
 
@@ -82,9 +88,11 @@ def main() -> None:
 
     stages: dict[str, float] = defaultdict(float)
     bases, interpolated, trials = set(), 0, 0
+    trial_of_pid: dict[int, str] = {proc.pid: "main process"}
     for path in sorted((out / "trials").glob("*/result.json")):
         info = json.loads(path.read_text())["info"]
         trials += 1
+        trial_of_pid.setdefault(info.get("pid", -1), f"worker: {path.parent.name[:44]}")
         bases.add(info["base_dir"])
         interpolated += max(0, len(info.get("interpolation", [])) - 2)  # α=0 and α=1 are evaluated anyway
         for stage, seconds in info["timings_s"].items():
@@ -104,8 +112,9 @@ def main() -> None:
     print(f"{'peak RSS, all processes (MB)':<40} {peak:>9.0f}")
     print(f"{'peak RSS, largest process (MB)':<40} {peak_one:>9.0f}")
     print(f"{'peak PSS, all processes (MB)':<40} {peak_pss:>9.0f}")
-    for pid, mb in sorted(per_process.items()):
-        print(f"{'  peak RSS, ' + ('main process' if pid == proc.pid else f'worker {pid}') + ' (MB)':<40} {mb:>9.0f}")
+    print("  at the summed peak, RSS (MB) / peak RSS of the process (MB):")
+    for pid, mb in sorted(at_peak.items(), key=lambda kv: -kv[1]):
+        print(f"    {trial_of_pid.get(pid, f'process {pid}'):<56} {mb:>6.0f} / {per_process[pid]:.0f}")
     print("\nper trial: its process's peak RSS (MB) at the end of each stage")
     for path in sorted((out / "trials").glob("*/result.json")):
         info = json.loads(path.read_text())["info"]

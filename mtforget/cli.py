@@ -65,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from mtforget.report.build import build_report
     from mtforget.study.config import apply_overrides, load_study, parse_study
     from mtforget.study.demo import demo_study
     from mtforget.study.runner import run_study
@@ -79,6 +78,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{lang:>10} {n}")
         return 0
     if args.command == "report":
+        # Imported here only: a study's process should not hold the plotting libraries while it runs.
+        from mtforget.report.build import build_report
+
         if not (args.dir / "results.sqlite").is_file():
             raise UsageError(f"{args.dir}: no results.sqlite (not a study directory)")
         path = build_report(args.dir)

@@ -26,7 +26,7 @@ from mtforget.data.splits import Splits, sample_all_directions
 from mtforget.models.instruction import INSTRUCTION, InstructionControl
 from mtforget.models.languages import language_name
 from mtforget.models.loading import count_parameters
-from mtforget.models.tiny import Precision, pretraining_precision
+from mtforget.models.tiny import PIECES, Precision, pretraining_precision
 from mtforget.models.tiny_specs import (
     DECODER_RECIPE_VERSION,
     DECODER_SPEC,
@@ -156,7 +156,7 @@ def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, name
         examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed)
         settings = TrainSettings(lr=spec.lr, batch_size=spec.batch_size, max_steps=steps, warmup_ratio=0.06,
                                  schedule="linear", seed=seed, log_every=100, bf16=precision.bf16,
-                                 pad_to_multiple_of=precision.pad_to_multiple_of)
+                                 pad_to_multiple_of=precision.pad_to_multiple_of, micro_batches=PIECES)
         outcome = train(model, control, examples, settings, desc="pre-train tiny:lm", progress=progress)
         _save(out, model, tokenizer, {"tiny": "lm", "style": DECODER_STYLES["lm"], "steps": outcome.steps,
                                       "train_seconds": round(outcome.seconds, 2),
@@ -179,7 +179,7 @@ def _instruction_tune(plain_dir: Path, out: Path, spec: DecoderSpec, steps: int,
                                seed + 1)
     settings = TrainSettings(lr=spec.instruct_lr, batch_size=spec.batch_size, max_steps=tuning_steps,
                              warmup_ratio=0.06, schedule="linear", seed=seed + 1, log_every=50, bf16=precision.bf16,
-                             pad_to_multiple_of=precision.pad_to_multiple_of)
+                             pad_to_multiple_of=precision.pad_to_multiple_of, micro_batches=PIECES)
     tasks = ChatTasks(InstructionControl(tokenizer, names, use_chat=True))
     outcome = train(model, tasks, examples, settings, desc="instruction-tune tiny:lm-instruct", progress=progress)
     _save(out, model, tokenizer, {"tiny": "lm-instruct", "style": DECODER_STYLES["lm-instruct"],

@@ -57,7 +57,7 @@ class DecoderSpec:
 
 
 # Bumped whenever the recipe changes the weights it produces (see RECIPE_VERSION).
-DECODER_RECIPE_VERSION = 3
+DECODER_RECIPE_VERSION = 4
 
 # Four decoder layers of width 96: 0.51M parameters against tiny:small's 0.52M (2+2 layers).
 # A decoder step costs about twice an encoder-decoder step (the prompt is in every sequence), so the

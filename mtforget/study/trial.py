@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import resource
 import shutil
@@ -263,6 +264,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "engine": engine_name,
         "processes": PartialState().num_processes,
+        "pid": os.getpid(),
         **extra,
     }
     return rows, info
