@@ -29,7 +29,7 @@ from mtforget.train.loop import TrainSettings, native_bf16, train
 # with a fifth fewer padded tokens. On one CPU thread that saves a tenth of a float32 step
 # (tiny:small: 70 against 79 ms); under bf16 two pieces cost about what one batch does (tiny:base:
 # 129-138 ms whole, 136 in two), and more pieces multiply matrices too small to pay (154 in four).
-# The decoder-only bases use them too, for memory: tiny:lm's pre-training peaked 80 MB lower in
+# The decoder-only bases use them too, for memory: tiny:lm's pre-training peaked 80-120 MB lower in
 # two pieces, for 4-10% more time.
 PIECES = 2
 
