@@ -110,19 +110,24 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     peak_rss: dict[str, float] = {}  # the process's peak resident memory (MB) at the end of each stage
     clock = time.perf_counter()
 
+    def end_stage(name: str) -> None:
+        timings[name] = _lap(clock)
+        peak_rss[name] = _peak_rss_mb()
+        # What the stage freed goes back to the system now: a process otherwise stays at the
+        # high-water mark of every stage so far, and workers running side by side add theirs up.
+        release_memory(collect=False)
+
     corpus, splits = _corpus_and_splits(cfg.corpus, shared)
     languages = _study_languages(corpus, cfg.corpus)
     directions = resolve_directions(cfg.finetune.directions, corpus, languages)
     if main:
         write_json_atomic(trial_dir / "config.json", {**study_to_dict(cfg), "resolved_directions":
                                                       [f"{s}-{t}" for s, t in directions]})
-    timings["corpus"] = _lap(clock)
-    peak_rss["corpus"] = _peak_rss_mb()
+    end_stage("corpus")
 
     clock = time.perf_counter()
     base_dir = _base_model(cfg, corpus, splits, progress)
-    timings["base_model"] = _lap(clock)
-    peak_rss["base_model"] = _peak_rss_mb()
+    end_stage("base_model")
     clock = time.perf_counter()
     model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
     control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus))
@@ -144,15 +149,13 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
             engine_kind, engine_name = engine.kind, engine.name
             base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, engine, lid,
                                          eval_settings, shared, progress, added)
-    timings["base_eval"] = _lap(clock)
-    peak_rss["base_eval"] = _peak_rss_mb()
+    end_stage("base_eval")
     pivot = pivot_language(corpus, languages)
     if main and cfg.eval.representations:  # before fine-tuning changes the weights in place
         clock = time.perf_counter()
         base_representations = _base_representations(base_dir, corpus, splits, model, tokenizer, languages, pivot,
                                                      cfg.eval.representation_sentences, added, shared)
-        timings["base_representations"] = _lap(clock)
-        peak_rss["base_representations"] = _peak_rss_mb()
+        end_stage("base_representations")
 
     clock = time.perf_counter()
     examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
@@ -194,8 +197,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
             "final_loss": outcome.align_loss,
         }
     model = merge_lora(model)  # evaluate a plain model: adapters folded into the weights
-    timings["finetune"] = _lap(clock)
-    peak_rss["finetune"] = _peak_rss_mb()
+    end_stage("finetune")
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
              f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
@@ -206,13 +208,11 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     with _engine(engine_kind, model, control, cfg.eval.compute_type, eval_settings, False) as engine:
         ft_eval = evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
                                       desc="evaluate fine-tuned", progress=progress)
-    timings["finetuned_eval"] = _lap(clock)
-    peak_rss["finetuned_eval"] = _peak_rss_mb()
+    end_stage("finetuned_eval")
     clock = time.perf_counter()
     rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed)
     _write_outputs(trial_dir, base_eval, ft_eval)
-    timings["paired_bootstrap"] = _lap(clock)
-    peak_rss["paired_bootstrap"] = _peak_rss_mb()
+    end_stage("paired_bootstrap")
     if cfg.eval.representations:
         clock = time.perf_counter()
         extra["representations"] = {
@@ -222,8 +222,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
             # The alignment layer, or the one "middle" names when alignment is off (for plots).
             "alignment_layer": auxiliary.layer if auxiliary else resolve_layer(model, "middle"),
         }
-        timings["representations"] = _lap(clock)
-        peak_rss["representations"] = _peak_rss_mb()
+        end_stage("representations")
     if cfg.eval.interpolation:
         clock = time.perf_counter()
         alphas = sorted(set(cfg.eval.interpolation))
@@ -237,8 +236,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         evals = {0.0: base_eval, **evals, 1.0: ft_eval}  # both ends are the models evaluated above
         extra["interpolation"] = [{"alpha": alpha, "categories": _category_means(base_eval, evals[alpha], directions)}
                                   for alpha in evals]
-        timings["interpolation"] = _lap(clock)
-        peak_rss["interpolation"] = _peak_rss_mb()
+        end_stage("interpolation")
 
     info = {
         "model": trial.model_label,
@@ -338,10 +336,8 @@ def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
 def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool) -> Path | str:
     if cfg.model.path:
         return cfg.model.path
-    base_dir = tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
-                         progress=progress, names=_language_names(cfg.corpus))
-    release_memory()  # what pre-training held is not needed by the rest of the trial
-    return base_dir
+    return tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
+                     progress=progress, names=_language_names(cfg.corpus))
 
 
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:
