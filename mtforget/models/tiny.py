@@ -30,7 +30,7 @@ from mtforget.train.loop import TrainSettings, native_bf16, train
 # (tiny:small: 70 against 79 ms); under bf16 two pieces cost about what one batch does (tiny:base:
 # 129-138 ms whole, 136 in two), and more pieces multiply matrices too small to pay (154 in four).
 # The decoder-only bases use them too, for memory: tiny:lm's pre-training peaked 80-120 MB lower in
-# two pieces, for 4-10% more time.
+# two pieces, for 4-12% more time.
 PIECES = 2
 
 
@@ -79,7 +79,7 @@ class Precision:
 
 
 def pretraining_precision() -> Precision:
-    """bf16 where the device multiplies it natively (on a CPU with AVX-512 BF16 it is 1.6x faster
+    """bf16 where the device multiplies it natively (on a CPU with AVX-512 BF16 it is 1.5x faster
     for tiny:base). On such a CPU, plain ("eager") attention, since the fused attention kernel is
     slower in bf16 than the few small matrix products it replaces, and batch widths in steps of 4,
     so the bf16 kernels built per matrix shape stay few."""

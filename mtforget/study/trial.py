@@ -95,7 +95,7 @@ def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook |
     finally:
         log.removeHandler(handler)
         handler.close()
-        release_memory()  # a worker process runs trial after trial: their peaks must not add up
+        release_memory()  # this process may run the next trial (in-process, or a worker kept for the study)
 
 
 def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool = True,
