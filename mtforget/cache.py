@@ -76,3 +76,47 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=False)
         f.write("\n")
     os.replace(tmp, path)
+
+
+# Files in a checkpoint directory that nothing here reads (weights are loaded from safetensors
+# only): hashing a multi-gigabyte pickle would cost time and decide nothing.
+_UNREAD_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".md")
+
+
+def content_fingerprint(path: str | Path) -> str | None:
+    """A hash of the contents of a local file or directory, or None when ``path`` is not local.
+
+    A directory hashes every file it holds (recursively, hidden ones and unread weight formats
+    left out) by name and contents, so a checkpoint or corpus changed in place gets a new identity
+    while a copy of it elsewhere keeps the old one. File digests are remembered in the cache by
+    path, size and modification time, so a large checkpoint is read once, not on every run.
+    """
+    root = Path(path)
+    if not root.exists():
+        return None
+    if root.is_file():
+        files = [(root.name, root)]
+    else:
+        files = sorted((f.relative_to(root).as_posix(), f) for f in root.rglob("*")
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)
+                       and not f.name.endswith(_UNREAD_SUFFIXES))
+    return fingerprint([[name, _file_digest(f)] for name, f in files])
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, remembered under its resolved path, size and mtime."""
+    stat = path.stat()
+    memo = cache_root() / "file_digests" / fingerprint([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    if memo.is_file():
+        return memo.read_text(encoding="utf-8").strip()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{memo.name}.", dir=memo.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value)
+    os.replace(tmp, memo)
+    return value

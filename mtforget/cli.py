@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from mtforget.study.config import apply_overrides, load_study, parse_study
     from mtforget.study.demo import demo_study
-    from mtforget.study.runner import run_study
+    from mtforget.study.runner import gate_warnings, run_study
 
     if args.command == "data":
         from mtforget.data.gettext import build_gettext_corpus
@@ -95,6 +95,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     code = run_study(study, out, progress=not args.no_progress, retry_failed=args.retry_failed)
     print(f"results: {out / 'results.csv'}\nreport:  {out / 'report' / 'index.html'}")
     print((out / "report" / "summary.md").read_text(encoding="utf-8"))
+    for line in gate_warnings(out):
+        sys.stderr.write(line + "\n")
     return code
 
 

@@ -99,6 +99,35 @@ def _add_comet(results: dict[str, dict], comet: tuple, with_copy: bool) -> None:
             offset += n
 
 
+@dataclass(frozen=True)
+class BaseGate:
+    """Floors under which a base model's direction is flagged (see ``eval.base_gate``)."""
+
+    min_chrf: float = 10.0
+    max_empty: float = 0.5
+    max_off_target: float = 0.5
+    min_sentences: int = 20
+    include_flagged: bool = False
+
+    def flag(self, base: dict) -> str:
+        """Why the base's scores on one direction cannot anchor a delta, or ``""`` when they can."""
+        reasons = []
+        if base["n"] < self.min_sentences:
+            reasons.append(f"{base['n']} test sentences (< {self.min_sentences})")
+        if base["chrf"] < self.min_chrf:
+            reasons.append(f"base chrF {base['chrf']:.1f} (< {self.min_chrf:g})")
+        empty = sum(not h.strip() for h in base["hypotheses"]) / max(1, len(base["hypotheses"]))
+        if empty > self.max_empty:
+            reasons.append(f"{empty:.0%} of base outputs empty")
+        if base["off_target"] > self.max_off_target:
+            reasons.append(f"{base['off_target']:.0%} of base outputs off-target")
+        return "; ".join(reasons)
+
+    def counts(self, flag: str) -> bool:
+        """Whether a direction with this flag enters category means."""
+        return not flag or self.include_flagged
+
+
 def forgetting_rows(
     base: dict[str, dict],
     finetuned: dict[str, dict],
@@ -106,13 +135,16 @@ def forgetting_rows(
     lid,
     resamples: int = 1000,
     seed: int = 0,
+    gate: BaseGate = BaseGate(),
 ) -> tuple[list[dict], dict]:
     """One row per direction and metric, and paired-bootstrap intervals per category.
 
     Each row holds base, fine-tuned, ``delta = finetuned - base``, its 95% paired-bootstrap
-    interval (test sentences resampled jointly for both models) and the score of copying the
-    source (the baseline that rewards doing nothing). The second value maps metric → category →
-    [low, high] of the mean delta over the category's directions, from the same resamples.
+    interval (test sentences resampled jointly for both models), the score of copying the
+    source (the baseline that rewards doing nothing) and ``base_flag``, why ``gate`` finds the
+    base unfit on that direction (empty when it is fit). The second value maps metric → category
+    → [low, high] of the mean delta over the category's directions that ``gate`` counts, from the
+    same resamples.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -123,6 +155,7 @@ def forgetting_rows(
         b, f = base[key], finetuned[key]
         src, tgt = key.split("-")
         category = categorize(src, tgt, finetune_directions)
+        flag = gate.flag(b)
         copy = score(b["sources"], b["references"], tgt)
         copy["off_target"] = lid.off_target(b["sources"], tgt)
         samples = paired_deltas(b["hypotheses"], f["hypotheses"], b["references"], tgt, b["off_flags"],
@@ -138,9 +171,10 @@ def forgetting_rows(
             rows.append({
                 "src": src, "tgt": tgt, "category": category, "metric": metric,
                 "base": b[metric], "finetuned": f[metric], "delta": f[metric] - b[metric],
-                "delta_low": low, "delta_high": high, "source_copy": copy[metric],
+                "delta_low": low, "delta_high": high, "source_copy": copy[metric], "base_flag": flag,
             })
-            by_category[metric][category].append(samples[metric])
+            if gate.counts(flag):
+                by_category[metric][category].append(samples[metric])
     category_ci = {metric: {cat: list(interval(np.mean(arrays, axis=0))) for cat, arrays in cats.items()}
                    for metric, cats in by_category.items()}
     return rows, category_ci

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mtforget.errors import UsageError
+from mtforget.hub import require_hub
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens, add_language_tokens
 
@@ -32,6 +33,10 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
             raise UsageError(f"model.path: {where} is not a model directory (no config.json)")
         if not any(local.glob("*.safetensors")):
             raise UsageError(f"model.path: {where} has no .safetensors weights (other formats are refused)")
+    elif local.is_absolute() or where.startswith(("./", "../", "~")):
+        raise UsageError(f"model.path: {where} does not exist")
+    else:
+        _require_cached_or_hub(where, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -65,6 +70,17 @@ def make_control(model, tokenizer, languages: list[str], names: dict[str, str] |
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters; ``parameters()`` already counts tied weights once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _require_cached_or_hub(name: str, trust_remote_code: bool) -> None:
+    """A hub id must be in the local cache or the hub must answer: otherwise fail at once, not
+    after the hub client's half a minute of retries."""
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    require_hub("model.path", name)
 
 
 def _first_line(exc: Exception) -> str:

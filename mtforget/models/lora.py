@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
+from mtforget.errors import UsageError
+
 # Leaf names of attention and MLP projections per family; whichever occur in a model are targeted.
 PROJECTION_NAMES = (
     "q_proj", "k_proj", "v_proj", "out_proj", "o_proj",  # attention (Bart/M2M family, Llama family)
@@ -26,8 +28,21 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
                if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
     found = [name for name in PROJECTION_NAMES if name in present]
     if not found:
-        raise ValueError("no known attention/MLP projection layers: set finetune.lora.target_modules")
+        raise UsageError("finetune.lora.target_modules: the model has no known attention/MLP projection layers; "
+                         f"name its linear layers (it has {', '.join(sorted(present)[:20]) or 'none'})")
     return found
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: list[str]) -> None:
+    """Every name the user gave must match a linear layer: one that matches nothing would leave
+    part of the intended adapters silently out (peft fails only when none matches at all)."""
+    linear = [name for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"]
+    leaves = {name.rsplit(".", 1)[-1] for name in linear}
+    missing = [t for t in target_modules if t not in leaves and not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        raise UsageError(f"finetune.lora.target_modules: {', '.join(map(repr, missing))} match no linear layer of "
+                         f"the model (its linear layers are named {', '.join(sorted(leaves)[:20])})")
 
 
 def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float,
@@ -43,6 +58,8 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float,
     for module in model.modules():  # encoders/decoders copy the rate from the config at init
         if getattr(module, "layerdrop", 0):
             module.layerdrop = 0.0
+    if target_modules:
+        check_target_modules(model, target_modules)
     task = TaskType.SEQ_2_SEQ_LM if getattr(config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task,
                       target_modules=target_modules or default_target_modules(model))

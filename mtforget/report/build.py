@@ -17,8 +17,9 @@ import yaml
 from mtforget.data.categories import CATEGORIES
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
-from mtforget.report.tables import (axis_comparisons, category_table, controlled_contrasts, direction_matrix,
-                                    interpolation_curves, layer_series, trial_summaries)
+from mtforget.report.tables import (axis_comparisons, base_quality, category_table, controlled_contrasts,
+                                    direction_matrix, flagged_directions, gate_failures, interpolation_curves,
+                                    layer_series, trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, ResultStore
 
 MAX_HEATMAPS = 12
@@ -29,16 +30,20 @@ def build_report(out: Path) -> Path:
     """Write ``out/report/`` and ``out/results.parquet`` from ``out/results.sqlite``; returns the HTML path."""
     report = out / "report"
     report.mkdir(exist_ok=True)
-    resamples = 2000
+    resamples, include_flagged = 2000, False
     if (out / "study.yaml").is_file():
         study = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8")) or {}
         resamples = study.get("eval", {}).get("bootstrap_resamples", resamples)
+        include_flagged = bool(study.get("eval", {}).get("base_gate", {}).get("include_flagged", False))
     store = ResultStore(out / "results.sqlite")
     try:
-        trials, rows, meta = store.trials(), store.rows(), store.meta()
+        trials, all_rows, meta = store.trials(), store.rows(), store.meta()
     finally:
         store.close()
-    _write_parquet(rows, out / "results.parquet")
+    _write_parquet(all_rows, out / "results.parquet")
+    # Directions the base cannot translate give deltas that mean nothing: every mean below is
+    # over the others, unless the study opted in (the files above keep every row, with its flag).
+    rows = [r for r in all_rows if include_flagged or not r["base_flag"]]
 
     table = category_table(trials, rows, resamples)
     summaries = trial_summaries(trials, rows)
@@ -61,7 +66,8 @@ def build_report(out: Path) -> Path:
 
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
                "examples": examples, "contrasts": controlled_contrasts(trials, rows), "interpolation": curves,
-               "layers": layers}
+               "layers": layers, "base_quality": base_quality(all_rows), "flagged": flagged_directions(all_rows),
+               "gate_failures": gate_failures(all_rows), "include_flagged": include_flagged}
     (report / "summary.md").write_text(render_markdown(context), encoding="utf-8")
     html_path = report / "index.html"
     html_path.write_text(render_html(context, figures), encoding="utf-8")

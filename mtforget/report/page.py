@@ -135,6 +135,33 @@ def _layer_rows(context: dict) -> list[list[str]]:
     return rows
 
 
+BASE_INTRO = ("Absolute scores of each base model before fine-tuning, per direction category (mean over "
+              "directions). A direction is flagged when the base cannot anchor a delta there: chrF under the "
+              "floor, most outputs empty or in the wrong language, or too few test sentences (eval.base_gate).")
+BASE_HEADER = ["base model", "category", "directions", "flagged", "chrF", "BLEU", "off-target %"]
+MAX_FLAGGED_LISTED = 30
+
+
+def _base_rows(context: dict) -> list[list[str]]:
+    return [[q["model"], q["category"], str(q["directions"]), str(q["flagged"]), f"{q['chrf']:.1f}",
+             f"{q['bleu']:.1f}", f"{100 * q['off_target']:.1f}"] for q in context.get("base_quality", [])]
+
+
+def _gate_lines(context: dict) -> list[str]:
+    """The warning and the flagged directions, as plain sentences (both renderers use them)."""
+    lines = []
+    for model in context.get("gate_failures", []):
+        lines.append(f"Warning: base model {model} fails the base-quality gate on every direction: its "
+                     "deltas mean nothing (see Base model quality).")
+    verb = "are included in" if context.get("include_flagged") else "are left out of"
+    for model, flagged in context.get("flagged", {}).items():
+        listed = [f"{d} ({reason})" for d, reason in list(flagged.items())[:MAX_FLAGGED_LISTED]]
+        more = f", and {len(flagged) - MAX_FLAGGED_LISTED} more" if len(flagged) > MAX_FLAGGED_LISTED else ""
+        lines.append(f"{model}: {len(flagged)} flagged direction(s) {verb} every mean: "
+                     + ", ".join(listed) + more + ".")
+    return lines
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -144,6 +171,8 @@ def render_markdown(context: dict) -> str:
     trials = context["trials"]
     done = sum(t["status"] == "done" for t in trials)
     lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {INTRO}", ""]
+    lines += [f"**{line}**" for line in _gate_lines(context) if line.startswith("Warning")]
+    lines += [""] if context.get("gate_failures") else []
     for metric, title in METRIC_TITLES.items():
         conditions, cells = _pivot(context["table"], metric)
         if not conditions:
@@ -173,6 +202,9 @@ def render_markdown(context: dict) -> str:
         lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
                   "| trial | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
         lines += ["| " + " | ".join(r) + " |" for r in paired] + [""]
+    if context.get("base_quality"):
+        lines += ["## Base model quality", "", BASE_INTRO, ""] + _md_table(BASE_HEADER, _base_rows(context)) + [""]
+        lines += [f"- {line}" for line in _gate_lines(context) if not line.startswith("Warning")] + [""]
     failed = [t for t in trials if t["status"] == "failed"]
     if failed:
         lines += ["## Failed trials", ""] + [f"- `{t['trial_id']}`: {t['reason']}" for t in failed] + [""]
@@ -194,6 +226,7 @@ def render_html(context: dict, figures: dict) -> str:
              f"<title>mtforget report</title><style>{CSS}</style></head><body>",
              "<h1>Forgetting report</h1>",
              f"<p>{done} of {len(trials)} trials done. {e(INTRO)}</p>"]
+    parts += [f"<p><strong>{e(line)}</strong></p>" for line in _gate_lines(context) if line.startswith("Warning")]
 
     def figure(path, caption: str) -> str:
         return (f"<figure><img src='{e(path.name)}' alt='{e(caption)}'>"
@@ -270,6 +303,13 @@ def render_html(context: dict, figures: dict) -> str:
         parts += ["<tr><td>" + e(r[0]) + "</td>" + "".join(f"<td class='num'>{e(c)}</td>" for c in r[1:]) + "</tr>"
                   for r in paired]
         parts.append("</table>")
+    if context.get("base_quality"):
+        parts.append(f"<h2>Base model quality</h2><p class='muted'>{e(BASE_INTRO)}</p><table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in BASE_HEADER) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:2])
+                  + "".join(f"<td class='num'>{e(c)}</td>" for c in r[2:]) + "</tr>" for r in _base_rows(context)]
+        parts.append("</table>")
+        parts += [f"<p class='muted'>{e(line)}</p>" for line in _gate_lines(context) if not line.startswith("Warning")]
     parts.append("<h2>Trials</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TRIAL_HEADER) + "</tr>")
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _trial_rows(context)]
     parts.append("</table>")

@@ -273,3 +273,52 @@ def layer_series(summaries: list[TrialSummary]) -> list[dict]:
                     "base_at_layer": base["mean"][index] if index is not None else None,
                     "finetuned_at_layer": tuned["mean"][index] if index is not None else None})
     return out
+
+
+BASE_METRICS = ("chrf", "bleu", "off_target")
+
+
+def base_quality(rows: list[dict]) -> list[dict]:
+    """Each base model's absolute scores per direction category (all directions, flagged or not).
+
+    One entry per model × category: the mean base chrF, BLEU and off-target rate over the
+    category's directions, and how many of them the base-quality gate flagged. A base evaluated
+    by several trials counts each direction once.
+    """
+    seen: dict[tuple, dict] = {}
+    for row in rows:
+        if row["metric"] in BASE_METRICS:
+            entry = seen.setdefault((row["model"], row["category"], row["src"], row["tgt"]),
+                                    {"flag": row.get("base_flag") or ""})
+            entry[row["metric"]] = row["base"]
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for (model, category, _, _), entry in seen.items():
+        groups[(model, category)].append(entry)
+    out = []
+    for model in dict.fromkeys(m for m, _ in groups):
+        for category in CATEGORIES:
+            entries = groups.get((model, category))
+            if not entries:
+                continue
+            out.append({"model": model, "category": category, "directions": len(entries),
+                        "flagged": sum(bool(e["flag"]) for e in entries),
+                        **{m: float(np.mean([e[m] for e in entries if m in e])) for m in BASE_METRICS}})
+    return out
+
+
+def flagged_directions(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """Per base model, the directions the base-quality gate flagged and why."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in rows:
+        if row["metric"] == "chrf" and row.get("base_flag"):
+            out[row["model"]][f"{row['src']}-{row['tgt']}"] = row["base_flag"]
+    return dict(out)
+
+
+def gate_failures(rows: list[dict]) -> list[str]:
+    """Base models that the base-quality gate flagged on every direction they were evaluated on."""
+    flags: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        if row["metric"] == "chrf":
+            flags[row["model"]].append(bool(row.get("base_flag")))
+    return [model for model, flagged in flags.items() if flagged and all(flagged)]

@@ -7,6 +7,8 @@ closest valid key. Defaults are the embedded synthetic world and the small built
 from __future__ import annotations
 
 import difflib
+import itertools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtforget.data.categories import parse_direction
 from mtforget.errors import UsageError
+
+
+# Learning-rate schedules of transformers.get_scheduler that need nothing beyond warm-up and total
+# steps (the others take extra arguments or a metric at every step, which the loop does not give).
+Schedule = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                   "inverse_sqrt"]
 
 
 class _Strict(BaseModel):
@@ -30,8 +38,17 @@ class ModelConfig(_Strict):
     path: str | None = None
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # trade compute for memory on large models
-    seed: int = 0  # initialisation and pre-training order of a tiny base
+    seed: int = Field(0, ge=0)  # initialisation and pre-training order of a tiny base
     pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
+
+    @model_validator(mode="after")
+    def _has_a_base(self) -> "ModelConfig":
+        if not self.path and not self.tiny:
+            raise ValueError("give a base model: model.path (a checkpoint or hub id) or model.tiny "
+                             "(small, base, lm or lm-instruct)")
+        if self.path is not None and not self.path.strip():
+            raise ValueError("model.path is empty; give a checkpoint directory or hub id, or remove the key")
+        return self
 
 
 class SyntheticConfig(_Strict):
@@ -39,7 +56,7 @@ class SyntheticConfig(_Strict):
 
     languages: int = Field(10, ge=2)
     segments: int = Field(20000, ge=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class CorpusConfig(_Strict):
@@ -56,7 +73,7 @@ class CorpusConfig(_Strict):
     max_words: int | None = Field(None, ge=1)  # drop segments with a longer text (or > 8×max_words characters)
     dev_size: int = Field(200, ge=1)
     test_size: int = Field(100, ge=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
 
 
 class LoraConfig(_Strict):
@@ -109,7 +126,7 @@ class FinetuneConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, ge=1)
-    schedule: str = "constant_with_warmup"
+    schedule: Schedule = "constant_with_warmup"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     eval_every: int = Field(25, ge=1)  # steps between dev-loss checks
     patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
@@ -139,6 +156,22 @@ class CometConfig(_Strict):
     gpus: int = Field(0, ge=0)
 
 
+class BaseGateConfig(_Strict):
+    """Which directions the base model cannot translate well enough for a delta to mean anything.
+
+    A direction is flagged when its base chrF is under ``min_chrf``, more than ``max_empty`` of
+    its base outputs are empty, more than ``max_off_target`` are in the wrong language, or it has
+    fewer than ``min_sentences`` test sentences. Flagged directions keep their rows (with the
+    reason in ``base_flag``) but are left out of every category mean unless ``include_flagged``.
+    """
+
+    min_chrf: float = Field(10.0, ge=0, le=100)
+    max_empty: float = Field(0.5, ge=0, le=1)
+    max_off_target: float = Field(0.5, ge=0, le=1)
+    min_sentences: int = Field(20, ge=1)
+    include_flagged: bool = False
+
+
 class EvalConfig(_Strict):
     """How every direction is evaluated (greedy decoding)."""
 
@@ -160,6 +193,7 @@ class EvalConfig(_Strict):
     interpolation: list[float] = []
     representations: bool = True  # layer-wise cross-lingual retrieval, base and fine-tuned
     representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
+    base_gate: BaseGateConfig = BaseGateConfig()
 
     @field_validator("interpolation")
     @classmethod
@@ -180,9 +214,11 @@ class RayConfig(_Strict):
 class ResourcesConfig(_Strict):
     """What one trial needs; the executor reserves it (Ray) and gives the trial that many threads.
 
-    ``cpus`` unset: every core for an in-process trial, an equal share of the cores per worker
-    process, one core per Ray task. The thread count changes the order of floating-point sums, so
-    set it to compare numbers across executors bit for bit.
+    ``cpus`` unset: the cores that are free when the study starts (usable cores minus those other
+    processes keep busy) for an in-process trial, an equal share of them per worker process, one
+    core per Ray task; each trial records the threads it ran with. The thread count changes the
+    order of floating-point sums, so set it to compare numbers across runs and executors bit for
+    bit.
 
     ``fresh_process``: a trial that runs outside the scheduling process (``workers`` > 1, Ray)
     gets a process of its own that exits after it, so everything it allocated goes back to the
@@ -212,7 +248,7 @@ class StudyConfig(_Strict):
     """
 
     name: str = "study"
-    seed: int = 0  # fine-tuning data sample and training order
+    seed: int = Field(0, ge=0)  # fine-tuning data sample and training order
     model: ModelConfig = ModelConfig()
     corpus: CorpusConfig = CorpusConfig()
     finetune: FinetuneConfig = FinetuneConfig()
@@ -277,6 +313,49 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+# Keys that hold paths. A relative path in a study file is relative to the file's folder; one given
+# with --set (or to the demo) is relative to the working directory. Model and dataset names of the
+# hub look like relative paths too, so those keys take a value as a path only when it exists there
+# or plainly is one (./, ../, ~); a corpus file (not format hf) and the COMET scorer files always are.
+PATH_KEYS = ("model.path", "corpus.path", "eval.comet.python", "eval.comet.checkpoint", "eval.comet.scorer")
+
+
+def resolve_path(key: str, value: Any, base: Path, raw: dict) -> Any:
+    """``value`` of path key ``key`` made absolute against ``base`` where it names a local path."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    candidate = base / path
+    corpus_format = (raw.get("corpus") or {}).get("format", "jsonl") if isinstance(raw.get("corpus"), dict) else "jsonl"
+    always_local = (key == "corpus.path" and corpus_format != "hf") or (key.startswith("eval.comet.")
+                                                                          and (key != "eval.comet.python"
+                                                                               or "/" in value))
+    if always_local or candidate.exists() or value.startswith(("./", "../", "~")):
+        return os.path.normpath(os.path.abspath(candidate))
+    return value
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """``raw`` with the relative paths of its path keys (and of its grid's values for them) made
+    absolute against ``base``."""
+    raw = _deep_copy(raw)
+    for key in PATH_KEYS:
+        node: Any = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = resolve_path(key, node[leaf], base, raw)
+    for part in grid_parts(raw.get("grid")):
+        if isinstance(part, dict):
+            for key in PATH_KEYS:
+                if isinstance(part.get(key), list):
+                    part[key] = [resolve_path(key, v, base, raw) for v in part[key]]
+    return raw
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``--set KEY=VALUE`` strings (values parsed as YAML: ``1e-4``, ``[100, 1000]``, ``lora``).
 
@@ -292,10 +371,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise UsageError(f"--set {item}: the value is not valid YAML") from None
-        if key.startswith("grid."):
+        axis = key.removeprefix("grid.")
+        if axis in PATH_KEYS:  # a path typed on the command line is relative to the working directory
+            value = ([resolve_path(axis, v, Path.cwd(), raw) for v in value] if isinstance(value, list)
+                     else resolve_path(axis, value, Path.cwd(), raw))
+        if key == "grid":
+            # The whole grid replaced (None or {} removes it); parse_study checks its shape.
+            raw["grid"] = value if value is not None else {}
+        elif key.startswith("grid."):
             axis = key[len("grid."):]
             _check_key(axis, "--set")
-            for part in grid_parts(raw.setdefault("grid", {})):
+            if not grid_parts(raw.get("grid")):
+                raw["grid"] = {}  # no grid yet: this axis starts one
+                parts = [raw["grid"]]
+            else:
+                parts = grid_parts(raw["grid"])
+            for part in parts:
                 part[axis] = value if isinstance(value, list) else [value]
         else:
             _check_key(key, "--set")
@@ -321,16 +412,26 @@ def parse_study(raw: dict, source: str) -> StudyConfig:
                 raise UsageError(f"{source}: grid.{axis}: expected a non-empty list of values")
     try:
         study = StudyConfig.model_validate(raw)
-        # Every grid value must give a valid config too; check them all before any trial runs.
-        for axis, values in (item for part in grid_parts(grid) for item in part.items()):
-            for value in values:
-                probe = _deep_copy(raw)
-                probe.pop("grid", None)
-                set_dotted(probe, axis, value)
-                StudyConfig.model_validate(probe)
     except ValidationError as exc:
         raise UsageError(f"{source}: {_describe(exc)}") from None
+    # Every trial the grid makes must be a valid config too (values can conflict only in
+    # combination): check them all before any trial runs.
+    for chosen in grid_combinations(grid):
+        probe = _deep_copy(raw)
+        probe.pop("grid", None)
+        for axis, value in chosen.items():
+            set_dotted(probe, axis, value)
+        try:
+            StudyConfig.model_validate(probe)
+        except ValidationError as exc:
+            where = ", ".join(f"{axis}={value!r}" for axis, value in chosen.items())
+            raise UsageError(f"{source}: grid ({where}): {_describe(exc)}") from None
     return study
+
+
+def grid_combinations(grid: Any) -> list[dict[str, Any]]:
+    """The grid's trials as ``{dotted key: value}`` mappings: each part's cross product, in order."""
+    return [dict(zip(part, values)) for part in grid_parts(grid) for values in itertools.product(*part.values())]
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -339,14 +440,20 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     if not path.is_file():
         raise UsageError(f"{path}: study file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise UsageError(f"{path}{line}: not valid YAML") from None
-    if not isinstance(raw, dict):
+    if raw is None or raw == {}:
+        raw = {}
+    elif not isinstance(raw, dict):
         raise UsageError(f"{path}: a study file must be a YAML mapping of keys to values")
-    return parse_study(apply_overrides(raw, overrides or []), str(path))
+    if not raw:
+        # Every key has a default, so an empty file would silently run the default study.
+        raise UsageError(f"{path}: the study file is empty; give at least one key (e.g. model.tiny or "
+                         "model.path), or run the built-in study with 'mtforget demo'")
+    return parse_study(apply_overrides(resolve_paths(raw, path.parent), overrides or []), str(path))
 
 
 def study_to_dict(study: StudyConfig) -> dict:

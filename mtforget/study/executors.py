@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from mtforget.console import quiet_libraries
+from mtforget.resources import trial_threads
 from mtforget.study.config import StudyConfig
 from mtforget.study.grid import Trial
 
@@ -36,7 +37,7 @@ def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: boo
         from mtforget.study.trial import TrialMemo, execute_trial
 
         threads = torch.get_num_threads()
-        torch.set_num_threads(study.resources.cpus or threads)
+        torch.set_num_threads(trial_threads(study.resources.cpus))
         try:
             memo = TrialMemo()
             for trial in trials:
@@ -73,7 +74,7 @@ def process_pool(study: StudyConfig) -> ProcessPoolExecutor:
     system, so a long-lived worker holds the peak of every trial it ran)."""
     # spawn, not fork: forking a process that already holds torch threads can deadlock.
     ctx = multiprocessing.get_context("spawn")
-    threads = study.resources.cpus or max(1, (os.cpu_count() or 1) // study.workers)
+    threads = trial_threads(study.resources.cpus, study.workers)
     return ProcessPoolExecutor(max_workers=study.workers, mp_context=ctx, initializer=_worker_init,
                                initargs=(threads, _worker_env()),
                                max_tasks_per_child=1 if study.resources.fresh_process else None)

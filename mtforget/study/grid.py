@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtforget.cache import fingerprint
+from mtforget.cache import content_fingerprint, fingerprint
 from mtforget.models.tiny_specs import tiny_recipe
-from mtforget.study.config import (EXECUTION_KEYS, FinetuneConfig, StudyConfig, grid_parts, set_dotted,
+from mtforget.study.config import (EXECUTION_KEYS, FinetuneConfig, StudyConfig, grid_combinations, set_dotted,
                                    study_to_dict)
 
 
@@ -66,12 +65,10 @@ def expand(study: StudyConfig) -> list[Trial]:
     not invalidate finished trials.
     """
     base = study_to_dict(study)
-    parts = grid_parts(base.pop("grid")) or [{}]
+    combinations = grid_combinations(base.pop("grid")) or [{}]
     trials: dict[str, Trial] = {}
-    for axes, values in ((list(part), values) for part in parts
-                         for values in itertools.product(*part.values())):
+    for chosen in combinations:
         raw = copy.deepcopy(base)
-        chosen = dict(zip(axes, values))
         for axis, value in chosen.items():
             set_dotted(raw, axis, value)
         if raw["model"]["path"]:
@@ -84,9 +81,22 @@ def expand(study: StudyConfig) -> list[Trial]:
         if config.model.tiny and not config.model.path:
             # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
             identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
+        _identify_contents(identity, config)
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
     return list(trials.values())
+
+
+def _identify_contents(identity: dict, config: StudyConfig) -> None:
+    """Local checkpoints and corpora enter a trial's identity by their contents, not their paths:
+    a checkpoint or corpus changed in place must not reuse trials finished on the old one, and
+    the same files reached by another path (relative or absolute, moved) are the same trial."""
+    model_contents = content_fingerprint(config.model.path) if config.model.path else None
+    if model_contents:
+        identity["model"]["path"] = {"contents": model_contents}
+    corpus_contents = content_fingerprint(config.corpus.path) if config.corpus.path else None
+    if corpus_contents:
+        identity["corpus"]["path"] = {"contents": corpus_contents}
 
 
 def _readable(config: StudyConfig) -> str:

@@ -47,8 +47,13 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
     trials = expand(study)
     todo: list[Trial] = []
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False, allow_unicode=True))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False,
+                                                           allow_unicode=True))
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot write the study directory there "
+                             f"({exc.strerror or exc})") from None
         store = ResultStore(out / "results.sqlite")
         store.set_meta(_environment())
         for t in trials:
@@ -111,6 +116,20 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
     if state is not None:
         state.wait_for_everyone()
     return 1 if failed else 0
+
+
+def gate_warnings(out: Path) -> list[str]:
+    """One line per base model that the base-quality gate flagged on every direction of ``out``."""
+    from mtforget.report.tables import gate_failures
+
+    store = ResultStore(out / "results.sqlite")
+    try:
+        rows = store.rows()
+    finally:
+        store.close()
+    return [f"warning: base model {model} fails the base-quality gate on every direction (eval.base_gate): "
+            "it cannot translate these languages, so its forgetting deltas mean nothing"
+            for model in gate_failures(rows)]
 
 
 def _launched_state():

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS results (
     delta_low REAL,
     delta_high REAL,
     source_copy REAL,
+    base_flag TEXT,
     PRIMARY KEY (trial_id, src, tgt, metric)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CSV_COLUMNS = ["trial_id", "model", "method", "alignment", "finetune_size", "seed",
                "src", "tgt", "category", "metric", "base", "finetuned", "delta",
-               "delta_low", "delta_high", "source_copy"]
+               "delta_low", "delta_high", "source_copy", "base_flag"]
 
 
 class ResultStore:
@@ -60,11 +61,12 @@ class ResultStore:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
-        # Stores written before the interval and copy-baseline columns existed gain them.
+        # Stores written before the interval, copy-baseline and base-gate columns existed gain them.
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(results)")}
-        for column in ("delta_low", "delta_high", "source_copy"):
+        for column, kind in (("delta_low", "REAL"), ("delta_high", "REAL"), ("source_copy", "REAL"),
+                             ("base_flag", "TEXT")):
             if column not in have:
-                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} REAL")
+                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the connection."""
@@ -110,9 +112,10 @@ class ResultStore:
             self.db.execute("DELETE FROM results WHERE trial_id = ?", (trial_id,))
             self.db.executemany(
                 "INSERT INTO results (trial_id, src, tgt, category, metric, base, finetuned, delta, delta_low,"
-                " delta_high, source_copy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " delta_high, source_copy, base_flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(trial_id, r["src"], r["tgt"], r["category"], r["metric"], r["base"], r["finetuned"],
-                  r["delta"], r.get("delta_low"), r.get("delta_high"), r.get("source_copy")) for r in rows],
+                  r["delta"], r.get("delta_low"), r.get("delta_high"), r.get("source_copy"),
+                  r.get("base_flag") or "") for r in rows],
             )
             self.db.execute("UPDATE trials SET status='done', info=?, finished_at=? WHERE trial_id = ?",
                             (json.dumps(info), time.time(), trial_id))
@@ -136,8 +139,8 @@ class ResultStore:
         """Result rows of done trials joined with their conditions (the ``results.csv`` table)."""
         cur = self.db.execute(
             "SELECT r.trial_id, t.model, t.method, t.alignment, t.finetune_size, t.seed, r.src, r.tgt,"
-            " r.category, r.metric, r.base, r.finetuned, r.delta, r.delta_low, r.delta_high, r.source_copy"
-            " FROM results r JOIN trials t"
+            " r.category, r.metric, r.base, r.finetuned, r.delta, r.delta_low, r.delta_high, r.source_copy,"
+            " COALESCE(r.base_flag, '') AS base_flag FROM results r JOIN trials t"
             " USING (trial_id) WHERE t.status = 'done' ORDER BY t.rowid, r.src, r.tgt, r.metric"
         )
         return [dict(r) for r in cur.fetchall()]

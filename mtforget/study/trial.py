@@ -26,16 +26,16 @@ import transformers
 from accelerate import PartialState
 
 import mtforget
-from mtforget.cache import cached_dir, fingerprint, write_json_atomic
+from mtforget.cache import cached_dir, content_fingerprint, fingerprint, write_json_atomic
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.loaders import load_corpus
 from mtforget.data.replay import replay_examples, replay_size
-from mtforget.data.splits import Splits, pivot_language, sample_directions, split_by_id
+from mtforget.data.splits import Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.engine import GenerationEngine, make_engine
-from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions, forgetting_rows
+from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import signatures
 from mtforget.evaluate.representations import layerwise_retrieval
@@ -162,6 +162,12 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     dev = sample_directions(splits.dev, directions, cfg.finetune.dev_size, cfg.seed)
     if not examples:
         raise UsageError(f"finetune.directions: the corpus has no training pairs for {directions}")
+    if len(examples) < cfg.finetune.size:
+        # Capping silently would label the condition with a size it never trained on.
+        available = ", ".join(f"{s}-{t}: {len(direction_examples(splits.train, s, t))}" for s, t in directions)
+        raise UsageError(f"finetune.size: {cfg.finetune.size} pairs asked for, but the training split gives only "
+                         f"{len(examples)} spread evenly over the fine-tuning directions ({available} pairs); "
+                         "use a smaller finetune.size or a larger corpus")
     ft = cfg.finetune
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
@@ -210,7 +216,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
                                       desc="evaluate fine-tuned", progress=progress)
     end_stage("finetuned_eval")
     clock = time.perf_counter()
-    rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed)
+    gate = BaseGate(**cfg.eval.base_gate.model_dump())
+    rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed,
+                                        gate)
     _write_outputs(trial_dir, base_eval, ft_eval)
     end_stage("paired_bootstrap")
     if cfg.eval.representations:
@@ -234,7 +242,8 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
 
         evals = interpolation_sweep(model, base_state, alphas, evaluate_at)
         evals = {0.0: base_eval, **evals, 1.0: ft_eval}  # both ends are the models evaluated above
-        extra["interpolation"] = [{"alpha": alpha, "categories": _category_means(base_eval, evals[alpha], directions)}
+        extra["interpolation"] = [{"alpha": alpha,
+                                   "categories": _category_means(base_eval, evals[alpha], directions, gate)}
                                   for alpha in evals]
         end_stage("interpolation")
 
@@ -253,6 +262,8 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
         "category_ci": category_ci,
+        "base_flags": {f"{r['src']}-{r['tgt']}": r["base_flag"] for r in rows if r["metric"] == "chrf"
+                       and r["base_flag"]},
         "lid": lid.name,
         "lid_accuracy": lid_accuracy,
         "metric_signatures": signatures(languages),
@@ -262,6 +273,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "engine": engine_name,
         "processes": PartialState().num_processes,
+        "threads": torch.get_num_threads(),
         "pid": os.getpid(),
         **extra,
     }
@@ -411,9 +423,11 @@ def _base_representations(base_dir, corpus, splits, model, tokenizer, languages,
     return shared.base_representations[key]
 
 
-def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str, str]]) -> dict[str, dict]:
-    """Per direction category: the mean of each metric over its directions, and its mean delta vs the base."""
-    keys = [key for key in evaluated if key in base_eval]
+def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str, str]],
+                    gate: BaseGate) -> dict[str, dict]:
+    """Per direction category: the mean of each metric over the directions ``gate`` counts, and
+    its mean delta vs the base."""
+    keys = [key for key in evaluated if key in base_eval and gate.counts(gate.flag(base_eval[key]))]
     metrics = [m for m in ("chrf", "bleu", "off_target", "comet")
                if all(m in evaluated[k] and m in base_eval[k] for k in keys)]
     by_category: dict[str, list[str]] = {}
@@ -430,12 +444,9 @@ def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str
 
 
 def _model_fingerprint(base_dir: Path | str) -> str:
-    """Identity of a checkpoint: its path plus the size and mtime of its weight files."""
-    local = Path(base_dir)
-    if local.is_dir():
-        files = sorted(local.glob("*.safetensors"))
-        return fingerprint([str(local.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
-    return str(base_dir)
+    """Identity of a checkpoint: the contents of its weight, config and tokenizer files (a hub id
+    stands for itself)."""
+    return content_fingerprint(base_dir) or str(base_dir)
 
 
 def _write_outputs(trial_dir: Path, base_eval: dict, ft_eval: dict) -> None:
