@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +106,7 @@ class BaseGate:
     min_chrf: float = 10.0
     max_empty: float = 0.5
     max_off_target: float = 0.5
+    max_repeated: float = 0.5
     min_sentences: int = 20
     include_flagged: bool = False
 
@@ -116,9 +117,15 @@ class BaseGate:
             reasons.append(f"{base['n']} test sentences (< {self.min_sentences})")
         if base["chrf"] < self.min_chrf:
             reasons.append(f"base chrF {base['chrf']:.1f} (< {self.min_chrf:g})")
-        empty = sum(not h.strip() for h in base["hypotheses"]) / max(1, len(base["hypotheses"]))
+        outputs = [h.strip() for h in base["hypotheses"]]
+        empty = sum(not h for h in outputs) / max(1, len(outputs))
         if empty > self.max_empty:
             reasons.append(f"{empty:.0%} of base outputs empty")
+        # A model that cannot translate often says one thing whatever the input; in a language
+        # with a small vocabulary that one sentence can still score a fair chrF.
+        repeated = max(Counter(h for h in outputs if h).values(), default=0) / max(1, len(outputs))
+        if repeated > self.max_repeated and len(outputs) > 1:
+            reasons.append(f"{repeated:.0%} of base outputs are one and the same sentence")
         if base["off_target"] > self.max_off_target:
             reasons.append(f"{base['off_target']:.0%} of base outputs off-target")
         return "; ".join(reasons)

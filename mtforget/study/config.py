@@ -10,7 +10,7 @@ import difflib
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +23,7 @@ from mtforget.errors import UsageError
 # steps (the others take extra arguments or a metric at every step, which the loop does not give).
 Schedule = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                    "inverse_sqrt"]
+SCHEDULES = get_args(Schedule)
 
 
 class _Strict(BaseModel):
@@ -160,14 +161,16 @@ class BaseGateConfig(_Strict):
     """Which directions the base model cannot translate well enough for a delta to mean anything.
 
     A direction is flagged when its base chrF is under ``min_chrf``, more than ``max_empty`` of
-    its base outputs are empty, more than ``max_off_target`` are in the wrong language, or it has
-    fewer than ``min_sentences`` test sentences. Flagged directions keep their rows (with the
+    its base outputs are empty, more than ``max_off_target`` are in the wrong language, more than
+    ``max_repeated`` are one and the same sentence, or it has fewer than ``min_sentences`` test
+    sentences. Flagged directions keep their rows (with the
     reason in ``base_flag``) but are left out of every category mean unless ``include_flagged``.
     """
 
     min_chrf: float = Field(10.0, ge=0, le=100)
     max_empty: float = Field(0.5, ge=0, le=1)
     max_off_target: float = Field(0.5, ge=0, le=1)
+    max_repeated: float = Field(0.5, gt=0, le=1)
     min_sentences: int = Field(20, ge=1)
     include_flagged: bool = False
 
@@ -277,9 +280,11 @@ def valid_keys(model: type[BaseModel] = StudyConfig, prefix: str = "") -> list[s
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         keys.append(key)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys += valid_keys(annotation, f"{key}.")
+        # A nested block, also an optional one (``CometConfig | None``), has keys of its own.
+        for annotation in (field.annotation, *get_args(field.annotation)):
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                keys += valid_keys(annotation, f"{key}.")
+                break
     return keys
 
 
