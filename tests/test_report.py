@@ -55,10 +55,12 @@ def _open(page_path: Path):
 def test_quick_demo_report_renders_in_a_browser(tmp_path, capsys):
     out = tmp_path / "demo"
     # The quick demo with a shortened pre-training and small data sizes, so the test stays fast,
-    # crossed with alignment on/off and an interpolation point so every section has data.
+    # crossed with alignment on/off and an interpolation point so every section has data. A
+    # 60-step base fails the base-quality gate, so its directions are counted anyway: this test is
+    # about rendering every section.
     assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--set", "model.pretrain_steps=60",
                  "--set", "grid.finetune.size=[50,300]", "--set", "grid.finetune.alignment.enabled=[false,true]",
-                 "--set", "eval.interpolation=[0.5]"]) == 0
+                 "--set", "eval.interpolation=[0.5]", "--set", "eval.base_gate.include_flagged=true"]) == 0
     report = out / "report" / "index.html"
     facts, errors, dialogs = _open(report)
     assert errors == [] and dialogs == []
@@ -67,7 +69,7 @@ def test_quick_demo_report_renders_in_a_browser(tmp_path, capsys):
     assert {"interpolation.png", "layer_retrieval.png"} <= names, names
     for heading in ("chrF delta", "off-target rate delta", "Gain on fine-tuned directions", "Example translations",
                     "chrF delta per direction", "Controlled contrasts", "Weight interpolation with the base",
-                    "Layer-wise cross-lingual retrieval", "Trials", "Run metadata"):
+                    "Layer-wise cross-lingual retrieval", "Base model quality", "Trials", "Run metadata"):
         assert heading in facts["text"]
     shutil.copyfile(out / "report" / "screenshot.png", SCREENSHOT)
     with capsys.disabled():

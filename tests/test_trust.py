@@ -242,3 +242,28 @@ def test_a_trial_records_the_threads_it_ran_with(tmp_path):
     assert run_study(parse_study(raw, "t"), tmp_path / "o", progress=False) == 0
     result = json.loads(next((tmp_path / "o" / "trials").glob("*/result.json")).read_text())
     assert result["info"]["threads"] == 1
+
+
+# A base that fails fails every trial of it at once, with the same reason.
+
+def test_trials_of_a_base_that_failed_fail_at_once_with_its_reason(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    build_checkpoint("nllb", ckpt)
+    next(ckpt.glob("*.safetensors")).write_bytes(b"not a safetensors file")
+    raw = tiny_study(**{"finetune.size": [16, 32], "seed": [0, 1]})
+    raw["model"] = {"path": str(ckpt)}
+    out = tmp_path / "o"
+    with pytest.raises(UsageError):  # a checkpoint that does not load is the user's to fix: exit 2
+        run_study(parse_study(raw, "t"), out, progress=False)
+    from mtforget.study.store import ResultStore
+
+    store = ResultStore(out / "results.sqlite")
+    trials = store.trials()
+    store.close()
+    assert len(trials) == 4 and {t["status"] for t in trials} == {"failed"}
+    assert len({t["reason"] for t in trials}) == 1 and "cannot load" in trials[0]["reason"]
+    logs = [(out / "trials" / t["trial_id"] / "trial.log").read_text() for t in trials]
+    assert sum("its base failed in another trial of this run" in log for log in logs) == 3
+    # The next run tries the base again (the user may have fixed it).
+    build_checkpoint("nllb", ckpt)
+    assert run_study(parse_study(raw, "t"), out, progress=False) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mtforget.errors import UsageError
@@ -46,7 +47,7 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
     try:
         model = auto.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # a damaged weight file is the user's to fix too
         raise UsageError(f"model.path: cannot load {where!r} as a translation model ({_first_line(exc)})") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -10,8 +10,10 @@ workers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +29,9 @@ from mtforget.evaluate.metrics import signatures
 from mtforget.study.config import StudyConfig, study_to_dict
 from mtforget.study.executors import run_trials
 from mtforget.study.grid import Trial, expand
-from mtforget.study.store import ResultStore
+from mtforget.study.store import BASE_FAILURES, ResultStore
+
+log = logging.getLogger("mtforget")
 
 if TYPE_CHECKING:
     from mtforget.study.trial import LossHook
@@ -54,7 +58,13 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
         except OSError as exc:
             raise UsageError(f"--out {out}: cannot write the study directory there "
                              f"({exc.strerror or exc})") from None
+        # A base that failed in an earlier run gets another try (the user may have fixed it).
+        shutil.rmtree(out / BASE_FAILURES, ignore_errors=True)
         store = ResultStore(out / "results.sqlite")
+        dropped = store.keep_only({t.id for t in trials})
+        if dropped:
+            log.info("%d trial(s) of an earlier version of this study left out of its results (their "
+                     "directories stay under %s)", len(dropped), out / "trials")
         store.set_meta(_environment())
         for t in trials:
             c = t.config

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Folder of a study directory where the current run records bases that failed (to build, load or
+# evaluate), so that the other trials of such a base fail at once with the same reason; emptied
+# when a run starts, so that a later run tries every base again.
+BASE_FAILURES = "base_failures"
+
 CSV_COLUMNS = ["trial_id", "model", "method", "alignment", "finetune_size", "seed",
                "src", "tgt", "category", "metric", "base", "finetuned", "delta",
                "delta_low", "delta_high", "source_copy", "base_flag"]
@@ -82,6 +87,20 @@ class ResultStore:
                 (trial_id, model, method, alignment, finetune_size, seed, json.dumps(config),
                  json.dumps(grid_values)),
             )
+
+    def keep_only(self, trial_ids: set[str]) -> list[str]:
+        """Drop the trials (and their rows) that are not in ``trial_ids``; returns the dropped ids.
+
+        A study changed since its last run keeps its directory: trials of the old config must not
+        mix into the new one's tables. Their ``trials/<id>/result.json`` stay on disk, so a
+        trial that comes back is recovered from it, not recomputed.
+        """
+        known = [r["trial_id"] for r in self.db.execute("SELECT trial_id FROM trials")]
+        dropped = [t for t in known if t not in trial_ids]
+        with self.db:
+            self.db.executemany("DELETE FROM results WHERE trial_id = ?", [(t,) for t in dropped])
+            self.db.executemany("DELETE FROM trials WHERE trial_id = ?", [(t,) for t in dropped])
+        return dropped
 
     def status(self, trial_id: str) -> str | None:
         """The trial's state, or None if unknown."""

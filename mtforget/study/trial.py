@@ -48,6 +48,7 @@ from mtforget.models.lora import apply_lora, merge_lora
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
+from mtforget.study.store import BASE_FAILURES
 from mtforget.train.alignment import AlignmentObjective
 from mtforget.train.loop import TrainSettings, train
 
@@ -65,6 +66,8 @@ class TrialMemo:
     identifiers: dict[str, tuple[object, float]] = field(default_factory=dict)
     base_evals: dict[str, dict] = field(default_factory=dict)
     base_representations: dict[str, dict] = field(default_factory=dict)
+    # The marker a failure writes while the trial builds, loads or evaluates its base (None after).
+    base_stage: Path | None = None
 
 
 def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook | None,
@@ -77,25 +80,51 @@ def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook |
     trial_dir = out / "trials" / trial.id
     trial_dir.mkdir(parents=True, exist_ok=True)
     handler = _trial_log(trial_dir)
+    memo = memo or TrialMemo()
     try:
-        result = run_trial(trial, trial_dir, memo or TrialMemo(), progress, loss_hook)
+        result = run_trial(trial, trial_dir, memo, progress, loss_hook)
         if result is None:  # not the main process of a multi-process run
             return {"status": "done", "rows": [], "info": {}}
         rows, info = result
         write_json_atomic(trial_dir / "result.json", {"trial_id": trial.id, "info": info, "rows": rows})
         shutil.rmtree(trial_dir / "checkpoint", ignore_errors=True)
         return {"status": "done", "rows": rows, "info": info}
+    except BaseFailed as exc:
+        log.error("trial %s: its base failed in another trial of this run: %s", trial.id, exc)
+        return {"status": "failed", "reason": str(exc)}
     except UsageError as exc:
         log.error("trial %s: %s", trial.id, exc)
-        return {"status": "failed", "reason": USAGE_PREFIX + str(exc)}
+        return _failed(USAGE_PREFIX + str(exc), memo)
     except Exception as exc:  # noqa: BLE001 - any crash fails this trial only
         reason = f"{type(exc).__name__}: {exc}"
         log.error("trial %s failed: %s\n%s", trial.id, reason, traceback.format_exc())
-        return {"status": "failed", "reason": reason}
+        return _failed(reason, memo)
     finally:
+        memo.base_stage = None
         log.removeHandler(handler)
         handler.close()
         release_memory()  # this process may run the next trial (in-process, or a worker kept for the study)
+
+
+def _failed(reason: str, memo: TrialMemo) -> dict:
+    """The outcome of a failed trial; a failure while building, loading or evaluating the base is
+    left for the other trials of that base, which then fail at once with the same reason."""
+    if memo.base_stage is not None and not memo.base_stage.exists():
+        write_json_atomic(memo.base_stage, {"reason": reason})
+    return {"status": "failed", "reason": reason}
+
+
+def base_failure_marker(out: Path, cfg: StudyConfig) -> Path:
+    """Where a failure of this trial's base is recorded for the current run of the study.
+
+    Trials share a base, and its evaluation, when they share the model, the corpus and the
+    decoding settings; what is analysed after fine-tuning does not matter.
+    """
+    after = ("interpolation", "representations", "representation_sentences", "paired_resamples",
+             "bootstrap_resamples", "base_gate")
+    eval_settings = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in after}
+    key = fingerprint([cfg.model.model_dump(mode="json"), cfg.corpus.model_dump(mode="json"), eval_settings])
+    return out / BASE_FAILURES / f"{key}.json"
 
 
 def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool = True,
@@ -126,6 +155,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     end_stage("corpus")
 
     clock = time.perf_counter()
+    marker = base_failure_marker(trial_dir.parent.parent, cfg)
+    if marker.is_file():  # another trial of this run already failed on the same base
+        raise BaseFailed(json.loads(marker.read_text(encoding="utf-8"))["reason"])
+    shared.base_stage = marker if main else None
     base_dir = _base_model(cfg, corpus, splits, progress)
     end_stage("base_model")
     clock = time.perf_counter()
@@ -150,6 +183,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
             base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, engine, lid,
                                          eval_settings, shared, progress, added)
     end_stage("base_eval")
+    shared.base_stage = None
     pivot = pivot_language(corpus, languages)
     if main and cfg.eval.representations:  # before fine-tuning changes the weights in place
         clock = time.perf_counter()
@@ -278,6 +312,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         **extra,
     }
     return rows, info
+
+
+class BaseFailed(Exception):
+    """The trial's base failed in another trial of this run; the reason is that trial's."""
 
 
 def resolve_directions(given: list[str] | None, corpus: Corpus, languages: list[str]) -> list[tuple[str, str]]:
