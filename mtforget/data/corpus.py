@@ -96,7 +96,7 @@ def _build(numbered: Iterable[tuple[int, dict]], source: str) -> Corpus:
     languages: dict[str, None] = {}  # an ordered set: file order decides the default directions
     first_line: dict[str, int] = {}
     for lineno, record in numbered:
-        seg = _segment(record, f"{source}:{lineno}", default_id=f"line{lineno}")
+        seg = parse_segment(record, f"{source}:{lineno}", default_id=f"line{lineno}")
         if seg.id in first_line:
             raise UsageError(
                 f"{source}:{lineno}: duplicate segment id {seg.id!r} (first on line {first_line[seg.id]})"
@@ -109,7 +109,9 @@ def _build(numbered: Iterable[tuple[int, dict]], source: str) -> Corpus:
     return Corpus(tuple(segments), tuple(languages), source)
 
 
-def _segment(record: dict, where: str, default_id: str) -> Segment:
+def parse_segment(record: dict, where: str, default_id: str) -> Segment:
+    """One record of the translation convention as a segment (codes normalised, whitespace
+    collapsed); a malformed record is a :class:`UsageError` naming ``where``."""
     translation = record.get("translation")
     if not isinstance(translation, dict) or not translation:
         raise UsageError(f"{where}: expected a non-empty 'translation' object mapping language codes to text")

@@ -72,12 +72,13 @@ def _trial_rows(context: dict) -> list[list[str]]:
         rows.append([t["trial_id"], t["status"], str(info.get("architecture", "")), str(info.get("language_control", "")),
                      str(info.get("parameters", "")), str(info.get("trainable_parameters", "")),
                      str(train.get("tokens", "")), str(train.get("steps", "")),
+                     str(info.get("overlap_dropped", "")), ", ".join(info.get("missing_directions", [])),
                      f"{seconds:.0f}" if info else "", str(t["reason"] or "")])
     return rows
 
 
 TRIAL_HEADER = ["trial", "status", "architecture", "control", "parameters", "trainable", "fine-tuning tokens",
-                "steps", "seconds", "reason"]
+                "steps", "overlap dropped", "directions without test set", "seconds", "reason"]
 INTRO = ("Each cell: mean delta (fine-tuned − base) over the category's directions and seeds, with a "
          "95% bootstrap interval. Off-target deltas are in percentage points (positive = more output "
          "in the wrong language).")

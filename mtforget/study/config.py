@@ -117,10 +117,30 @@ class ReplayConfig(_Strict):
     source: Literal["other_directions", "copies"] = "other_directions"
 
 
+class DataSourceConfig(_Strict):
+    """One source of fine-tuning bitext (``finetune.data``): the keys of ``corpus`` that say where
+    and how to read it."""
+
+    path: str
+    format: Literal["jsonl", "flores", "tsv", "hf"] = "jsonl"
+    tsv_languages: list[str] | None = None  # format tsv: the languages of the two columns
+    flores_splits: list[str] | None = None  # format flores: split folders to read (default: all)
+    hf_config: str | None = None
+    hf_split: str = "train"
+
+    @model_validator(mode="after")
+    def _columns_named(self) -> "DataSourceConfig":
+        if self.format == "tsv" and (not self.tsv_languages or len(self.tsv_languages) != 2):
+            raise ValueError("tsv_languages: give the languages of the two columns, e.g. [cs, en]")
+        return self
+
+
 class FinetuneConfig(_Strict):
     """What a trial fine-tunes on, and how."""
 
     directions: list[str] | None = None  # None: English (or the most frequent) ↔ first half of the others
+    # Bitext to fine-tune on, apart from the evaluation corpus; None: the corpus's training split.
+    data: list[DataSourceConfig] | None = None
     size: int = Field(1000, ge=1)  # training examples (sentence pairs), spread evenly over directions
     method: Literal["full", "lora"] = "full"
     lora: LoraConfig = LoraConfig()
@@ -353,6 +373,10 @@ def resolve_paths(raw: dict, base: Path) -> dict:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
             node[leaf] = resolve_path(key, node[leaf], base, raw)
+    sources = (raw.get("finetune") or {}).get("data") if isinstance(raw.get("finetune"), dict) else None
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and "path" in source:
+            source["path"] = resolve_path("corpus.path", source["path"], base, {"corpus": source})
     for part in grid_parts(raw.get("grid")):
         if isinstance(part, dict):
             for key in PATH_KEYS:
@@ -380,6 +404,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if axis in PATH_KEYS:  # a path typed on the command line is relative to the working directory
             value = ([resolve_path(axis, v, Path.cwd(), raw) for v in value] if isinstance(value, list)
                      else resolve_path(axis, value, Path.cwd(), raw))
+        if axis == "finetune.data" and isinstance(value, list):
+            value = [{**v, "path": resolve_path("corpus.path", v["path"], Path.cwd(), {"corpus": v})}
+                     if isinstance(v, dict) and "path" in v else v for v in value]
         if key == "grid":
             # The whole grid replaced (None or {} removes it); parse_study checks its shape.
             raw["grid"] = value if value is not None else {}

@@ -88,7 +88,7 @@ def expand(study: StudyConfig) -> list[Trial]:
 
 
 def _identify_contents(identity: dict, config: StudyConfig) -> None:
-    """Local checkpoints and corpora enter a trial's identity by their contents, not their paths:
+    """Local checkpoints, corpora and fine-tuning data enter a trial's identity by their contents, not their paths:
     a checkpoint or corpus changed in place must not reuse trials finished on the old one, and
     the same files reached by another path (relative or absolute, moved) are the same trial."""
     model_contents = content_fingerprint(config.model.path) if config.model.path else None
@@ -97,6 +97,10 @@ def _identify_contents(identity: dict, config: StudyConfig) -> None:
     corpus_contents = content_fingerprint(config.corpus.path) if config.corpus.path else None
     if corpus_contents:
         identity["corpus"]["path"] = {"contents": corpus_contents}
+    for source in identity["finetune"].get("data") or []:
+        source_contents = content_fingerprint(source["path"])
+        if source_contents:
+            source["path"] = {"contents": source_contents}
 
 
 def _readable(config: StudyConfig) -> str:

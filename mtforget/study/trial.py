@@ -31,7 +31,8 @@ from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.loaders import load_corpus
 from mtforget.data.replay import replay_examples, replay_size
-from mtforget.data.splits import Splits, direction_examples, pivot_language, sample_directions, split_by_id
+from mtforget.data.bitext import BitextSource, cached_sample, held_out_texts
+from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.engine import GenerationEngine, make_engine
@@ -192,8 +193,12 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         end_stage("base_representations")
 
     clock = time.perf_counter()
-    examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
-    dev = sample_directions(splits.dev, directions, cfg.finetune.dev_size, cfg.seed)
+    extra: dict = {}  # mitigations and analyses that are on, for result.json's info
+    if cfg.finetune.data:
+        examples, dev, extra["finetune_data"] = _bitext_examples(cfg, splits, directions)
+    else:
+        examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
+        dev = sample_directions(splits.dev, directions, cfg.finetune.dev_size, cfg.seed)
     if not examples:
         raise UsageError(f"finetune.directions: the corpus has no training pairs for {directions}")
     if len(examples) < cfg.finetune.size:
@@ -206,7 +211,6 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
                              seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every)
-    extra: dict = {}  # mitigations and analyses that are on, for result.json's info
     replay = replay_examples(splits.train, languages, directions, replay_size(ft.replay.fraction, len(examples)),
                              ft.replay.source, cfg.seed)
     if replay:
@@ -295,6 +299,8 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "language_control": getattr(control, "convention", None)
         or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
+        "overlap_dropped": extra.get("finetune_data", {}).get("overlap_dropped", 0),
+        "missing_directions": [f"{s}-{t}" for s, t in all_directions if f"{s}-{t}" not in base_eval],
         "category_ci": category_ci,
         "base_flags": {f"{r['src']}-{r['tgt']}": r["base_flag"] for r in rows if r["metric"] == "chrf"
                        and r["base_flag"]},
@@ -362,6 +368,20 @@ def _corpus_and_splits(cfg: CorpusConfig, shared: TrialMemo) -> tuple[Corpus, Sp
             corpus = corpus.without_long_segments(cfg.max_words)
         shared.corpora[key] = (corpus, split_by_id(corpus, cfg.dev_size, cfg.test_size, cfg.split_seed))
     return shared.corpora[key]
+
+
+def _bitext_examples(cfg: StudyConfig, splits: Splits, directions: list[tuple[str, str]]
+                     ) -> tuple[list[Example], list[Example], dict]:
+    """Fine-tuning and dev pairs from ``finetune.data`` (the evaluation corpus only evaluates),
+    without any pair that repeats an evaluation or dev sentence, and what the sample holds."""
+    sources = [BitextSource(d.path, d.format, tuple(d.tsv_languages or ()) or None,
+                            tuple(d.flores_splits or ()) or None, d.hf_config, d.hf_split) for d in cfg.finetune.data]
+    held_out = held_out_texts(splits.test + splits.dev)
+    sample = cached_sample(sources, directions, cfg.finetune.size, cfg.finetune.dev_size, cfg.seed, held_out)
+    log.info("fine-tuning pairs from finetune.data: %d train, %d dev; %d pairs dropped for repeating an "
+             "evaluation or dev sentence", len(sample.train), len(sample.dev), sample.overlap_dropped)
+    return sample.train, sample.dev, {"sources": [d.path for d in cfg.finetune.data],
+                                      "available": sample.available, "overlap_dropped": sample.overlap_dropped}
 
 
 def _language_names(cfg: CorpusConfig) -> dict[str, str]:
