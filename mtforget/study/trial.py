@@ -130,7 +130,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     end_stage("base_model")
     clock = time.perf_counter()
     model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
-    control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus))
+    control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus), cfg.finetune.max_length)
     if added:
         log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
     device = default_device()
@@ -165,7 +165,8 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     ft = cfg.finetune
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
-                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every)
+                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
+                             grad_accumulation=ft.grad_accumulation)
     extra: dict = {}  # mitigations and analyses that are on, for result.json's info
     replay = replay_examples(splits.train, languages, directions, replay_size(ft.replay.fraction, len(examples)),
                              ft.replay.source, cfg.seed)
@@ -252,6 +253,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "language_control": getattr(control, "convention", None)
         or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
+        "precision": outcome.precision,
+        "grad_accumulation": ft.grad_accumulation,
+        "effective_batch_size": ft.batch_size * ft.grad_accumulation,
+        "max_length": ft.max_length,
         "category_ci": category_ci,
         "lid": lid.name,
         "lid_accuracy": lid_accuracy,
