@@ -143,27 +143,23 @@ def test_two_process_accumulation_matches_two_process_large_batches(tmp_path):
         state = PartialState(cpu=True)  # torchrun's processes form a gloo group on a machine without CUDA
         assert state.num_processes == 2 and state.distributed_type.name == "MULTI_CPU"
         _, _, tokenizer, examples = tiny_world(n_languages=3, segments=200, n_examples=64)
-        torch.manual_seed(0)
-        model = build_model(TinySpec(**{SPEC.__dict__!r}), tokenizer)
-        batch, accumulation = int(sys.argv[1]), int(sys.argv[2])
-        settings = TrainSettings(lr=3e-3, batch_size=batch, grad_accumulation=accumulation, max_steps=3, seed=0)
-        train(model, LanguageTokens(tokenizer), examples, settings, progress=False)
-        torch.save(model.state_dict(), f"{{sys.argv[3]}}.{{state.process_index}}")
+        for batch, accumulation in ((16, 1), (8, 2)):
+            torch.manual_seed(0)
+            model = build_model(TinySpec(**{SPEC.__dict__!r}), tokenizer)
+            settings = TrainSettings(lr=3e-3, batch_size=batch, grad_accumulation=accumulation, max_steps=3, seed=0)
+            train(model, LanguageTokens(tokenizer), examples, settings, progress=False)
+            torch.save(model.state_dict(), f"{{sys.argv[1]}}/b{{batch}}a{{accumulation}}.{{state.process_index}}.pt")
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    weights = []
-    for batch, accumulation in ((16, 1), (8, 2)):
-        out = tmp_path / f"b{batch}a{accumulation}.pt"
-        # --multi_gpu selects the torchrun launcher; on a machine without CUDA the processes join over gloo.
-        done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                               "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(batch),
-                               str(accumulation), str(out)], env=env, capture_output=True, text=True, timeout=300,
-                              cwd=ROOT)
-        assert done.returncode == 0, done.stderr[-3000:]
-        ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
-        _assert_same_weights(*ranks)  # the processes step alike: their gradients were averaged
-        weights.append(ranks[0])
-    _assert_same_weights(*weights)
+    # --multi_gpu selects the torchrun launcher; on a machine without CUDA the processes join over gloo.
+    done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = {(run, rank): torch.load(tmp_path / f"{run}.{rank}.pt") for run in ("b16a1", "b8a2") for rank in (0, 1)}
+    for run in ("b16a1", "b8a2"):
+        _assert_same_weights(weights[run, 0], weights[run, 1])  # the processes step alike: gradients averaged
+    _assert_same_weights(weights["b16a1", 0], weights["b8a2", 0])
 
 
 def test_max_length_reaches_the_control_and_cuts_training_inputs(world):
