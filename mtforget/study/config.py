@@ -111,7 +111,8 @@ class FinetuneConfig(_Strict):
     # Examples per micro-batch (summed over processes); each optimizer step trains on
     # batch_size × grad_accumulation examples, back-propagated grad_accumulation micro-batches at a
     # time with token-weighted losses: the gradient of one batch of that size. Steps, epochs,
-    # eval_every and checkpoint_every count optimizer steps.
+    # eval_every and checkpoint_every count optimizer steps. Alignment batches are not accumulated
+    # (InfoNCE's negatives are the rest of one batch): alignment.batch_size pairs per step.
     batch_size: int = Field(32, ge=1)
     grad_accumulation: int = Field(1, ge=1)
     # Tokens per side, special tokens included, for training and evaluation: the source and the
