@@ -24,7 +24,7 @@ from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, sample_alignment_pairs
 from mtforget.train.loop import TrainSettings, _step_micro_batches, train, training_precision
-from tests.conftest import tiny_study, tiny_world
+from tests.conftest import Kill, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,27 @@ def test_accumulation_leaves_the_alignment_steps_whole(world, schedule):
     assert [h.keys() for h in a.history] == [h.keys() for h in b.history]
     assert b.align_loss == pytest.approx(a.align_loss, rel=1e-5)
     _assert_same_weights(one, accumulated)
+
+
+def test_resumed_accumulation_equals_uninterrupted(world, tmp_path):
+    _, _, tokenizer, examples = world
+    settings = TrainSettings(lr=3e-3, batch_size=8, grad_accumulation=2, max_steps=8, checkpoint_every=3, seed=0)
+    reference = _model(tokenizer)
+    train(reference, LanguageTokens(tokenizer), examples, settings, progress=False)
+
+    def kill_at_5(step, loss):
+        if step == 5:
+            raise Kill()
+        return loss
+
+    with pytest.raises(Kill):
+        train(_model(tokenizer), LanguageTokens(tokenizer), examples, settings, progress=False, loss_hook=kill_at_5,
+              checkpoint_dir=tmp_path)
+    resumed = _model(tokenizer)
+    outcome = train(resumed, LanguageTokens(tokenizer), examples, settings, progress=False, checkpoint_dir=tmp_path)
+    assert outcome.resumed_from == 3 and outcome.steps == 8
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_a_non_finite_loss_in_an_earlier_micro_batch_is_caught(world):

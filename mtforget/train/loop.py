@@ -10,6 +10,9 @@ With ``grad_accumulation``, each optimizer step draws ``batch_size × grad_accum
 and back-propagates them as that many micro-batches of at most ``batch_size``, one at a time, so
 that only one micro-batch's activations are held at once. Their losses are token-weighted over the
 whole step, so the summed gradient is the one the step's examples would give as a single batch.
+Under DDP each process weights the tokens of its share, as without accumulation, and the processes
+average their summed gradients once, in the last backward pass. An auxiliary loss of the same step
+(the weighted schedule) joins that last pass; alignment steps are never split.
 
 With ``checkpoint_dir``, the full training state (weights, optimizer, scheduler, RNG, progress) is
 saved every ``checkpoint_every`` steps, and a later call with the same arguments resumes from it:
