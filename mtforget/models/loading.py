@@ -55,17 +55,20 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
     return model, tokenizer
 
 
-def make_control(model, tokenizer, languages: list[str], names: dict[str, str] | None = None):
+def make_control(model, tokenizer, languages: list[str], names: dict[str, str] | None = None,
+                 max_length: int = 128):
     """The language control that fits the model, and the language tokens it had to add.
 
     Encoder-decoder models get language tokens in their own family's spelling (missing ones are
     added, embeddings resized); decoder-only models get instructions, through the chat template
-    when the tokenizer has one.
+    when the tokenizer has one. ``max_length`` caps each side in tokens, special tokens included:
+    the source and the target of an encoder-decoder, the prompt and the answer of a decoder-only
+    model (whose sequence is therefore up to twice as long).
     """
     if getattr(model.config, "is_encoder_decoder", False):
-        control = LanguageTokens.for_tokenizer(tokenizer)
+        control = LanguageTokens.for_tokenizer(tokenizer, max_length)
         return control, add_language_tokens(model, control, languages)
-    return InstructionControl(tokenizer, names=names or {}), []
+    return InstructionControl(tokenizer, names=names or {}, max_length=2 * max_length), []
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

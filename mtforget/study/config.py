@@ -146,7 +146,16 @@ class FinetuneConfig(_Strict):
     lora: LoraConfig = LoraConfig()
     lr: float = Field(1e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
+    # Examples per micro-batch (summed over processes); each optimizer step trains on
+    # batch_size × grad_accumulation examples, back-propagated grad_accumulation micro-batches at a
+    # time with token-weighted losses: the gradient of one batch of that size. Steps, epochs,
+    # eval_every and checkpoint_every count optimizer steps. Alignment batches are not accumulated
+    # (InfoNCE's negatives are the rest of one batch): alignment.batch_size pairs per step.
     batch_size: int = Field(32, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    # Tokens per side, special tokens included, for training and evaluation: the source and the
+    # target (encoder-decoder), the prompt and the answer (decoder-only); longer ones are cut.
+    max_length: int = Field(128, ge=8)
     schedule: Schedule = "constant_with_warmup"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     eval_every: int = Field(25, ge=1)  # steps between dev-loss checks

@@ -164,7 +164,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     end_stage("base_model")
     clock = time.perf_counter()
     model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
-    control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus))
+    control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus), cfg.finetune.max_length)
     if added:
         log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
     device = default_device()
@@ -210,14 +210,16 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     ft = cfg.finetune
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
-                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every)
+                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
+                             grad_accumulation=ft.grad_accumulation)
     replay = replay_examples(splits.train, languages, directions, replay_size(ft.replay.fraction, len(examples)),
                              ft.replay.source, cfg.seed)
     if replay:
         extra["replay"] = {"source": ft.replay.source, "fraction": ft.replay.fraction, "examples": len(replay),
                            "by_direction": dict(Counter(f"{e.src_lang}-{e.tgt_lang}" for e in replay))}
     auxiliary = (AlignmentObjective.from_config(ft.alignment, model, tokenizer, splits.train, languages, pivot,
-                                                ft.batch_size, cfg.seed) if ft.alignment.enabled else None)
+                                                ft.batch_size, cfg.seed, ft.max_length)
+                 if ft.alignment.enabled else None)
     # The base weights, kept on the CPU for interpolation (before LoRA renames the parameters).
     base_state = cpu_state_dict(model) if main and cfg.eval.interpolation else None
     if ft.method == "lora":
@@ -299,6 +301,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "language_control": getattr(control, "convention", None)
         or ("chat template" if control.use_chat else "plain prompt"),
         "train": asdict(outcome),
+        "precision": outcome.precision,
+        "grad_accumulation": ft.grad_accumulation,
+        "effective_batch_size": ft.batch_size * ft.grad_accumulation,
+        "max_length": ft.max_length,
         "overlap_dropped": extra.get("finetune_data", {}).get("overlap_dropped", 0),
         "missing_directions": [f"{s}-{t}" for s, t in all_directions if f"{s}-{t}" not in base_eval],
         "category_ci": category_ci,
@@ -432,6 +438,7 @@ def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings
         "base": _model_fingerprint(base_dir),
         "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
         "added_tokens": added,
+        "max_length": engine.control.max_length,  # the control cuts longer sources
         "corpus": corpus.fingerprint(),
         "test": [s.id for s in splits.test],
         "directions": directions,

@@ -110,7 +110,7 @@ class AlignmentObjective:
     @classmethod
     def from_config(cls, config: AlignmentConfig, model: torch.nn.Module, tokenizer,
                     segments: tuple[Segment, ...] | list[Segment], languages: list[str],
-                    pivot: str, batch_size: int, seed: int) -> AlignmentObjective:
+                    pivot: str, batch_size: int, seed: int, max_length: int = 128) -> AlignmentObjective:
         """The objective a study's ``finetune.alignment`` describes, over the training ``segments``.
 
         Raises :class:`UsageError` naming the key for a language outside the study or a layer the
@@ -130,7 +130,7 @@ class AlignmentObjective:
             raise UsageError(f"finetune.alignment: the training split has no pair of {pivot} with "
                              f"{', '.join(lang for lang in chosen if lang != pivot) or 'another language'}")
         return cls(pairs, tokenizer, is_encoder_decoder(model), layer, config.temperature, config.schedule,
-                   config.weight, config.batch_size or batch_size, seed)
+                   config.weight, config.batch_size or batch_size, seed, max_length)
 
     @property
     def label(self) -> str:

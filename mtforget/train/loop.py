@@ -6,6 +6,14 @@ Accelerate places the model, optimizer and batches: the CPU, one GPU, or several
 ``accelerate launch`` (DDP, or FSDP/DeepSpeed through an Accelerate config). Global batches are
 split across processes, so N processes take the same optimizer steps as one.
 
+With ``grad_accumulation``, each optimizer step draws ``batch_size × grad_accumulation`` examples
+and back-propagates them as that many micro-batches of at most ``batch_size``, one at a time, so
+that only one micro-batch's activations are held at once. Their losses are token-weighted over the
+whole step, so the summed gradient is the one the step's examples would give as a single batch.
+Under DDP each process weights the tokens of its share, as without accumulation, and the processes
+average their summed gradients once, in the last backward pass. An auxiliary loss of the same step
+(the weighted schedule) joins that last pass; alignment steps are never split.
+
 With ``checkpoint_dir``, the full training state (weights, optimizer, scheduler, RNG, progress) is
 saved every ``checkpoint_every`` steps, and a later call with the same arguments resumes from it:
 the batch order is a pure function of (seed, step), so a resumed run sees the same batches.
@@ -41,6 +49,7 @@ if TYPE_CHECKING:  # alignment.py imports this module (StepBatches)
     from mtforget.train.alignment import AlignmentObjective
 
 # Called with (step, loss) before the loss is checked and back-propagated; returns the loss to use.
+# With gradient accumulation it sees the step's last micro-batch (the others are back-propagated).
 # Tests use it to inject faults (a NaN, an exception, a kill).
 LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -49,11 +58,12 @@ LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 class TrainSettings:
     """How long and how hard to train. ``max_steps`` wins over ``epochs`` when both are set.
 
-    Both count translation batches: an alternating auxiliary objective adds its own steps on top.
+    Both count translation optimizer steps (of ``batch_size × grad_accumulation`` examples each):
+    an alternating auxiliary objective adds its own steps on top.
     """
 
     lr: float
-    batch_size: int
+    batch_size: int  # examples per micro-batch, summed over processes
     epochs: float = 1.0
     max_steps: int | None = None
     schedule: str = "linear"  # any name transformers.get_scheduler knows
@@ -71,6 +81,10 @@ class TrainSettings:
     # padding. It suits random (not length-grouped) batches on CPUs, where padding costs as much
     # compute as tokens.
     micro_batches: int = 1
+    # Micro-batches of ``batch_size`` back-propagated one after the other before each optimizer
+    # step: the step trains on ``batch_size × grad_accumulation`` examples while holding the
+    # activations of ``batch_size``. Each micro-batch is then cut into ``micro_batches`` pieces.
+    grad_accumulation: int = 1
     # Matrix products in bfloat16 under autocast (weights, gradients and optimizer stay float32):
     # for devices that multiply bf16 natively (see native_bf16), where it is the fastest setting.
     bf16: bool = False
@@ -92,6 +106,7 @@ class TrainOutcome:
     stopped_early: bool = False
     resumed_from: int | None = None
     tokens: int = 0  # source + target tokens of translation batches (padding excluded), all processes
+    precision: str = "fp32"  # the arithmetic of training (see training_precision)
     align_loss: float | None = None  # mean auxiliary alignment loss since the last log point
     # Log points {"step", "train_loss" (translation), "align_loss" (with an auxiliary)} and dev checks.
     history: list[dict] = field(default_factory=list)
@@ -184,30 +199,41 @@ def train(
                                                           DistributedType.MULTI_CPU):
         # The alignment pass runs the unwrapped model; sharded parameters (FSDP, DeepSpeed) are not there.
         raise ValueError(f"an auxiliary objective needs one process or DDP, not {accelerator.distributed_type}")
-    steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
+    if settings.grad_accumulation < 1:
+        raise ValueError(f"grad_accumulation must be at least 1, not {settings.grad_accumulation}")
+    if settings.grad_accumulation > 1 and accelerator.distributed_type in (DistributedType.DEEPSPEED,
+                                                                           DistributedType.MEGATRON_LM):
+        # Those engines step and scale the loss at their own accumulation boundaries, which
+        # this loop's successive backward passes would not respect.
+        raise ValueError(f"grad_accumulation needs one process, DDP or FSDP, not {accelerator.distributed_type}")
+    step_size = settings.batch_size * settings.grad_accumulation  # examples per optimizer step
+    steps_per_epoch = math.ceil(len(examples) / step_size)
     translation_total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     total = auxiliary.total_steps(translation_total) if auxiliary else translation_total
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = get_scheduler(settings.schedule, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-    outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"))
+    # ``accelerate launch --mixed_precision`` puts the model's forward under autocast too.
+    launched = accelerator.mixed_precision if accelerator.mixed_precision != "no" else None
+    outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"),
+                           precision=training_precision(model, "bf16" if settings.bf16 else launched))
     progress_state = {"evals_without_gain": 0, "elapsed": 0.0}
     best_path = checkpoint_dir / "best.safetensors" if checkpoint_dir else None
     if checkpoint_dir and (checkpoint_dir / "progress.json").is_file():
         saved = json.loads((checkpoint_dir / "progress.json").read_text())
         accelerator.load_state(str(checkpoint_dir / "state"))
-        outcome = TrainOutcome(**saved["outcome"])
+        outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision})
         outcome.resumed_from = outcome.steps
         progress_state = saved["progress"]
 
     translation_done = auxiliary.translation_steps_done(outcome.steps) if auxiliary else outcome.steps
     loader = accelerator.prepare(DataLoader(
-        examples, batch_sampler=StepBatches(len(examples), settings.batch_size, settings.seed, translation_done,
+        examples, batch_sampler=StepBatches(len(examples), step_size, settings.seed, translation_done,
                                             translation_total,
                                             [_length(ex) for ex in examples] if settings.group_by_length else None),
-        collate_fn=partial(_sorted_pieces, control, settings.micro_batches, settings.pad_to_multiple_of)))
+        collate_fn=partial(_step_micro_batches, control, settings.grad_accumulation, settings.micro_batches,
+                           settings.pad_to_multiple_of)))
     batches = iter(loader)
     # A causal LM's loss averages over the labels after the first position (it shifts them).
     first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
@@ -223,21 +249,29 @@ def train(
     for step in range(outcome.steps + 1, total + 1):
         kind = auxiliary.kind(step) if auxiliary else "translation"
         loss = torch.zeros((), device=accelerator.device)
+        # The loss of the micro-batches back-propagated before the step's last one (detached).
+        earlier = torch.zeros((), device=accelerator.device)
         if kind in ("translation", "both"):
-            pieces = next(batches)
-            targets = [(piece["labels"][:, first_label:] != -100).sum() for piece in pieces]
-            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-                if len(pieces) == 1:
-                    translation_loss = model(**pieces[0]).loss
-                else:
-                    # Token-weighted, so the pieces add up to the mean over the whole batch.
-                    total_targets = torch.stack(targets).sum().clamp(min=1)
-                    translation_loss = sum(model(**piece).loss * (n / total_targets)
-                                           for piece, n in zip(pieces, targets))
+            micro = next(batches)
+            targets = [[(piece["labels"][:, first_label:] != -100).sum() for piece in pieces] for pieces in micro]
+            # Token-weighted over the whole step, so the pieces of every micro-batch add up to the
+            # mean over all the step's examples; a lone piece is that mean already.
+            total_targets = (torch.stack([n for counts in targets for n in counts]).sum().clamp(min=1)
+                             if len(micro) > 1 or len(micro[0]) > 1 else None)
+            for pieces, counts in zip(micro[:-1], targets[:-1]):
+                # The gradients of all but the last micro-batch stay local: DDP averages their sum
+                # over the processes in the last backward pass.
+                with accelerator.no_sync(model):
+                    part = _translation_loss(model, pieces, counts, total_targets, accelerator.device, settings.bf16)
+                    accelerator.backward(part)
+                earlier += part.detach()
+            translation_loss = _translation_loss(model, micro[-1], targets[-1], total_targets, accelerator.device,
+                                                 settings.bf16)
             loss = loss + translation_loss
-            running += translation_loss.detach()
+            running += earlier + translation_loss.detach()
             running_n += 1
-            tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum() for piece in pieces)
+            tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum()
+                          for pieces in micro for piece in pieces)
         if kind in ("alignment", "both"):
             with accelerator.autocast():
                 # The unwrapped model: the alignment pass stops midway, which DDP's forward cannot do.
@@ -247,9 +281,9 @@ def train(
             align_n += 1
         if loss_hook is not None:
             loss = loss_hook(step, loss)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(earlier + loss):
             bar.close()
-            raise TrialDiverged(f"non-finite training loss ({loss.item()}) at step {step}")
+            raise TrialDiverged(f"non-finite training loss ({(earlier + loss).item()}) at step {step}")
         accelerator.backward(loss)
         if kind == "alignment" and accelerator.num_processes > 1:
             _average_gradients(model)  # DDP only averages what went through its own forward
@@ -354,6 +388,48 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_precision(model: torch.nn.Module, autocast: str | None = None) -> str:
+    """The arithmetic a training run uses, for its record: ``fp32``; ``bf16`` (weights loaded in
+    bfloat16, as on a GPU); ``bf16 autocast`` (float32 weights, matrix products in the ``autocast``
+    type); with frozen weights of another type (adapters), e.g. ``fp32 (frozen weights bf16)``."""
+    trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad} - trainable
+    described = _dtype_names(trainable) or "none"
+    if autocast and trainable == {torch.float32}:
+        described = f"{autocast} autocast"
+    if frozen:
+        described += f" (frozen weights {_dtype_names(frozen)})"
+    return described
+
+
+def _dtype_names(dtypes: set[torch.dtype]) -> str:
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return "+".join(sorted(names.get(d, str(d).removeprefix("torch.")) for d in dtypes))
+
+
+def _translation_loss(model: torch.nn.Module, pieces: list[dict[str, torch.Tensor]], targets: list[torch.Tensor],
+                      total_targets: torch.Tensor | None, device: torch.device, bf16: bool) -> torch.Tensor:
+    """The loss of one micro-batch's ``pieces``: each piece's mean loss weighted by its share
+    ``targets / total_targets`` of the step's target tokens, or the lone piece's own mean when
+    ``total_targets`` is None."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        if total_targets is None:
+            return model(**pieces[0]).loss
+        return sum(model(**piece).loss * (n / total_targets) for piece, n in zip(pieces, targets))
+
+
+def _step_micro_batches(control: LanguageTokens, accumulation: int, pieces: int, multiple: int,
+                        examples: list[Example]) -> list[list[dict[str, torch.Tensor]]]:
+    """One optimizer step's examples as ``accumulation`` micro-batches (one if 1), each a list of
+    ``pieces`` padded batches (see :func:`_sorted_pieces`). The examples are sorted by length
+    before they are cut, so that each micro-batch pads little."""
+    if accumulation <= 1:
+        return [_sorted_pieces(control, pieces, multiple, examples)]
+    ordered = sorted(examples, key=_length)
+    size = math.ceil(len(ordered) / accumulation)
+    return [_sorted_pieces(control, pieces, multiple, ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
 def _sorted_pieces(control: LanguageTokens, pieces: int, multiple: int,
