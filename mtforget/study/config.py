@@ -362,10 +362,13 @@ def resolve_path(key: str, value: Any, base: Path, raw: dict) -> Any:
     if path.is_absolute():
         return str(path)
     candidate = base / path
-    corpus_format = (raw.get("corpus") or {}).get("format", "jsonl") if isinstance(raw.get("corpus"), dict) else "jsonl"
-    always_local = (key == "corpus.path" and corpus_format != "hf") or (key.startswith("eval.comet.")
-                                                                          and (key != "eval.comet.python"
-                                                                               or "/" in value))
+    corpus = raw.get("corpus") if isinstance(raw.get("corpus"), dict) else {}
+    if key == "corpus.path":
+        always_local = corpus.get("format", "jsonl") != "hf"
+    elif key == "eval.comet.python":
+        always_local = "/" in value  # a bare name is a command on PATH
+    else:
+        always_local = key.startswith("eval.comet.")
     if always_local or candidate.exists() or value.startswith(("./", "../", "~")):
         return os.path.normpath(os.path.abspath(candidate))
     return value
