@@ -170,6 +170,8 @@ def batch_limits(model: torch.nn.Module, max_new_tokens: int, max_batch_tokens: 
     generated positions and its logits, and as many sentences as that budget holds. A given
     ``max_batch_tokens`` replaces the budget (padded input tokens, no reserve, on any device); a
     given ``max_batch_sentences`` (the user's ``eval.batch_size``) caps the sentences everywhere.
+    A given ``free_bytes`` sizes the batches as on a GPU with that much memory free, wherever the
+    model is.
     """
     param = next(model.parameters())
     if param.device.type != "cuda" and free_bytes is None:
@@ -335,8 +337,8 @@ class CT2Engine(GenerationEngine):
         batching = {"max_batch_size": self.max_batch_tokens, "batch_type": "tokens", "beam_size": 1,
                     "asynchronous": True}
         if self.encoder_decoder:
-            # max_decoding_length counts the prefix token, as max_new_tokens counts HF's first
-            # one; no input truncation, as in HF (the control truncates).
+            # max_decoding_length counts the prefix token, as the HF control counts the language
+            # token among its max_new_tokens; no input truncation, as in HF (the control truncates).
             results = self._runner.translate_batch(tokens, target_prefix=prefixes or None,
                                                    max_decoding_length=self.max_new_tokens,
                                                    min_decoding_length=self.min_new_tokens, max_input_length=0,
