@@ -9,6 +9,7 @@ trained model is measured by ``benchmarks/generation.py`` on the demo's base.
 
 from __future__ import annotations
 
+import ctranslate2
 import pytest
 import torch
 from transformers import (GPTNeoConfig, GPTNeoForCausalLM, M2M100Config, M2M100ForConditionalGeneration,
@@ -18,7 +19,8 @@ from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, split_by_id
 from mtforget.data.synthetic import SyntheticWorld
 from mtforget.errors import UsageError
-from mtforget.evaluate.engine import ENGINE_CHRF_TOLERANCE, HF_ENGINE_NAME, CT2Engine, HFEngine, make_engine
+from mtforget.evaluate.engine import (ENGINE_CHRF_TOLERANCE, HF_ENGINE_NAME, CT2Engine, HFEngine, make_engine,
+                                      probe_direction)
 from mtforget.evaluate.generate import length_batches
 from mtforget.evaluate.metrics import score
 from mtforget.models.instruction import InstructionControl
@@ -101,7 +103,8 @@ def decoder_only(world):
 
 
 def _compare(model, control, cases) -> tuple[float, float, float]:
-    """Exact-match share of CT2 vs batched HF generate, and both corpus chrFs vs references."""
+    """Exact-match share of CT2 vs batched HF generate, and both corpus chrFs vs references (each
+    engine's mixed-direction decoding checked against its per-direction one on the way)."""
     hf_hyps, ct2_hyps, refs = [], [], []
     hf = make_engine("hf", model, control, MAX_NEW_TOKENS)
     with make_engine("ctranslate2", model, control, MAX_NEW_TOKENS) as engine:
@@ -110,6 +113,11 @@ def _compare(model, control, cases) -> tuple[float, float, float]:
             hf_hyps += hf.translate(texts, src, tgt)
             ct2_hyps += engine.translate(texts, src, tgt)
             refs += references
+        # All directions in one call, as a study evaluates: their rows share batches.
+        jobs = [(texts, src, tgt) for texts, _, src, tgt in cases]
+        ct2_mixed = [h for hyps in engine.translate_many(jobs) for h in hyps]
+    assert [h for hyps in hf.translate_many(jobs) for h in hyps] == hf_hyps
+    assert sum(a == b for a, b in zip(ct2_mixed, ct2_hyps)) / len(ct2_hyps) >= MIN_EXACT_MATCH
     assert len(set(hf_hyps)) > len(hf_hyps) // 2  # outputs vary with the input, so order matters
     exact = sum(a == b for a, b in zip(hf_hyps, ct2_hyps)) / len(hf_hyps)
     return exact, score(hf_hyps, refs, "xa")["chrf"], score(ct2_hyps, refs, "xa")["chrf"]
@@ -204,3 +212,57 @@ def test_auto_prefers_ctranslate2_and_rejects_unknown_kinds(encoder_decoder):
         assert engine.kind == "ctranslate2"
     with pytest.raises(UsageError, match="unknown engine"):
         make_engine("vllm", model, control)
+
+
+# What CTranslate2's CUDA 12 wheels raise at the first translation on a machine with CUDA 13 only:
+# the import, the device count and loading the model all succeed before it.
+CUBLAS_MISSING = "Library libcublas.so.12 is not found or cannot be loaded"
+
+
+class _NoCublasTranslator(ctranslate2.Translator):
+    """The real Translator (the model is converted and loaded) whose translations fail like that."""
+
+    def translate_batch(self, *args, **kwargs):
+        raise RuntimeError(CUBLAS_MISSING)
+
+
+class _NoCublasGenerator(ctranslate2.Generator):
+    def generate_batch(self, *args, **kwargs):
+        raise RuntimeError(CUBLAS_MISSING)
+
+
+@pytest.mark.parametrize("fixture", ["encoder_decoder", "decoder_only"])
+def test_a_ctranslate2_that_cannot_translate_is_never_picked(request, monkeypatch, fixture):
+    model, control = request.getfixturevalue(fixture)
+    monkeypatch.setattr(ctranslate2, "Translator", _NoCublasTranslator)
+    monkeypatch.setattr(ctranslate2, "Generator", _NoCublasGenerator)
+    engine = make_engine("auto", model, control, MAX_NEW_TOKENS, cache_conversion=False)
+    assert isinstance(engine, HFEngine) and engine.name == HF_ENGINE_NAME
+    assert engine.fallback_reason == f"CTranslate2 failed a probe translation on cpu: RuntimeError: {CUBLAS_MISSING}"
+    assert len(engine.translate(["a b", "c"], "en", "xa")) == 2  # and Hugging Face does translate
+    with pytest.raises(UsageError) as raised:
+        make_engine("ctranslate2", model, control, MAX_NEW_TOKENS, cache_conversion=False)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("eval.engine: CTranslate2 cannot translate on cpu")
+    assert CUBLAS_MISSING in message and "set eval.engine: hf" in message
+
+
+def test_the_probe_translates_with_the_studys_languages(encoder_decoder, monkeypatch):
+    """The probe decodes through the control as evaluation does: with the given sentence and
+    direction, the target language first on the decoder side."""
+    model, control = encoder_decoder
+    seen = []
+
+    class Recording(ctranslate2.Translator):
+        def translate_batch(self, source, *args, **kwargs):
+            seen.append((source, kwargs["target_prefix"]))
+            return super().translate_batch(source, *args, **kwargs)
+
+    monkeypatch.setattr(ctranslate2, "Translator", Recording)
+    with make_engine("auto", model, control, MAX_NEW_TOKENS, probe=("a b", "xb", "xc")) as engine:
+        assert engine.kind == "ctranslate2"
+    assert probe_direction(LanguageTokens.for_tokenizer(control.tokenizer)) == ("en", "en")  # no German token
+    assert probe_direction(control)[0] in control.known_languages
+    tokenizer = control.tokenizer
+    assert seen == [([[tokenizer.convert_ids_to_tokens(i) for i in control.encode_sources(["a b"], ["xb"], ["xc"])[0]]],
+                     [["__xc__"]])]

@@ -9,20 +9,29 @@ the model's language control and clean the outputs the same way, so they differ 
 floating-point detail: :data:`ENGINE_CHRF_TOLERANCE` bounds by how much, and the tests hold both
 engines to it.
 
-``make_engine("auto", ...)`` picks CTranslate2 when it can convert the architecture and falls back
-to Hugging Face (logging why) when it cannot; the engine's ``name`` goes into results and into the
-base-evaluation cache key, so scores from different engines are never mixed up.
+``make_engine("auto", ...)`` picks CTranslate2 only once it has translated a probe sentence on the
+model's device, and falls back to Hugging Face (logging why) when it cannot: a wheel can import,
+see a GPU and convert the model, and still fail at the first translation (a build linked against
+another CUDA's libraries). The engine's ``name`` goes into results and into the base-evaluation
+cache key, so scores from different engines are never mixed up.
+
+Both engines decode all the directions of an evaluation together: rows of different directions
+share batches, length-sorted over the whole evaluation, so a batch fills up however few sentences
+each direction has. On a GPU the Hugging Face batches are sized from the free memory and the
+model's shape (:func:`batch_limits`); on the CPU by fixed budgets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Literal
@@ -32,7 +41,7 @@ import transformers
 
 from mtforget.cache import cached_dir, fingerprint
 from mtforget.errors import UsageError
-from mtforget.evaluate.generate import model_inputs, translate
+from mtforget.evaluate.generate import Job, model_inputs, translate_jobs
 from mtforget.models.instruction import InstructionControl, first_line
 from mtforget.models.language import LanguageTokens, normalize_whitespace
 
@@ -50,9 +59,19 @@ Control = LanguageTokens | InstructionControl
 # a real decoding bug (wrong language prefix, lost end token, misordered outputs) costs.
 ENGINE_CHRF_TOLERANCE = 1.0
 
-# Padded input tokens per batch. Large enough that a batch of short sentences fills the cores,
-# small enough that a batch of long prompts of a 7B model still fits a GPU's activations.
+# Padded input tokens per batch on the CPU (and CTranslate2's budget everywhere). Large enough
+# that a batch of short sentences fills the cores, small enough that a batch of long prompts of a
+# 7B model still fits a GPU's activations.
 DEFAULT_MAX_BATCH_TOKENS = 4096
+# Sentences per Hugging Face batch on the CPU, where the user sets no cap.
+DEFAULT_MAX_BATCH_SENTENCES = 128
+# Share of the GPU's free memory that Hugging Face batches may fill. The estimate of
+# generation_footprint counts the cache and one layer's activations, not the allocator's
+# fragmentation, attention kernels' workspaces or another process starting on the same GPU;
+# half leaves room for all of those.
+GPU_MEMORY_SHARE = 0.5
+# What the probe translates when the caller names no sentence of its own.
+PROBE_TEXT = "The weather is fine today."
 
 HF_ENGINE_NAME = "hf-generate"
 
@@ -71,10 +90,16 @@ class GenerationEngine(ABC):
     def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
         """Translations of ``texts`` from ``src_lang`` to ``tgt_lang``, in the input order."""
 
-    def translate_many(self, jobs: list[tuple[list[str], str, str]]) -> list[list[str]]:
-        """Translations of several ``(texts, src_lang, tgt_lang)`` jobs, in order. Engines that can
-        decode jobs concurrently override this; the default runs them one after the other."""
-        return [self.translate(texts, src, tgt) for texts, src, tgt in jobs]
+    def translate_many(self, jobs: list[Job], progress: Callable[[int], None] | None = None) -> list[list[str]]:
+        """Translations of several ``(texts, src_lang, tgt_lang)`` jobs, in order; ``progress`` is
+        called with the number of sentences finished as they finish. Engines that decode jobs
+        together override this; the default runs them one after the other."""
+        outputs = []
+        for texts, src, tgt in jobs:
+            outputs.append(self.translate(texts, src, tgt))
+            if progress is not None:
+                progress(len(texts))
+        return outputs
 
     def close(self) -> None:
         """Release the engine's resources (a converted model, threads); the HF model stays the caller's."""
@@ -88,24 +113,134 @@ class GenerationEngine(ABC):
 
 
 class HFEngine(GenerationEngine):
-    """Batched greedy ``model.generate``, batches length-sorted and sized by a token budget."""
+    """Batched greedy ``model.generate``: every job's rows length-sorted together, batches sized by
+    :func:`batch_limits` (``max_batch_tokens`` and ``max_batch_sentences`` as there).
+
+    ``translate`` decodes one direction on its own, as evaluation did before directions were mixed
+    (benchmarks compare against it); ``translate_many`` mixes them. In float32 both give the same
+    strings: a row's greedy output does not depend on what shares its batch. ``min_new_tokens``
+    above 0 forces outputs of that length (benchmarks); evaluation leaves it at 0.
+    """
 
     kind = "hf"
 
     def __init__(self, model: torch.nn.Module, control: Control, max_new_tokens: int = 64,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_sentences: int = 128) -> None:
+                 max_batch_tokens: int | None = None, max_batch_sentences: int | None = None,
+                 min_new_tokens: int = 0) -> None:
         self.model = model
         self.control = control
         self.max_new_tokens = max_new_tokens
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_sentences = max_batch_sentences
+        self.min_new_tokens = min_new_tokens
         self.name = HF_ENGINE_NAME
         self.fallback_reason: str | None = None  # why "auto" did not pick CTranslate2, if it did not
 
     def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
         """Translations of ``texts`` from ``src_lang`` to ``tgt_lang``, in the input order."""
-        return translate(self.model, self.control, texts, src_lang, tgt_lang, batch_size=self.max_batch_sentences,
-                         max_new_tokens=self.max_new_tokens, max_batch_tokens=self.max_batch_tokens)
+        return self.translate_many([(texts, src_lang, tgt_lang)])[0]
+
+    def translate_many(self, jobs: list[Job], progress: Callable[[int], None] | None = None) -> list[list[str]]:
+        """All jobs decoded together, rows of different directions in the same batches."""
+        # Sized per call: the free GPU memory changes between evaluations (training, other engines).
+        limits = batch_limits(self.model, self.max_new_tokens, self.max_batch_tokens, self.max_batch_sentences)
+        return translate_jobs(self.model, self.control, jobs, limits.max_sentences, self.max_new_tokens,
+                              limits.max_tokens, limits.reserve_per_row, self.min_new_tokens, progress)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How :func:`~mtforget.evaluate.generate.length_batches` cuts rows into batches: at most
+    ``max_sentences`` rows and ``max_tokens`` positions, a row counting its input length plus
+    ``reserve_per_row``."""
+
+    max_sentences: int
+    max_tokens: int
+    reserve_per_row: int = 0
+
+
+def batch_limits(model: torch.nn.Module, max_new_tokens: int, max_batch_tokens: int | None = None,
+                 max_batch_sentences: int | None = None, free_bytes: int | None = None) -> BatchLimits:
+    """Hugging Face batch limits for ``model`` on its device.
+
+    On the CPU: :data:`DEFAULT_MAX_BATCH_TOKENS` padded input tokens and
+    :data:`DEFAULT_MAX_BATCH_SENTENCES` sentences. On a GPU: :data:`GPU_MEMORY_SHARE` of the free
+    memory (``free_bytes``, else what CUDA and torch's allocator have free) divided by the bytes a
+    position costs (:func:`generation_footprint`), every row reserving room for ``max_new_tokens``
+    generated positions and its logits, and as many sentences as that budget holds. A given
+    ``max_batch_tokens`` replaces the budget (padded input tokens, no reserve, on any device); a
+    given ``max_batch_sentences`` (the user's ``eval.batch_size``) caps the sentences everywhere.
+    A given ``free_bytes`` sizes the batches as on a GPU with that much memory free, wherever the
+    model is.
+    """
+    param = next(model.parameters())
+    if param.device.type != "cuda" and free_bytes is None:
+        return BatchLimits(max_batch_sentences or DEFAULT_MAX_BATCH_SENTENCES,
+                           max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
+    if max_batch_tokens is not None:
+        tokens, reserve = max_batch_tokens, 0
+    else:
+        if free_bytes is None:
+            free_bytes = cuda_free_bytes(param.device)
+        per_position, per_row = generation_footprint(model)
+        tokens = max(1, int(free_bytes * GPU_MEMORY_SHARE) // per_position)
+        reserve = max_new_tokens + math.ceil(per_row / per_position)
+    sentences = max(1, tokens // (1 + reserve))  # as many one-token rows as the budget holds
+    if max_batch_sentences is not None:
+        sentences = min(sentences, max_batch_sentences)
+    return BatchLimits(sentences, tokens, reserve)
+
+
+def generation_footprint(model: torch.nn.Module) -> tuple[int, int]:
+    """Bytes that greedy generation holds per sequence position, and per row, for ``model``.
+
+    Per position: the key/value cache of every decoder layer (for an encoder-decoder also the
+    cross-attention cache and the encoder output of each source position) plus one layer's
+    activations (residual stream, attention projections, feed-forward), since without gradients
+    only one layer's are alive at a time. Per row: the logits of a step in float32, which
+    ``generate`` copies and post-processes (three vectors the size of the vocabulary).
+    """
+    config = model.config
+    width = next(model.parameters()).element_size()
+    hidden = config.hidden_size
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if getattr(config, "is_encoder_decoder", False):
+        layers = getattr(config, "decoder_layers", None) or config.num_hidden_layers
+        ffn = max(getattr(config, "encoder_ffn_dim", 0) or 0, getattr(config, "decoder_ffn_dim", 0) or 0, 4 * hidden)
+        # A source position holds cross-attention keys and values in every decoder layer and its
+        # encoder output; a generated one self-attention keys and values: the larger of the two.
+        cache = (2 * layers * hidden + hidden) * width
+    else:
+        layers = config.num_hidden_layers
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        ffn = getattr(config, "intermediate_size", None) or 4 * hidden
+        cache = 2 * layers * kv_heads * head_dim * width
+    activations = (4 * hidden + 3 * ffn) * width
+    return cache + activations, 3 * vocab * 4
+
+
+def cuda_free_bytes(device: torch.device) -> int:
+    """Memory a new allocation can get on ``device``: what CUDA reports free plus what torch's
+    caching allocator holds without using (it hands that out before asking CUDA for more)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+class EngineUnavailable(RuntimeError):
+    """CTranslate2 failed at one ``step`` of setting up (conversion, loading, a probe translation)."""
+
+    def __init__(self, step: str, device: str, cause: BaseException) -> None:
+        self.step = step
+        self.device = device
+        self.cause = f"{type(cause).__name__}: {_first_line(cause)}"
+        super().__init__(self.reason)
+
+    @property
+    def reason(self) -> str:
+        """One line: "CTranslate2 failed <step> on <device>: <exception>: <its first line>"."""
+        return f"CTranslate2 failed {self.step} on {self.device}: {self.cause}"
 
 
 class CT2Engine(GenerationEngine):
@@ -124,7 +259,8 @@ class CT2Engine(GenerationEngine):
 
     def __init__(self, model: torch.nn.Module, control: Control, max_new_tokens: int = 64,
                  compute_type: ComputeType | str = "default",
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, cache_conversion: bool = True) -> None:
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, cache_conversion: bool = True,
+                 min_new_tokens: int = 0) -> None:
         ct2 = _ctranslate2()
         reason = ct2_unavailable_reason(model, control)
         if ct2 is None or reason is not None:
@@ -139,64 +275,93 @@ class CT2Engine(GenerationEngine):
         self.control = control
         self.tokenizer = control.tokenizer
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
         self.max_batch_tokens = max_batch_tokens
         self.name = f"ctranslate2-{ct2.__version__} {self.compute_type}"
+        self._runner = None
         self._scratch = None if cache_conversion else Path(tempfile.mkdtemp(prefix="mtforget-ct2-model-"))
         try:
-            self.model_dir, self.converted = convert_model(model, self.tokenizer, self.compute_type, self._scratch)
+            try:
+                self.model_dir, self.converted = convert_model(model, self.tokenizer, self.compute_type,
+                                                               self._scratch)
+            except Exception as exc:
+                raise EngineUnavailable("the conversion", self.device, exc) from exc
+            self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+            runner = ct2.Translator if self.encoder_decoder else ct2.Generator
+            # As many threads as torch has, so the two engines compare on equal hardware. Decoding
+            # separate batches on separate threads (inter_threads) was faster on the demo's base
+            # (2,703 against 706 sentences/s with two threads), but left torch training 40% slower
+            # for the rest of the process, so the threads split each batch instead.
+            try:
+                self._runner = runner(str(self.model_dir), device=self.device,
+                                      device_index=param.device.index or 0, compute_type=self.compute_type,
+                                      intra_threads=torch.get_num_threads(), inter_threads=1)
+            except Exception as exc:
+                raise EngineUnavailable("loading the converted model", self.device, exc) from exc
         except BaseException:
             self._remove_scratch()
             raise
-        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-        runner = ct2.Translator if self.encoder_decoder else ct2.Generator
-        # As many threads as torch has, so the two engines compare on equal hardware. Decoding
-        # separate batches on separate threads (inter_threads) was faster on the demo's base (2,703
-        # against 706 sentences/s with two threads), but left torch training 40% slower for the
-        # rest of the process, so the threads split each batch instead.
-        self._runner = runner(str(self.model_dir), device=self.device,
-                              device_index=param.device.index or 0, compute_type=self.compute_type,
-                              intra_threads=torch.get_num_threads(), inter_threads=1)
+
+    def probe(self, text: str, src_lang: str, tgt_lang: str) -> None:
+        """Translate ``text`` once, as evaluation will; an :class:`EngineUnavailable` if that fails.
+
+        Importing, seeing a GPU and loading the model prove little: the kernels' libraries load
+        at the first translation (a wheel built for CUDA 12 fails there under CUDA 13).
+        """
+        try:
+            self.translate([text], src_lang, tgt_lang)
+        except Exception as exc:
+            raise EngineUnavailable("a probe translation", self.device, exc) from exc
 
     def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
         """Translations of ``texts`` from ``src_lang`` to ``tgt_lang``, in the input order."""
         return self.translate_many([(texts, src_lang, tgt_lang)])[0]
 
-    def translate_many(self, jobs: list[tuple[list[str], str, str]]) -> list[list[str]]:
-        """All jobs submitted at once; with several CTranslate2 workers they decode concurrently."""
-        pending = [self._submit(texts, src, tgt) for texts, src, tgt in jobs]
-        return [finish([r.result() for r in results]) if results else [] for results, finish in pending]
-
-    def _submit(self, texts: list[str], src_lang: str, tgt_lang: str):
-        """Start decoding ``texts``; returns the asynchronous results and the function that turns
-        them into cleaned translations."""
+    def translate_many(self, jobs: list[Job], progress: Callable[[int], None] | None = None) -> list[list[str]]:
+        """All jobs in one call: CTranslate2 sorts their rows by length together and fills batches
+        up to the token budget, rows of different directions side by side."""
         if self._runner is None:
             raise RuntimeError(f"{self.name}: the engine is closed")
-        if not texts:
-            return [], None
-        tokens = [self.tokenizer.convert_ids_to_tokens(ids)
-                  for ids in model_inputs(self.control, texts, src_lang, tgt_lang)]
+        tokens, prefixes = [], []
+        for texts, src, tgt in jobs:
+            if not texts:
+                continue
+            tokens += [self.tokenizer.convert_ids_to_tokens(ids) for ids in model_inputs(self.control, texts, src, tgt)]
+            if self.encoder_decoder and self.control.convention != "marian":
+                # The decoder starts with the target language, as HF's per-row decoder prefix.
+                prefixes += [[self.tokenizer.convert_ids_to_tokens(self.control.token_id(tgt))]] * len(texts)
+        if not tokens:
+            return [[] for _ in jobs]
         # batch_type "tokens": CTranslate2 sorts by length and fills batches up to the budget
         # itself, then returns results in the input order.
-        batching = {"max_batch_size": self.max_batch_tokens, "batch_type": "tokens", "beam_size": 1}
+        batching = {"max_batch_size": self.max_batch_tokens, "batch_type": "tokens", "beam_size": 1,
+                    "asynchronous": True}
         if self.encoder_decoder:
-            prefix = None
-            if self.control.convention != "marian":
-                # The decoder is forced to start with the target language, as HF's forced_bos_token_id.
-                lang = self.tokenizer.convert_ids_to_tokens(self.control.token_id(tgt_lang))
-                prefix = [[lang] for _ in texts]
-            # max_decoding_length counts the prefix token, as max_new_tokens counts the forced one;
-            # min_decoding_length 0 and no input truncation, as in HF (the control truncates).
-            results = self._runner.translate_batch(tokens, target_prefix=prefix,
+            # max_decoding_length counts the prefix token, as the HF control counts the language
+            # token among its max_new_tokens; no input truncation, as in HF (the control truncates).
+            results = self._runner.translate_batch(tokens, target_prefix=prefixes or None,
                                                    max_decoding_length=self.max_new_tokens,
-                                                   min_decoding_length=0, max_input_length=0, asynchronous=True,
+                                                   min_decoding_length=self.min_new_tokens, max_input_length=0,
                                                    **batching)
-            return results, lambda done: [normalize_whitespace(self._decode(r.hypotheses[0])) for r in done]
-        # include_prompt_in_result=False feeds the prompts in one pass and makes max_length count
-        # new tokens only, like max_new_tokens; the stop token itself is not returned.
-        results = self._runner.generate_batch(tokens, max_length=self.max_new_tokens, include_prompt_in_result=False,
-                                              end_token=self.control.stop_ids, sampling_topk=1, asynchronous=True,
-                                              **batching)
-        return results, lambda done: [first_line(self._decode(r.sequences[0])) for r in done]
+        else:
+            # include_prompt_in_result=False feeds the prompts in one pass and makes max_length
+            # count new tokens only, like max_new_tokens; the stop token itself is not returned.
+            results = self._runner.generate_batch(tokens, max_length=self.max_new_tokens,
+                                                  min_length=self.min_new_tokens, include_prompt_in_result=False,
+                                                  end_token=self.control.stop_ids, sampling_topk=1, **batching)
+        outputs, offset = [], 0
+        for texts, _, _ in jobs:
+            outputs.append([self._clean(r.result()) for r in results[offset : offset + len(texts)]])
+            offset += len(texts)
+            if progress is not None and texts:
+                progress(len(texts))
+        return outputs
+
+    def _clean(self, result) -> str:
+        """The scored form of one CTranslate2 result, as the HF controls clean theirs."""
+        if self.encoder_decoder:
+            return normalize_whitespace(self._decode(result.hypotheses[0]))
+        return first_line(self._decode(result.sequences[0]))
 
     def _decode(self, tokens: list[str]) -> str:
         # Through token strings rather than CTranslate2's ids: its vocabulary may be reordered or
@@ -215,32 +380,46 @@ class CT2Engine(GenerationEngine):
 
 
 def make_engine(kind: EngineKind | str, model: torch.nn.Module, control: Control, max_new_tokens: int = 64,
-                compute_type: ComputeType | str = "default", max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                max_batch_sentences: int = 128, cache_conversion: bool = True) -> GenerationEngine:
+                compute_type: ComputeType | str = "default", max_batch_tokens: int | None = None,
+                max_batch_sentences: int | None = None, cache_conversion: bool = True,
+                probe: tuple[str, str, str] | None = None, min_new_tokens: int = 0) -> GenerationEngine:
     """The engine of ``kind`` for ``model``: ``"hf"``, ``"ctranslate2"`` (or a UsageError), or ``"auto"``.
 
-    ``"auto"`` takes CTranslate2 when it is installed, has a converter for the architecture and
-    the conversion succeeds; otherwise Hugging Face, with the reason logged and kept in the
-    engine's ``fallback_reason``. ``compute_type`` applies to CTranslate2 only ("default":
-    float32 on the CPU, the model's half precision on a GPU); ``max_batch_sentences`` caps the
-    Hugging Face batches only (CTranslate2 batches by tokens alone); ``cache_conversion`` as in
-    :class:`CT2Engine`.
+    CTranslate2 is taken only once it has converted the model, loaded it on the model's device
+    and translated ``probe`` there — ``(text, src_lang, tgt_lang)``, through the same language
+    control as evaluation; by default :data:`PROBE_TEXT` in a direction the control knows (see
+    :func:`probe_direction`). Under ``"auto"`` any failure on the way means Hugging Face, with the
+    reason logged and kept in the engine's ``fallback_reason`` (one line); under
+    ``"ctranslate2"`` it is a UsageError that names the cause and the fix.
+
+    ``compute_type`` applies to CTranslate2 only ("default": float32 on the CPU, the model's half
+    precision on a GPU). ``max_batch_tokens`` and ``max_batch_sentences`` as in
+    :func:`batch_limits` (None: sized for the device; CTranslate2 batches by tokens alone, with
+    :data:`DEFAULT_MAX_BATCH_TOKENS` unless given); ``cache_conversion`` as in :class:`CT2Engine`;
+    ``min_new_tokens`` above 0 forces outputs of that length (benchmarks).
     """
     if kind not in ("auto", "ctranslate2", "hf"):
         raise UsageError(f"eval.engine: unknown engine {kind!r} (auto, ctranslate2 or hf)")
     hf = {"max_new_tokens": max_new_tokens, "max_batch_tokens": max_batch_tokens,
-          "max_batch_sentences": max_batch_sentences}
+          "max_batch_sentences": max_batch_sentences, "min_new_tokens": min_new_tokens}
     if kind == "hf":
         return HFEngine(model, control, **hf)
     reason = ct2_unavailable_reason(model, control)
     if reason is None:
         try:
-            return CT2Engine(model, control, max_new_tokens, compute_type, max_batch_tokens, cache_conversion)
-        except Exception as exc:  # noqa: BLE001 - any conversion or loading failure means "use HF" under auto
+            return _probed_ct2_engine(model, control, max_new_tokens, compute_type,
+                                      max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS, cache_conversion, probe,
+                                      min_new_tokens)
+        except EngineUnavailable as exc:
             if kind == "ctranslate2":
-                raise UsageError(f"eval.engine: ctranslate2 failed on this model: {type(exc).__name__}: "
-                                 f"{_first_line(exc)}") from exc
-            reason = f"conversion failed: {type(exc).__name__}: {_first_line(exc)}"
+                fix = ", or install a CTranslate2 build for this CUDA" if exc.device == "cuda" else ""
+                raise UsageError(f"eval.engine: CTranslate2 cannot translate on {exc.device} "
+                                 f"({exc.step} failed: {exc.cause}); set eval.engine: hf{fix}") from exc
+            reason = exc.reason
+        except UsageError as exc:
+            if kind == "ctranslate2":
+                raise
+            reason = _first_line(exc)
     elif kind == "ctranslate2":
         raise UsageError(f"eval.engine: ctranslate2 cannot run this model ({reason})")
     log.warning("eval.engine auto: using Hugging Face generate, not CTranslate2 (%s)", reason)
@@ -250,6 +429,33 @@ def make_engine(kind: EngineKind | str, model: torch.nn.Module, control: Control
     engine = HFEngine(model, control, **hf)
     engine.fallback_reason = reason
     return engine
+
+
+def _probed_ct2_engine(model: torch.nn.Module, control: Control, max_new_tokens: int, compute_type: str,
+                       max_batch_tokens: int, cache_conversion: bool, probe: tuple[str, str, str] | None,
+                       min_new_tokens: int) -> CT2Engine:
+    """A CTranslate2 engine that has translated ``probe``; an :class:`EngineUnavailable` (closed
+    and cleaned up) if it could not."""
+    text, src, tgt = probe or (PROBE_TEXT, *probe_direction(control))
+    engine = CT2Engine(model, control, max_new_tokens, compute_type, max_batch_tokens, cache_conversion,
+                       min_new_tokens)
+    try:
+        engine.probe(text, src, tgt)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def probe_direction(control: Control) -> tuple[str, str]:
+    """A direction the probe can translate with ``control``: between the first two languages whose
+    tokens it has looked up (the study's, once ``make_control`` has checked them), else English
+    to German; an instruction names any language, so English to German there."""
+    if isinstance(control, LanguageTokens):
+        known = control.known_languages or [code for code in ("en", "de") if control.has(code)]
+        if known:
+            return known[0], known[min(1, len(known) - 1)]
+    return "en", "de"
 
 
 def ct2_unavailable_reason(model: torch.nn.Module, control: Control) -> str | None:

@@ -55,22 +55,17 @@ def evaluate_directions(
     results: dict[str, dict] = {}
     jobs = [(src, tgt, examples) for src, tgt in directions
             if (examples := direction_examples(test, src, tgt)[: settings.max_sentences])]
-    bar = tqdm(total=len(jobs), desc=desc, unit="dir", leave=False, disable=not progress)
-    # Directions go to the engine a few at a time: an engine that decodes jobs concurrently gets
-    # enough of them to keep its workers busy, and the progress bar still moves.
-    for start in range(0, len(jobs), DIRECTIONS_PER_CALL):
-        chunk = jobs[start : start + DIRECTIONS_PER_CALL]
-        outputs = engine.translate_many([([e.src for e in examples], src, tgt) for src, tgt, examples in chunk])
-        for (src, tgt, examples), hyps in zip(chunk, outputs):
-            results[f"{src}-{tgt}"] = _scored(hyps, tgt, examples, lid)
-        bar.update(len(chunk))
-    bar.close()
+    # Every direction in one call: the engine sorts all sentences by length together and fills
+    # its batches from all directions, however few sentences each one has.
+    with tqdm(total=sum(len(examples) for *_, examples in jobs), desc=desc, unit="sent", leave=False,
+              disable=not progress) as bar:
+        outputs = engine.translate_many([([e.src for e in examples], src, tgt) for src, tgt, examples in jobs],
+                                        progress=bar.update)
+    for (src, tgt, examples), hyps in zip(jobs, outputs):
+        results[f"{src}-{tgt}"] = _scored(hyps, tgt, examples, lid)
     if settings.comet:
         _add_comet(results, settings.comet, with_copy)
     return results
-
-
-DIRECTIONS_PER_CALL = 8
 
 
 def _scored(hyps: list[str], tgt: str, examples: list, lid) -> dict:

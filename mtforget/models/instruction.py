@@ -89,15 +89,24 @@ class InstructionControl:
         labels = [[-100] * len(prompt) + answer for prompt, answer in pairs]
         return padded_batch(seqs, labels, self.tokenizer.pad_token_id, multiple)
 
+    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int,
+                 min_new_tokens: int = 0) -> list[str]:
+        """Greedy translations of one batch, all in one direction."""
+        n = len(texts)
+        return self.generate_rows(model, texts, [src_lang] * n, [tgt_lang] * n, max_new_tokens, min_new_tokens)
+
     @torch.no_grad()
-    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:
-        """Greedy translations of one batch: left-padded prompts, new tokens only, first line only."""
+    def generate_rows(self, model, texts: list[str], src_langs: list[str], tgt_langs: list[str],
+                      max_new_tokens: int, min_new_tokens: int = 0) -> list[str]:
+        """Greedy translations of one batch whose rows may each go in another direction: each
+        row's prompt names its own languages, prompts are left-padded (``generate`` derives the
+        positions from the attention mask), only new tokens are decoded, first line only."""
         device = next(model.parameters()).device
-        prompts = [self.prompt(t, src_lang, tgt_lang) for t in texts]
+        prompts = [self.prompt(t, s, g) for t, s, g in zip(texts, src_langs, tgt_langs)]
         input_ids, attention_mask = pad(prompts, self.tokenizer.pad_token_id, left=True)
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                   eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+                                   num_beams=1, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
         new = generated[:, input_ids.shape[1]:]
         return [first_line(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 

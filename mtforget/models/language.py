@@ -109,16 +109,54 @@ class LanguageTokens:
         targets = self.encode_targets([ex.tgt for ex in examples], [ex.tgt_lang for ex in examples])
         return padded_batch(sources, targets, self.tokenizer.pad_token_id, multiple)
 
+    @property
+    def known_languages(self) -> list[str]:
+        """Codes whose tokens this control has looked up and found (every study language once
+        ``make_control`` has checked them), in lookup order."""
+        return list(self._ids)
+
+    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int,
+                 min_new_tokens: int = 0) -> list[str]:
+        """Greedy translations of one batch of sentences, all in one direction."""
+        n = len(texts)
+        return self.generate_rows(model, texts, [src_lang] * n, [tgt_lang] * n, max_new_tokens, min_new_tokens)
+
     @torch.no_grad()
-    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int) -> list[str]:
-        """Greedy translations of one batch of sentences."""
+    def generate_rows(self, model, texts: list[str], src_langs: list[str], tgt_langs: list[str],
+                      max_new_tokens: int, min_new_tokens: int = 0) -> list[str]:
+        """Greedy translations of one batch whose rows may each go in another direction.
+
+        Rows of different targets share a batch because each row carries its own target: Marian
+        names it on the source side; the other conventions start each row's decoder with the
+        decoder start token and that row's language token (``forced_bos_token_id`` would be one
+        id for the whole batch). The language token counts as the first new token, so
+        ``max_new_tokens`` bounds the same output length as forcing it would.
+        """
         device = next(model.parameters()).device
-        encoded = self.encode_sources(texts, [src_lang] * len(texts), [tgt_lang] * len(texts))
+        encoded = self.encode_sources(texts, src_langs, tgt_langs)
         input_ids, attention_mask = pad(encoded, self.tokenizer.pad_token_id)
-        forced = {} if self.convention == "marian" else {"forced_bos_token_id": self.token_id(tgt_lang)}
+        prefix = {}
+        if self.convention != "marian":
+            start = decoder_start_token_id(model)
+            rows = torch.tensor([[start, self.token_id(lang)] for lang in tgt_langs], dtype=torch.long)
+            if max_new_tokens <= 1:  # room for the language token only
+                return [normalize_whitespace(t) for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+            prefix = {"decoder_input_ids": rows.to(device)}
+            max_new_tokens -= 1
+            min_new_tokens = max(0, min_new_tokens - 1)
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **forced)
+                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+                                   num_beams=1, **prefix)
         return [normalize_whitespace(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+def decoder_start_token_id(model) -> int:
+    """The token an encoder-decoder's decoder starts from, where ``generate`` looks it up."""
+    for config in (model.generation_config, model.config):
+        start = getattr(config, "decoder_start_token_id", None)
+        if start is not None:
+            return int(start)
+    raise ValueError(f"{type(model).__name__} names no decoder_start_token_id")
 
 
 def normalize_whitespace(text: str) -> str:
