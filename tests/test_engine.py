@@ -9,6 +9,8 @@ trained model is measured by ``benchmarks/generation.py`` on the demo's base.
 
 from __future__ import annotations
 
+import json
+
 import ctranslate2
 import pytest
 import torch
@@ -266,3 +268,26 @@ def test_the_probe_translates_with_the_studys_languages(encoder_decoder, monkeyp
     tokenizer = control.tokenizer
     assert seen == [([[tokenizer.convert_ids_to_tokens(i) for i in control.encode_sources(["a b"], ["xb"], ["xc"])[0]]],
                      [["__xc__"]])]
+
+
+def test_a_study_whose_ctranslate2_cannot_translate_runs_on_hf_or_stops_with_one_line(tmp_path, monkeypatch,
+                                                                                       capsys):
+    import yaml
+
+    from mtforget.cli import main
+    from tests.conftest import tiny_study
+
+    monkeypatch.setattr(ctranslate2, "Translator", _NoCublasTranslator)
+    monkeypatch.setattr(ctranslate2, "Generator", _NoCublasGenerator)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_study(**{"finetune.size": [16]})))
+    assert main(["run", str(path), "--out", str(tmp_path / "auto"), "--no-progress"]) == 0
+    info = json.loads(next((tmp_path / "auto" / "trials").glob("*/result.json")).read_text())["info"]
+    assert info["engine"] == HF_ENGINE_NAME
+    assert info["engine_fallback_reason"].endswith(f"RuntimeError: {CUBLAS_MISSING}")
+    assert CUBLAS_MISSING in (tmp_path / "auto" / "report" / "index.html").read_text()  # run metadata
+    capsys.readouterr()
+    code = main(["run", str(path), "--out", str(tmp_path / "ct2"), "--no-progress", "--set", "eval.engine=ctranslate2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("error: eval.engine: CTranslate2 cannot translate on cpu") and CUBLAS_MISSING in err[0]

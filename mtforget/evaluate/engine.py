@@ -85,6 +85,7 @@ class GenerationEngine(ABC):
 
     name: str
     kind: str
+    fallback_reason: str | None = None  # why "auto" did not pick a faster engine, if it did not
 
     @abstractmethod
     def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:

@@ -29,7 +29,7 @@ class EvalSettings:
     """
 
     max_sentences: int = 50  # per direction
-    batch_size: int = 128  # sentences per batch at most (Hugging Face generate)
+    batch_size: int | None = None  # sentences per batch at most; None: sized for the device
     max_new_tokens: int = 64
     comet: tuple | None = None  # (python, checkpoint, scorer, batch_size, gpus) when COMET is on
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtforget.data.splits import Example
-from mtforget.models.languages import iso639_3, mbart_code, nllb_code
+from mtforget.models.languages import default_script, iso639_3, mbart_code, nllb_code, split_code
 
 CONVENTIONS = ("m2m", "nllb", "mbart", "marian")
 
@@ -66,7 +66,18 @@ class LanguageTokens:
                 if candidate in vocab:
                     return candidate
             return f">>{iso639_3(code)}<<"
-        return language_token(code)
+        return self._m2m_token(code)
+
+    def _m2m_token(self, code: str) -> str:
+        """``__code__``; for a code in its language's usual script that the vocabulary spells
+        without it (M2M-100 writes Simplified Chinese ``__zh__``), the bare language's token."""
+        token = language_token(code)
+        base, script = split_code(code)
+        if script and script == default_script(base) and token not in self.tokenizer.get_vocab():
+            bare = language_token(base)
+            if bare in self.tokenizer.get_vocab():
+                return bare
+        return token
 
     def token_id(self, code: str) -> int:
         """Id of the language token of ``code``; a KeyError if the tokenizer lacks it."""

@@ -67,13 +67,18 @@ def normalize_code(code: str) -> str:
             script = part.title()
         elif (len(part) == 2 and part.isalpha()) or (len(part) == 3 and part.isdigit()):
             region = part.upper()
-    default_script = LANGUAGES[base][2] if base in LANGUAGES else "Latn"
-    if script == default_script and base not in _MULTI_SCRIPT:
+    if script == default_script(base) and base not in _MULTI_SCRIPT:
         script = None
     return "_".join(p for p in (base, script, region) if p)
 
 
-def _split(code: str) -> tuple[str, str | None]:
+def default_script(base: str) -> str:
+    """The script a language is usually written in (Latin when the registry does not know it)."""
+    return LANGUAGES[base][2] if base in LANGUAGES else "Latn"
+
+
+def split_code(code: str) -> tuple[str, str | None]:
+    """A normalised code's language and script subtag (None when it has none)."""
     base, _, rest = code.partition("_")
     script = next((part for part in rest.split("_") if len(part) == 4), None) if rest else None
     return base.lower(), script
@@ -83,24 +88,24 @@ def language_name(code: str, names: dict[str, str] | None = None) -> str:
     """The English name of ``code`` for instructions ("German"); the code itself if unknown."""
     if names and code in names:
         return names[code]
-    base, _ = _split(code)
+    base, _ = split_code(code)
     return LANGUAGES[base][0] if base in LANGUAGES else code
 
 
 def iso639_3(code: str) -> str:
     """ISO 639-3 code (``deu``); a 3-letter study code is returned as is."""
-    base, _ = _split(code)
+    base, _ = split_code(code)
     return LANGUAGES[base][1] if base in LANGUAGES else base
 
 
 def nllb_code(code: str) -> str:
     """FLORES-200/NLLB spelling: ``deu_Latn``, ``zho_Hant`` for ``zh_Hant``."""
-    base, script = _split(code)
+    base, script = split_code(code)
     default = LANGUAGES[base][2] if base in LANGUAGES else "Latn"
     return f"{iso639_3(code)}_{script or default}"
 
 
 def mbart_code(code: str) -> str:
     """mBART-50 spelling (``de_DE``); unknown languages get ``xx_XX`` so a new token can be added."""
-    base, _ = _split(code)
+    base, _ = split_code(code)
     return MBART50.get(base, f"{base}_XX")

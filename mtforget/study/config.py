@@ -211,7 +211,7 @@ class EvalConfig(_Strict):
     comet: CometConfig | None = None
 
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
-    batch_size: int = Field(128, ge=1)  # sentences per batch at most (Hugging Face generate)
+    batch_size: int | None = Field(None, ge=1)  # sentences per batch at most; None: sized for the device
     max_new_tokens: int = Field(64, ge=1)
     # Generation engine: "auto" = CTranslate2 when it can convert the architecture, else Hugging
     # Face generate (the reason is logged); "ctranslate2" fails when it cannot; "hf" never converts.

@@ -99,6 +99,10 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
     def on_done(trial: Trial, outcome: dict) -> None:
         if outcome["status"] == "done":
             store.finish(trial.id, outcome["rows"], outcome["info"])
+            reason = outcome["info"].get("engine_fallback_reason")
+            if reason:  # why evaluation did not use the fast engine: run metadata, shown in the report
+                fallbacks = store.meta().get("engine_fallback_reasons", [])
+                store.set_meta({"engine_fallback_reasons": sorted(set(fallbacks) | {reason})})
         else:
             store.mark_failed(trial.id, outcome["reason"])
         bar.set_postfix_str(f"{trial.id} {outcome['status']}")

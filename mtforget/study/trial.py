@@ -179,8 +179,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
         # The base's conversion is cached (every trial on this base reuses it); the fine-tuned
         # model then gets the same kind of engine, so base and fine-tuned scores are comparable.
-        with _engine(cfg.eval.engine, model, control, cfg.eval.compute_type, eval_settings, True) as engine:
-            engine_kind, engine_name = engine.kind, engine.name
+        probe = _probe_sentence(splits.test, all_directions)
+        with _engine(cfg.eval.engine, model, control, cfg.eval.compute_type, eval_settings, True, probe) as engine:
+            engine_kind, engine_name, engine_fallback = engine.kind, engine.name, engine.fallback_reason
             base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, engine, lid,
                                          eval_settings, shared, progress, added)
     end_stage("base_eval")
@@ -251,7 +252,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         return None
 
     clock = time.perf_counter()
-    with _engine(engine_kind, model, control, cfg.eval.compute_type, eval_settings, False) as engine:
+    with _engine(engine_kind, model, control, cfg.eval.compute_type, eval_settings, False, probe) as engine:
         ft_eval = evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
                                       desc="evaluate fine-tuned", progress=progress)
     end_stage("finetuned_eval")
@@ -276,7 +277,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         alphas = sorted(set(cfg.eval.interpolation))
 
         def evaluate_at(m: torch.nn.Module, alpha: float) -> dict:
-            with _engine(engine_kind, m, control, cfg.eval.compute_type, eval_settings, False) as engine:
+            with _engine(engine_kind, m, control, cfg.eval.compute_type, eval_settings, False, probe) as engine:
                 return evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
                                            desc=f"evaluate α={alpha:g}", progress=progress)
 
@@ -318,6 +319,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "engine": engine_name,
+        "engine_fallback_reason": engine_fallback,
         "processes": PartialState().num_processes,
         "threads": torch.get_num_threads(),
         "pid": os.getpid(),
@@ -424,11 +426,21 @@ def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: Tr
     return shared.identifiers[key]
 
 
-def _engine(kind: str, model, control, compute_type: str, settings: EvalSettings,
-            cache_conversion: bool) -> GenerationEngine:
-    """The generation engine of ``kind`` for ``model``, with the study's decoding settings."""
+def _engine(kind: str, model, control, compute_type: str, settings: EvalSettings, cache_conversion: bool,
+            probe: tuple[str, str, str] | None) -> GenerationEngine:
+    """The generation engine of ``kind`` for ``model``, with the study's decoding settings; a fast
+    engine is taken only once it has translated ``probe`` on the model's device."""
     return make_engine(kind, model, control, settings.max_new_tokens, compute_type,
-                       max_batch_sentences=settings.batch_size, cache_conversion=cache_conversion)
+                       max_batch_sentences=settings.batch_size, cache_conversion=cache_conversion, probe=probe)
+
+
+def _probe_sentence(test, directions: list[tuple[str, str]]) -> tuple[str, str, str] | None:
+    """The first test sentence of the first direction that has one, as (text, source, target)."""
+    for src, tgt in directions:
+        examples = direction_examples(test, src, tgt)
+        if examples:
+            return examples[0].src, src, tgt
+    return None
 
 
 def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings, shared,
