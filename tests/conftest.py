@@ -15,6 +15,18 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: engines read the thread count from torch, results must not
+    depend on it, and on models this small synchronising threads costs more than it saves."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Kill(BaseException):
     """Stands for a kill signal in the middle of training (not an Exception, so nothing catches it)."""
 

@@ -39,14 +39,7 @@ INIT_STD = 0.5
 MIN_EXACT_MATCH = 0.95
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread for both engines: on models this small, synchronising threads costs more than
-    it saves, and both engines read the thread count from torch."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtforget.cache import cached_dir, content_fingerprint, fingerprint
-from mtforget.data.corpus import Segment, parse_segment
-from mtforget.data.loaders import FLORES_FILE
+from mtforget.data.corpus import Segment, numbered_records, parse_segment
+from mtforget.data.loaders import FLORES_FILE, tsv_rows
 from mtforget.data.splits import Example
 from mtforget.errors import UsageError
 from mtforget.models.languages import normalize_code
@@ -158,17 +158,8 @@ def _local(source: BitextSource) -> Path:
 
 def _jsonl(source: BitextSource) -> Iterator[Segment]:
     path = _local(source)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"{path}:{lineno}: expected a JSON object with a 'translation' field")
-            yield parse_segment(record, f"{path}:{lineno}", default_id=f"line{lineno}")
+    for lineno, record in numbered_records(path):
+        yield parse_segment(record, f"{path}:{lineno}", default_id=f"line{lineno}")
 
 
 def _tsv(source: BitextSource) -> Iterator[Segment]:
@@ -176,17 +167,10 @@ def _tsv(source: BitextSource) -> Iterator[Segment]:
     languages = [normalize_code(c) for c in source.tsv_languages or ()]
     if len(languages) != 2:
         raise UsageError(f"finetune.data: {path}: give tsv_languages, the languages of the two columns, e.g. [cs, en]")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise UsageError(f"{path}:{lineno}: expected 2 tab-separated columns, found {len(fields)}")
-            texts = {lang: normalize_text(text) for lang, text in zip(languages, fields) if text.strip()}
-            if len(texts) == 2:
-                yield Segment(f"line{lineno}", texts)
+    for lineno, fields in tsv_rows(path):
+        texts = {lang: normalize_text(text) for lang, text in zip(languages, fields) if text.strip()}
+        if len(texts) == 2:
+            yield Segment(f"line{lineno}", texts)
 
 
 def _flores(source: BitextSource) -> Iterator[Segment]:

@@ -14,6 +14,7 @@ and reports a malformed line as ``FILE:LINE``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from mtforget.data.corpus import Corpus, corpus_from_records, read_jsonl
@@ -60,7 +61,13 @@ def read_tsv(path: str | Path, languages: list[str]) -> Corpus:
         raise UsageError(f"{path}: corpus file not found")
     if not languages or len(languages) != 2:
         raise UsageError("corpus.tsv_languages: give the two languages of the columns, e.g. [en, de]")
-    records = []
+    records = [{"id": f"line{lineno}", "translation": dict(zip(languages, fields))} for lineno, fields in tsv_rows(path)]
+    return corpus_from_records(records, str(path))
+
+
+def tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The two columns of each non-empty line with its line number, one line at a time; a line
+    without exactly two columns is a :class:`UsageError` naming ``FILE:LINE``."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\n")
@@ -69,8 +76,7 @@ def read_tsv(path: str | Path, languages: list[str]) -> Corpus:
             fields = line.split("\t")
             if len(fields) != 2:
                 raise UsageError(f"{path}:{lineno}: expected 2 tab-separated columns, found {len(fields)}")
-            records.append({"id": f"line{lineno}", "translation": dict(zip(languages, fields))})
-    return corpus_from_records(records, str(path))
+            yield lineno, fields
 
 
 def read_hf_dataset(name: str, config: str | None = None, split: str = "train",
