@@ -105,3 +105,29 @@ def test_study_with_tsv_finetune_data_and_a_flores_benchmark_on_a_checkpoint(wor
         rows = list(csv.DictReader(f))
     assert {r["category"] for r in rows} == set(CATEGORIES)
     assert "overlap dropped" in (tmp_path / "out" / "report" / "summary.md").read_text()
+
+
+def test_per_direction_test_sets_report_the_directions_they_lack(tmp_path):
+    ckpt = tmp_path / "nllb"
+    build_checkpoint("nllb", ckpt)
+    # WMT-style: every line is one pair, en-xa or en-xb; nothing pairs xa with xb.
+    records = SyntheticWorld(seed=0, n_languages=3).corpus(400, seed=0)
+    corpus = tmp_path / "wmt.jsonl"
+    with corpus.open("w", encoding="utf-8") as f:
+        for i, r in enumerate(records):
+            other = "xa" if i % 2 else "xb"
+            pair = {"en": r["translation"]["en"], other: r["translation"][other]}
+            f.write(json.dumps({"id": f"s{i}", "translation": pair}) + "\n")
+    study = {"model": {"path": str(ckpt)}, "corpus": {"path": str(corpus), "dev_size": 20, "test_size": 60},
+             "finetune": {"directions": ["en-xa", "xa-en"], "size": 40, "dev_size": 10, "batch_size": 16,
+                          "epochs": 1},
+             "eval": {"max_sentences": 20, "max_new_tokens": 8, "representations": False,
+                      "base_gate": {"include_flagged": True}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    result = json.loads(next((tmp_path / "out" / "trials").glob("*/result.json")).read_text())
+    assert sorted(result["info"]["missing_directions"]) == ["xa-xb", "xb-xa"]
+    trial_rows = [line for line in (tmp_path / "out" / "report" / "summary.md").read_text().splitlines()
+                  if line.startswith("| ckpt-") and "| done |" in line]
+    assert len(trial_rows) == 1 and "xa-xb" in trial_rows[0] and "xb-xa" in trial_rows[0]
