@@ -44,6 +44,9 @@ def tiny_study(**grid) -> dict:
         "eval": {"max_sentences": 6, "max_new_tokens": 12, "bootstrap_resamples": 200,
                  "base_gate": {"include_flagged": True}},
         "grid": grid or {"finetune.size": [16, 32]},
+        # A fixed thread count: the default follows the machine's load, and tests that compare two
+        # runs need the same floating-point sums in both.
+        "resources": {"cpus": 1},
     }
 
 

@@ -240,6 +240,7 @@ def test_a_trial_beside_a_busy_process_leaves_its_core_alone_and_records_its_thr
     if usable_cores() < 2:
         pytest.skip("needs two cores")
     raw = tiny_study(**{"finetune.size": [16]})
+    raw.pop("resources")  # the default: the free cores
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
