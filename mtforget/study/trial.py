@@ -118,13 +118,14 @@ def _failed(reason: str, memo: TrialMemo) -> dict:
 def base_failure_marker(out: Path, cfg: StudyConfig) -> Path:
     """Where a failure of this trial's base is recorded for the current run of the study.
 
-    Trials share a base, and its evaluation, when they share the model, the corpus and the
-    decoding settings; what is analysed after fine-tuning does not matter.
+    Trials share a base, and its evaluation, when they share the model, the corpus, the decoding
+    settings and the input length; what is analysed after fine-tuning does not matter.
     """
     after = ("interpolation", "representations", "representation_sentences", "paired_resamples",
              "bootstrap_resamples", "base_gate")
     eval_settings = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in after}
-    key = fingerprint([cfg.model.model_dump(mode="json"), cfg.corpus.model_dump(mode="json"), eval_settings])
+    key = fingerprint([cfg.model.model_dump(mode="json"), cfg.corpus.model_dump(mode="json"), eval_settings,
+                       cfg.finetune.max_length])  # the language control cuts evaluation inputs to it
     return out / BASE_FAILURES / f"{key}.json"
 
 
