@@ -63,6 +63,8 @@ def test_one_pass_sample_is_seeded_even_and_drops_repeats_of_held_out_sentences(
     assert max(int(e.src.split()[-1]) for e in sample.train if e.src_lang == "cs") > 500
     with pytest.raises(UsageError, match="finetune.size: 5000 pairs asked for, but finetune.data gives only"):
         sample_bitext(source, directions, 5000, 10, 0, held)
+    with pytest.raises(UsageError, match="devtest: FLORES split folder not found"):
+        sample_bitext([BitextSource(str(tmp_path), "flores", flores_splits=("devtest",))], directions, 10, 2, 0, held)
 
 
 def test_study_with_tsv_finetune_data_and_a_flores_benchmark_on_a_checkpoint(world, tmp_path, capsys):

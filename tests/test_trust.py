@@ -199,8 +199,8 @@ def test_lora_target_modules_matching_nothing_is_a_usage_error(tmp_path):
         apply_lora(model, 4, 8, 0.0, ["q_proj", "qkv_proj"])
 
 
-def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
+def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    # An id no cache holds, and a hub address where nothing listens (refused at once, no retries).
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(UsageError, match="model.path: 'nobody/no-such-model' .* hub cannot be reached"):
         load_model("nobody/no-such-model")

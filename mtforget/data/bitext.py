@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mtforget.cache import cached_dir, content_fingerprint, fingerprint
 from mtforget.data.corpus import Segment, numbered_records, parse_segment
-from mtforget.data.loaders import FLORES_FILE, tsv_rows
+from mtforget.data.loaders import FLORES_FILE, flores_files, tsv_rows
 from mtforget.data.splits import Example
 from mtforget.errors import UsageError
 from mtforget.models.languages import normalize_code
@@ -174,11 +174,7 @@ def _tsv(source: BitextSource) -> Iterator[Segment]:
 
 
 def _flores(source: BitextSource) -> Iterator[Segment]:
-    root = _local(source)
-    split_dirs = ([root / s for s in source.flores_splits] if source.flores_splits
-                  else sorted(p for p in root.iterdir() if p.is_dir()))
-    for split_dir in split_dirs:
-        files = sorted(p for p in split_dir.iterdir() if p.is_file() and FLORES_FILE.match(p.name))
+    for split_dir, files in flores_files(source.path, list(source.flores_splits or ()) or None):
         codes = [normalize_code(FLORES_FILE.match(p.name).group(1)) for p in files]
         handles = [p.open(encoding="utf-8") for p in files]
         try:

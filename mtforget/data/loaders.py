@@ -28,17 +28,8 @@ def read_flores(directory: str | Path, splits: list[str] | None = None) -> Corpu
 
     Segment ids are ``<split>-<line>``, so the same sentence in every language is one segment.
     """
-    root = Path(directory)
-    if not root.is_dir():
-        raise UsageError(f"{root}: FLORES directory not found")
-    split_dirs = [root / s for s in splits] if splits else sorted(p for p in root.iterdir() if p.is_dir())
     records: dict[str, dict] = {}
-    for split_dir in split_dirs:
-        if not split_dir.is_dir():
-            raise UsageError(f"{split_dir}: FLORES split folder not found")
-        files = sorted(p for p in split_dir.iterdir() if p.is_file() and FLORES_FILE.match(p.name))
-        if not files:
-            raise UsageError(f"{split_dir}: no FLORES language files (like eng_Latn.{split_dir.name})")
+    for split_dir, files in flores_files(directory, splits):
         lengths = {}
         for path in files:
             code = FLORES_FILE.match(path.name).group(1)
@@ -51,7 +42,25 @@ def read_flores(directory: str | Path, splits: list[str] | None = None) -> Corpu
             first, other = sorted(lengths.items(), key=lambda kv: kv[1])[::len(lengths) - 1]
             raise UsageError(f"{split_dir / other[0]}: {other[1]} lines, but {first[0]} has {first[1]} "
                              "(FLORES files must be line-aligned)")
-    return corpus_from_records(list(records.values()), str(root))
+    return corpus_from_records(list(records.values()), str(directory))
+
+
+def flores_files(directory: str | Path, splits: list[str] | None = None) -> list[tuple[Path, list[Path]]]:
+    """Each split folder of a FLORES directory (the given ones, default all) with its language
+    files; a missing directory, split folder or language file is a :class:`UsageError`."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(f"{root}: FLORES directory not found")
+    split_dirs = [root / s for s in splits] if splits else sorted(p for p in root.iterdir() if p.is_dir())
+    found = []
+    for split_dir in split_dirs:
+        if not split_dir.is_dir():
+            raise UsageError(f"{split_dir}: FLORES split folder not found")
+        files = sorted(p for p in split_dir.iterdir() if p.is_file() and FLORES_FILE.match(p.name))
+        if not files:
+            raise UsageError(f"{split_dir}: no FLORES language files (like eng_Latn.{split_dir.name})")
+        found.append((split_dir, files))
+    return found
 
 
 def read_tsv(path: str | Path, languages: list[str]) -> Corpus:

@@ -135,7 +135,6 @@ class HFEngine(GenerationEngine):
         self.max_batch_sentences = max_batch_sentences
         self.min_new_tokens = min_new_tokens
         self.name = HF_ENGINE_NAME
-        self.fallback_reason: str | None = None  # why "auto" did not pick CTranslate2, if it did not
 
     def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
         """Translations of ``texts`` from ``src_lang`` to ``tgt_lang``, in the input order."""

@@ -138,7 +138,8 @@ def _layer_rows(context: dict) -> list[list[str]]:
 
 BASE_INTRO = ("Absolute scores of each base model before fine-tuning, per direction category (mean over "
               "directions). A direction is flagged when the base cannot anchor a delta there: chrF under the "
-              "floor, most outputs empty or in the wrong language, or too few test sentences (eval.base_gate).")
+              "floor, most outputs empty, in the wrong language or one repeated sentence, or too few test "
+              "sentences (eval.base_gate).")
 BASE_HEADER = ["base model", "category", "directions", "flagged", "chrF", "BLEU", "off-target %"]
 MAX_FLAGGED_LISTED = 30
 

@@ -374,26 +374,32 @@ def resolve_path(key: str, value: Any, base: Path, raw: dict) -> Any:
     return value
 
 
+def resolve_value(key: str, value: Any, base: Path, raw: dict) -> Any:
+    """The value of ``key`` with its relative paths made absolute against ``base``: a path key's
+    value, or each source's ``path`` of ``finetune.data`` (read like ``corpus.path``)."""
+    if key in PATH_KEYS:
+        return resolve_path(key, value, base, raw)
+    if key == "finetune.data" and isinstance(value, list):
+        return [{**s, "path": resolve_path("corpus.path", s["path"], base, {"corpus": s})}
+                if isinstance(s, dict) and "path" in s else s for s in value]
+    return value
+
+
 def resolve_paths(raw: dict, base: Path) -> dict:
-    """``raw`` with the relative paths of its path keys (and of its grid's values for them) made
-    absolute against ``base``."""
+    """``raw`` with the relative paths of its path-bearing keys (and of its grid's values for
+    them) made absolute against ``base``."""
     raw = _deep_copy(raw)
-    for key in PATH_KEYS:
+    for key in (*PATH_KEYS, "finetune.data"):
         node: Any = raw
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
-            node[leaf] = resolve_path(key, node[leaf], base, raw)
-    sources = (raw.get("finetune") or {}).get("data") if isinstance(raw.get("finetune"), dict) else None
-    for source in sources if isinstance(sources, list) else []:
-        if isinstance(source, dict) and "path" in source:
-            source["path"] = resolve_path("corpus.path", source["path"], base, {"corpus": source})
+            node[leaf] = resolve_value(key, node[leaf], base, raw)
     for part in grid_parts(raw.get("grid")):
-        if isinstance(part, dict):
-            for key in PATH_KEYS:
-                if isinstance(part.get(key), list):
-                    part[key] = [resolve_path(key, v, base, raw) for v in part[key]]
+        for key, values in part.items() if isinstance(part, dict) else ():
+            if isinstance(values, list):
+                part[key] = [resolve_value(key, v, base, raw) for v in values]
     return raw
 
 
@@ -412,29 +418,23 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise UsageError(f"--set {item}: the value is not valid YAML") from None
-        axis = key.removeprefix("grid.")
-        if axis in PATH_KEYS:  # a path typed on the command line is relative to the working directory
-            value = ([resolve_path(axis, v, Path.cwd(), raw) for v in value] if isinstance(value, list)
-                     else resolve_path(axis, value, Path.cwd(), raw))
-        if axis == "finetune.data" and isinstance(value, list):
-            value = [{**v, "path": resolve_path("corpus.path", v["path"], Path.cwd(), {"corpus": v})}
-                     if isinstance(v, dict) and "path" in v else v for v in value]
         if key == "grid":
             # The whole grid replaced (None or {} removes it); parse_study checks its shape.
-            raw["grid"] = value if value is not None else {}
+            raw["grid"] = resolve_paths({**raw, "grid": value}, Path.cwd())["grid"] if value is not None else {}
         elif key.startswith("grid."):
-            axis = key[len("grid."):]
+            axis = key.removeprefix("grid.")
             _check_key(axis, "--set")
-            if not grid_parts(raw.get("grid")):
-                raw["grid"] = {}  # no grid yet: this axis starts one
+            # Paths typed on the command line are relative to the working directory.
+            values = [resolve_value(axis, v, Path.cwd(), raw) for v in (value if isinstance(value, list) else [value])]
+            parts = grid_parts(raw.get("grid"))
+            if not parts:  # no grid yet: this axis starts one
+                raw["grid"] = {}
                 parts = [raw["grid"]]
-            else:
-                parts = grid_parts(raw["grid"])
             for part in parts:
-                part[axis] = value if isinstance(value, list) else [value]
+                part[axis] = values
         else:
             _check_key(key, "--set")
-            set_dotted(raw, key, value)
+            set_dotted(raw, key, resolve_value(key, value, Path.cwd(), raw))
             # A value set on the command line replaces the grid axis of the same key.
             for part in grid_parts(raw.get("grid")):
                 part.pop(key, None)
@@ -490,13 +490,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         line = f":{mark.line + 1}" if mark is not None else ""
         raise UsageError(f"{path}{line}: not valid YAML") from None
     if raw is None or raw == {}:
-        raw = {}
-    elif not isinstance(raw, dict):
-        raise UsageError(f"{path}: a study file must be a YAML mapping of keys to values")
-    if not raw:
         # Every key has a default, so an empty file would silently run the default study.
         raise UsageError(f"{path}: the study file is empty; give at least one key (e.g. model.tiny or "
                          "model.path), or run the built-in study with 'mtforget demo'")
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: a study file must be a YAML mapping of keys to values")
     return parse_study(apply_overrides(resolve_paths(raw, path.parent), overrides or []), str(path))
 
 

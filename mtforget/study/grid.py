@@ -67,6 +67,7 @@ def expand(study: StudyConfig) -> list[Trial]:
     base = study_to_dict(study)
     combinations = grid_combinations(base.pop("grid")) or [{}]
     trials: dict[str, Trial] = {}
+    contents: dict[str, str | None] = {}  # path → content fingerprint: each path walked once
     for chosen in combinations:
         raw = copy.deepcopy(base)
         for axis, value in chosen.items():
@@ -81,26 +82,24 @@ def expand(study: StudyConfig) -> list[Trial]:
         if config.model.tiny and not config.model.path:
             # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
             identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
-        _identify_contents(identity, config)
+        _identify_contents(identity, config, contents)
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
     return list(trials.values())
 
 
-def _identify_contents(identity: dict, config: StudyConfig) -> None:
-    """Local checkpoints, corpora and fine-tuning data enter a trial's identity by their contents, not their paths:
-    a checkpoint or corpus changed in place must not reuse trials finished on the old one, and
-    the same files reached by another path (relative or absolute, moved) are the same trial."""
-    model_contents = content_fingerprint(config.model.path) if config.model.path else None
-    if model_contents:
-        identity["model"]["path"] = {"contents": model_contents}
-    corpus_contents = content_fingerprint(config.corpus.path) if config.corpus.path else None
-    if corpus_contents:
-        identity["corpus"]["path"] = {"contents": corpus_contents}
-    for source in identity["finetune"].get("data") or []:
-        source_contents = content_fingerprint(source["path"])
-        if source_contents:
-            source["path"] = {"contents": source_contents}
+def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, str | None]) -> None:
+    """Local checkpoints, corpora and fine-tuning data enter a trial's identity by their contents,
+    not their paths: a checkpoint or corpus changed in place must not reuse trials finished on the
+    old one, and the same files reached by another path (relative or absolute, moved) are the
+    same trial. ``contents`` remembers the fingerprints already taken."""
+    for block in (identity["model"], identity["corpus"], *(identity["finetune"].get("data") or [])):
+        path = block.get("path")
+        if path:
+            if path not in contents:
+                contents[path] = content_fingerprint(path)
+            if contents[path]:
+                block["path"] = {"contents": contents[path]}
 
 
 def _readable(config: StudyConfig) -> str:

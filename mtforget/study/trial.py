@@ -31,8 +31,8 @@ from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.loaders import load_corpus
 from mtforget.data.replay import replay_examples, replay_size
-from mtforget.data.bitext import BitextSource, cached_sample, held_out_texts
-from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
+from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
+from mtforget.data.splits import Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.engine import GenerationEngine, make_engine
@@ -196,8 +196,11 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
 
     clock = time.perf_counter()
     extra: dict = {}  # mitigations and analyses that are on, for result.json's info
+    overlap_dropped = 0
     if cfg.finetune.data:
-        examples, dev, extra["finetune_data"] = _bitext_examples(cfg, splits, directions)
+        sample = _bitext_sample(cfg, splits, directions)
+        examples, dev, overlap_dropped = sample.train, sample.dev, sample.overlap_dropped
+        extra["finetune_data"] = {"sources": [d.path for d in cfg.finetune.data], "available": sample.available}
     else:
         examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
         dev = sample_directions(splits.dev, directions, cfg.finetune.dev_size, cfg.seed)
@@ -307,11 +310,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "grad_accumulation": ft.grad_accumulation,
         "effective_batch_size": ft.batch_size * ft.grad_accumulation,
         "max_length": ft.max_length,
-        "overlap_dropped": extra.get("finetune_data", {}).get("overlap_dropped", 0),
+        "overlap_dropped": overlap_dropped,
         "missing_directions": [f"{s}-{t}" for s, t in all_directions if f"{s}-{t}" not in base_eval],
         "category_ci": category_ci,
-        "base_flags": {f"{r['src']}-{r['tgt']}": r["base_flag"] for r in rows if r["metric"] == "chrf"
-                       and r["base_flag"]},
         "lid": lid.name,
         "lid_accuracy": lid_accuracy,
         "metric_signatures": signatures(languages),
@@ -379,18 +380,16 @@ def _corpus_and_splits(cfg: CorpusConfig, shared: TrialMemo) -> tuple[Corpus, Sp
     return shared.corpora[key]
 
 
-def _bitext_examples(cfg: StudyConfig, splits: Splits, directions: list[tuple[str, str]]
-                     ) -> tuple[list[Example], list[Example], dict]:
+def _bitext_sample(cfg: StudyConfig, splits: Splits, directions: list[tuple[str, str]]) -> BitextSample:
     """Fine-tuning and dev pairs from ``finetune.data`` (the evaluation corpus only evaluates),
-    without any pair that repeats an evaluation or dev sentence, and what the sample holds."""
+    without any pair that repeats an evaluation or dev sentence."""
     sources = [BitextSource(d.path, d.format, tuple(d.tsv_languages or ()) or None,
                             tuple(d.flores_splits or ()) or None, d.hf_config, d.hf_split) for d in cfg.finetune.data]
     held_out = held_out_texts(splits.test + splits.dev)
     sample = cached_sample(sources, directions, cfg.finetune.size, cfg.finetune.dev_size, cfg.seed, held_out)
     log.info("fine-tuning pairs from finetune.data: %d train, %d dev; %d pairs dropped for repeating an "
              "evaluation or dev sentence", len(sample.train), len(sample.dev), sample.overlap_dropped)
-    return sample.train, sample.dev, {"sources": [d.path for d in cfg.finetune.data],
-                                      "available": sample.available, "overlap_dropped": sample.overlap_dropped}
+    return sample
 
 
 def _language_names(cfg: CorpusConfig) -> dict[str, str]:
