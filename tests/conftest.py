@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mtforget.train.callbacks import TrainCallback
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
@@ -50,7 +52,33 @@ def tiny_study(**grid) -> dict:
     }
 
 
-def resume_and_check(study, out, finished, reference_rows, rows_of) -> None:
+class OnLoss(TrainCallback):
+    """A training callback that hands every step's loss to ``fn(step, loss) -> loss`` (tests use it
+    to watch steps or inject faults: a NaN, an exception, a kill)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def on_loss(self, step, loss):
+        return self.fn(step, loss)
+
+
+def watch_trials(monkeypatch, fn) -> None:
+    """Every fine-tuning step of the trials this process runs calls ``fn(trial_id, step, loss)``,
+    which returns the loss to use (trials in worker processes are not watched)."""
+    import mtforget.study.trial as trial_module
+
+    real = trial_module.train
+
+    def train(*args, desc="train", callbacks=(), **kwargs):
+        trial_id = desc.removeprefix("fine-tune ")
+        return real(*args, desc=desc, callbacks=[*callbacks, OnLoss(lambda step, loss: fn(trial_id, step, loss))],
+                    **kwargs)
+
+    monkeypatch.setattr(trial_module, "train", train)
+
+
+def resume_and_check(monkeypatch, study, out, finished, reference_rows, rows_of) -> None:
     """Run ``study`` again in ``out``: ``finished`` (a trial dir) must not train again, and the
     result table must equal ``reference_rows``."""
     from mtforget.study.runner import run_study
@@ -58,11 +86,13 @@ def resume_and_check(study, out, finished, reference_rows, rows_of) -> None:
     stamp = (finished / "result.json").stat().st_mtime_ns
     trained = []
 
-    def record(trial, step, loss):
-        trained.append(trial.id)
+    def record(trial_id, step, loss):
+        trained.append(trial_id)
         return loss
 
-    assert run_study(study, out, progress=False, loss_hook=record) == 0
+    with monkeypatch.context() as patch:
+        watch_trials(patch, record)
+        assert run_study(study, out, progress=False) == 0
     assert finished.name not in trained  # the finished trial was not trained again
     assert (finished / "result.json").stat().st_mtime_ns == stamp
     assert rows_of(out) == reference_rows

@@ -21,10 +21,11 @@ from mtforget.models.loading import make_control
 from mtforget.models.tiny import build_model
 from mtforget.models.tiny_specs import TinySpec
 from mtforget.study.config import parse_study
+from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, sample_alignment_pairs
 from mtforget.train.loop import TrainSettings, _step_micro_batches, train, training_precision
-from tests.conftest import Kill, tiny_study, tiny_world
+from tests.conftest import Kill, OnLoss, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def _trained(tokenizer, examples, auxiliary=None, **settings):
     model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape),
                                     with_kwargs=True)
     outcome = train(model, LanguageTokens(tokenizer), examples, TrainSettings(lr=3e-3, seed=0, **settings),
-                    progress=False, auxiliary=auxiliary)
+                    progress=False, callbacks=[AlignmentCallback(auxiliary)] if auxiliary else [])
     return model.state_dict(), outcome, widths
 
 
@@ -103,7 +104,7 @@ def test_accumulation_leaves_the_alignment_steps_whole(world, schedule):
                                  log_every=1)
     assert a.steps == b.steps == (6 if schedule == "alternate" else 3)
     assert [h.keys() for h in a.history] == [h.keys() for h in b.history]
-    assert b.align_loss == pytest.approx(a.align_loss, rel=1e-5)
+    assert b.extra_losses["align_loss"] == pytest.approx(a.extra_losses["align_loss"], rel=1e-5)
     _assert_same_weights(one, accumulated)
 
 
@@ -119,7 +120,7 @@ def test_resumed_accumulation_equals_uninterrupted(world, tmp_path):
         return loss
 
     with pytest.raises(Kill):
-        train(_model(tokenizer), LanguageTokens(tokenizer), examples, settings, progress=False, loss_hook=kill_at_5,
+        train(_model(tokenizer), LanguageTokens(tokenizer), examples, settings, progress=False, callbacks=[OnLoss(kill_at_5)],
               checkpoint_dir=tmp_path)
     resumed = _model(tokenizer)
     outcome = train(resumed, LanguageTokens(tokenizer), examples, settings, progress=False, checkpoint_dir=tmp_path)

@@ -23,10 +23,11 @@ from mtforget.models.tiny import build_model
 from mtforget.models.tiny_specs import TinySpec
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.config import parse_study
+from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, info_nce, sample_alignment_pairs
 from mtforget.train.loop import TrainSettings, train
-from tests.conftest import Kill, resume_and_check, tiny_study, tiny_world
+from tests.conftest import Kill, OnLoss, resume_and_check, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
 
@@ -93,13 +94,13 @@ def test_alternate_schedule_interleaves_translation_and_alignment_steps(world):
 
     objective = Recording(pairs, tokenizer, True, 1, batch_size=16)
     outcome = train(model, LanguageTokens(tokenizer), examples, TrainSettings(lr=3e-3, batch_size=8, max_steps=12,
-                    log_every=1), progress=False, loss_hook=watch, auxiliary=objective)
+                    log_every=1), progress=False, callbacks=[AlignmentCallback(objective), OnLoss(watch)])
     assert outcome.steps == 24  # each of the 12 translation steps is followed by an alignment step
     assert translated == list(range(1, 25, 2)) and aligned == list(range(2, 25, 2))
     assert [sorted(h) for h in outcome.history] == [["step", "train_loss"], ["align_loss", "step"]] * 12
     losses = [h["align_loss"] for h in outcome.history if "align_loss" in h]
     assert sum(losses[-4:]) / 4 < 0.85 * sum(losses[:4]) / 4  # the alignment objective is being learnt
-    assert outcome.align_loss == pytest.approx(losses[-1], rel=1e-4)
+    assert outcome.extra_losses["align_loss"] == pytest.approx(losses[-1], rel=1e-4)
 
 
 def test_alignment_raises_retrieval_accuracy_at_its_layer(world):
@@ -113,7 +114,7 @@ def test_alignment_raises_retrieval_accuracy_at_its_layer(world):
     def trained(auxiliary):
         model = _encdec(tokenizer)
         train(model, LanguageTokens(tokenizer), examples, TrainSettings(lr=3e-3, batch_size=8, max_steps=60),
-              progress=False, auxiliary=auxiliary)
+              progress=False, callbacks=[AlignmentCallback(auxiliary)] if auxiliary else [])
         return model
 
     before = accuracy(_encdec(tokenizer))
@@ -150,7 +151,7 @@ def test_resumed_alignment_training_equals_uninterrupted(world, tmp_path):
     settings = TrainSettings(lr=3e-3, batch_size=8, max_steps=6, checkpoint_every=4, seed=0)
     control = LanguageTokens(tokenizer)
     reference = _encdec(tokenizer)
-    train(reference, control, examples, settings, progress=False, auxiliary=_objective(pairs, tokenizer, reference))
+    train(reference, control, examples, settings, progress=False, callbacks=[AlignmentCallback(_objective(pairs, tokenizer, reference))])
 
     def kill_at_7(step, loss):
         if step == 7:
@@ -159,11 +160,11 @@ def test_resumed_alignment_training_equals_uninterrupted(world, tmp_path):
 
     interrupted = _encdec(tokenizer)
     with pytest.raises(Kill):
-        train(interrupted, control, examples, settings, progress=False, loss_hook=kill_at_7,
-              checkpoint_dir=tmp_path / "ckpt", auxiliary=_objective(pairs, tokenizer, interrupted))
+        train(interrupted, control, examples, settings, progress=False, checkpoint_dir=tmp_path / "ckpt",
+              callbacks=[AlignmentCallback(_objective(pairs, tokenizer, interrupted)), OnLoss(kill_at_7)])
     resumed = _encdec(tokenizer)
     outcome = train(resumed, control, examples, settings, progress=False, checkpoint_dir=tmp_path / "ckpt",
-                    auxiliary=_objective(pairs, tokenizer, resumed))
+                    callbacks=[AlignmentCallback(_objective(pairs, tokenizer, resumed))])
     assert outcome.resumed_from == 4 and outcome.steps == 12
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -195,7 +196,7 @@ def test_alignment_on_a_decoder_only_model(world):
     control = InstructionControl(tokenizer, names={lang: lang for lang in languages})
     examples = sample_directions(corpus.segments, [("en", "xa"), ("xa", "en")], 32, seed=0)
     outcome = train(model, control, examples, TrainSettings(lr=3e-3, batch_size=8, max_steps=4, log_every=2),
-                    progress=False, auxiliary=_objective(pairs, tokenizer, model, schedule="weighted", weight=0.5))
+                    progress=False, callbacks=[AlignmentCallback(_objective(pairs, tokenizer, model, schedule="weighted", weight=0.5))])
     assert outcome.steps == 4  # weighted: one optimizer step per translation batch
     assert all("align_loss" in h and "train_loss" in h for h in outcome.history)
 
@@ -286,7 +287,7 @@ def _rows(out):
         return list(csv.DictReader(f))
 
 
-def test_a_study_with_alignment_replay_and_interpolation(tmp_path):
+def test_a_study_with_alignment_replay_and_interpolation(tmp_path, monkeypatch):
     raw = tiny_study(**{"finetune.size": [32]})
     raw["finetune"]["alignment"] = {"enabled": True, "pairs_per_language": 40}
     raw["finetune"]["replay"] = {"fraction": 0.25}
@@ -298,18 +299,19 @@ def test_a_study_with_alignment_replay_and_interpolation(tmp_path):
     assert "-align-mid-alternate-replay0.25-" in trial_dir.name
     info = json.loads((trial_dir / "result.json").read_text())["info"]
     rows = _rows(out)
-    assert {r["alignment"] for r in rows} == {"mid-alternate"}
-
-    assert info["replay"]["examples"] == 8 and sum(info["replay"]["by_direction"].values()) == 8
-    assert not set(info["replay"]["by_direction"]) & {"en-xa", "xa-en"}
-    align = info["alignment"]
+    assert {(r["alignment"], r["replay"], r["interpolation"], r["l2_to_base"]) for r in rows} == {
+        ("mid-alternate", "0.25", "0.5", "none")}
+    replay = info["mitigations"]["replay"]
+    assert replay["examples"] == 8 and sum(replay["by_direction"].values()) == 8
+    assert not set(replay["by_direction"]) & {"en-xa", "xa-en"}
+    align = info["mitigations"]["alignment"]
     assert align["layer"] == 1 and align["pivot"] == "en" and align["pairs"] == 4 * 40
     assert align["pairs_per_language"] == {"xa": 40, "xb": 40, "xc": 40, "xd": 40}  # unseen languages too
     assert align["loss_curve"] and all(c["align_loss"] > 0 for c in align["loss_curve"])
     # (32 + 8 examples) / 16 = 3 translation steps, each followed by an alignment step.
     assert info["train"]["steps"] == 6
 
-    sweep = info["interpolation"]
+    sweep = info["mitigations"]["interpolation"]["points"]
     assert [e["alpha"] for e in sweep] == [0.0, 0.5, 1.0]
     assert list(sweep[1]["categories"]) == [c for c in CATEGORIES if c in {r["category"] for r in rows}]
     assert all(v["chrf_delta"] == 0 and v["off_target_delta"] == 0 for v in sweep[0]["categories"].values())
@@ -319,7 +321,7 @@ def test_a_study_with_alignment_replay_and_interpolation(tmp_path):
         assert summary["directions"] == len(deltas)
 
     reps = info["representations"]
-    assert reps["alignment_layer"] == 1
+    assert reps["marked_layer"] == 1  # the layer alignment trains
     for model in ("base", "finetuned"):
         assert reps[model]["layers"] == [0, 1, 2] and len(reps[model]["mean"]) == 3
         assert set(reps[model]["pairs"]) == {"xa-en", "xb-en", "xc-en", "xd-en"}
@@ -328,4 +330,4 @@ def test_a_study_with_alignment_replay_and_interpolation(tmp_path):
     def comparable(d):
         return sorted((r["trial_id"], r["src"], r["tgt"], r["metric"], r["finetuned"]) for r in _rows(d))
 
-    resume_and_check(study, out, trial_dir, comparable(out), comparable)
+    resume_and_check(monkeypatch, study, out, trial_dir, comparable(out), comparable)

@@ -302,6 +302,6 @@ def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path
         assert controls == {"plain prompt", "chat template"}
     else:
         assert controls == {"chat template"}
-    aligned = [i for i in infos if i.get("alignment")]
+    aligned = [i for i in infos if "alignment" in i["mitigations"]]
     if any(t.get("finetune.alignment.enabled") for t in grid_combinations(study.grid)):
         assert len(aligned) == 1 and len(infos) == 2

@@ -40,7 +40,7 @@ def _study_file(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def test_sigkill_after_first_trial_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_after_first_trial_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     study_path = _study_file(tmp_path)
     study = parse_study(yaml.safe_load(study_path.read_text()), "t")
     reference = tmp_path / "reference"
@@ -58,7 +58,7 @@ def test_sigkill_after_first_trial_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     finished = [p.parent for p in out.glob("trials/*/result.json")]
     assert len(finished) == 1, "kill came after the second trial finished: make it longer"
-    resume_and_check(study, out, finished[0], _table(reference), _table)
+    resume_and_check(monkeypatch, study, out, finished[0], _table(reference), _table)
 
 
 def test_worker_processes_and_ray_give_the_same_results_as_in_process(tmp_path):

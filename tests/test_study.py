@@ -13,7 +13,7 @@ from mtforget.study.config import parse_study
 from mtforget.study.grid import expand
 from mtforget.study.runner import run_study
 from mtforget.study.store import CSV_COLUMNS
-from tests.conftest import resume_and_check, tiny_study
+from tests.conftest import resume_and_check, tiny_study, watch_trials
 
 
 class Interrupt(BaseException):
@@ -57,31 +57,34 @@ def test_study_writes_the_contract_files(tmp_path):
     assert yaml.safe_load((out / "study.yaml").read_text())["grid"] == {"finetune.size": [16]}
 
 
-def test_resume_skips_finished_trials_and_matches_uninterrupted_run(tmp_path):
+def test_resume_skips_finished_trials_and_matches_uninterrupted_run(tmp_path, monkeypatch):
     study = parse_study(tiny_study(), "t")
     reference = tmp_path / "reference"
     assert run_study(study, reference, progress=False) == 0
 
     out = tmp_path / "interrupted"
 
-    def kill_second_trial(trial, step, loss):
-        if trial.config.finetune.size == 32:
+    def kill_second_trial(trial_id, step, loss):
+        if "-n32-" in trial_id:
             raise Interrupt()
         return loss
 
-    with pytest.raises(Interrupt):
-        run_study(study, out, progress=False, loss_hook=kill_second_trial)
+    with monkeypatch.context() as patch, pytest.raises(Interrupt):
+        watch_trials(patch, kill_second_trial)
+        run_study(study, out, progress=False)
     first = next(p for p in (out / "trials").iterdir() if "-n16-" in p.name)
-    resume_and_check(study, out, first, _comparable(_rows(reference)), lambda d: _comparable(_rows(d)))
+    resume_and_check(monkeypatch, study, out, first, _comparable(_rows(reference)), lambda d: _comparable(_rows(d)))
 
 
-def test_a_diverging_trial_is_recorded_as_failed_and_the_others_complete(tmp_path):
-    def inject_nan(trial, step, loss):
-        return loss * float("nan") if trial.config.finetune.size == 16 else loss
+def test_a_diverging_trial_is_recorded_as_failed_and_the_others_complete(tmp_path, monkeypatch):
+    def inject_nan(trial_id, step, loss):
+        return loss * float("nan") if "-n16-" in trial_id else loss
 
     study = parse_study(tiny_study(), "t")
     out = tmp_path / "s"
-    assert run_study(study, out, progress=False, loss_hook=inject_nan) == 1
+    with monkeypatch.context() as patch:
+        watch_trials(patch, inject_nan)
+        assert run_study(study, out, progress=False) == 1
     rows = _rows(out)
     assert rows and all("-n32-" in r["trial_id"] for r in rows)
     summary = (out / "report" / "summary.md").read_text()
@@ -90,12 +93,13 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_others_complete(tmp_pat
     # Failed trials are kept failed on a plain re-run, and run again when asked.
     calls = []
 
-    def count(trial, step, loss):
-        calls.append(trial.id)
+    def count(trial_id, step, loss):
+        calls.append(trial_id)
         return loss
 
-    assert run_study(study, out, progress=False, loss_hook=count) == 1 and calls == []
-    assert run_study(study, out, progress=False, loss_hook=count, retry_failed=True) == 0
+    watch_trials(monkeypatch, count)
+    assert run_study(study, out, progress=False) == 1 and calls == []
+    assert run_study(study, out, progress=False, retry_failed=True) == 0
     assert calls and all("-n16-" in c for c in calls)
     assert {r["trial_id"] for r in _rows(out)} == {t.id for t in expand(study)}
 

@@ -8,7 +8,7 @@ from mtforget.models.language import LanguageTokens
 from mtforget.models.tiny import build_model
 from mtforget.models.tiny_specs import TinySpec
 from mtforget.train.loop import StepBatches, TrainSettings, train
-from tests.conftest import Kill, tiny_world
+from tests.conftest import Kill, OnLoss, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=1, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
 
@@ -146,13 +146,13 @@ def test_resumed_training_equals_uninterrupted(setup, tmp_path):
     interrupted = _model(tokenizer)
     with pytest.raises(Kill):
         train(interrupted, LanguageTokens(tokenizer), examples[16:], settings, dev=dev, progress=False,
-              loss_hook=kill_at_7, checkpoint_dir=tmp_path / "ckpt")
+              callbacks=[OnLoss(kill_at_7)], checkpoint_dir=tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "progress.json").is_file()
 
     seen = []
     resumed = _model(tokenizer)  # fresh weights: everything must come from the checkpoint
     result = train(resumed, LanguageTokens(tokenizer), examples[16:], settings, dev=dev, progress=False,
-                   loss_hook=lambda step, loss: seen.append(step) or loss, checkpoint_dir=tmp_path / "ckpt")
+                   callbacks=[OnLoss(lambda step, loss: seen.append(step) or loss)], checkpoint_dir=tmp_path / "ckpt")
     assert result.resumed_from == 4 and seen == list(range(5, 13))
     assert result.best_step == outcome.best_step and result.best_dev_loss == pytest.approx(outcome.best_dev_loss)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
@@ -163,7 +163,7 @@ def test_non_finite_loss_raises(setup):
     tokenizer, examples = setup
     with pytest.raises(TrialDiverged, match="non-finite training loss .* at step 3"):
         train(_model(tokenizer), LanguageTokens(tokenizer), examples, TrainSettings(lr=1e-3, batch_size=8, max_steps=5),
-              progress=False, loss_hook=lambda step, loss: loss * float("inf") if step == 3 else loss)
+              progress=False, callbacks=[OnLoss(lambda step, loss: loss * float("inf") if step == 3 else loss)])
 
 
 def test_tensorboard_logging(setup, tmp_path):

@@ -7,6 +7,8 @@ is to keep training a little on them. Two sources:
   all study languages (so unseen languages are rehearsed too);
 - ``copies``: monolingual copies, source and target the same sentence in the same language, which
   rehearse producing each language without needing any parallel data.
+
+The mitigation is :mod:`mtforget.mitigations.replay` (``finetune.replay``).
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 __all__ = [
     "ADJECTIVES",
@@ -611,9 +611,7 @@ def _derive_lexicon(family: _Family, rng: random.Random) -> tuple[dict[str, str]
             word = _voice_between_vowels(word)
         if apocope and concept in CONCEPTS:
             word = _drop_final_vowel(word)
-        if affix_kind == "noun_suffix" and concept in NOUNS:
-            word += affix
-        elif affix_kind == "verb_suffix" and concept in VERBS:
+        if affix_kind == "noun_suffix" and concept in NOUNS or affix_kind == "verb_suffix" and concept in VERBS:
             word += affix
         elif affix_kind == "verb_prefix" and concept in VERBS:
             word = affix + word

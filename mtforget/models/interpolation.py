@@ -5,6 +5,8 @@ trades what fine-tuning gained on its directions against what the other directio
 training at all (a mitigation in the spirit of WiSE-FT). Both state dicts must come from the same
 architecture with the same vocabulary (take the base copy after language tokens were added), and
 LoRA adapters must be merged first: interpolating a merged model interpolates its weight deltas.
+
+The mitigation is :mod:`mtforget.mitigations.interpolation` (``eval.interpolation``).
 """
 
 from __future__ import annotations

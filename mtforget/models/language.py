@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import torch
 
 from mtforget.data.splits import Example
-from mtforget.models.languages import default_script, iso639_3, mbart_code, nllb_code, split_code
+from mtforget.models.languages import (
+    default_script,
+    iso639_3,
+    mbart_code,
+    nllb_code,
+    split_code,
+)
 
 CONVENTIONS = ("m2m", "nllb", "mbart", "marian")
 

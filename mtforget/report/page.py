@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from mtforget.data.categories import CATEGORIES
 from mtforget.report.tables import CONTRAST_CATEGORIES, METRIC_TITLES
+from mtforget.study.result import TrialResult
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1250px;padding:0 1em;color:#222}
@@ -47,7 +48,8 @@ def _paired_rows(context: dict) -> list[list[str]]:
             means[(row["trial_id"], row["category"])].append(row["delta"])
     out = []
     for t in context["trials"]:
-        ci = json.loads(t["info"] or "{}").get("category_ci", {}).get("chrf", {})
+        result = TrialResult.from_json(t["info"])
+        ci = (result.category_ci or {}).get("chrf", {}) if result else {}
         if not ci:
             continue
         cells = []
@@ -66,14 +68,17 @@ PAIRED_INTRO = ("Per trial, the mean chrF delta of each category with a 95% pair
 def _trial_rows(context: dict) -> list[list[str]]:
     rows = []
     for t in context["trials"]:
-        info = json.loads(t["info"] or "{}")
-        train = info.get("train", {})
-        seconds = sum(info.get("timings_s", {}).values())
-        rows.append([t["trial_id"], t["status"], str(info.get("architecture", "")), str(info.get("language_control", "")),
-                     str(info.get("parameters", "")), str(info.get("trainable_parameters", "")),
+        r = TrialResult.from_json(t["info"])
+        if r is None:  # not done: its state and why
+            rows.append([t["trial_id"], t["status"], *[""] * 9, str(t["reason"] or "")])
+            continue
+        train = r.train or {}
+        rows.append([t["trial_id"], t["status"], r.architecture or "", r.language_control or "",
+                     str(r.parameters or ""), str(r.trainable_parameters or ""),
                      str(train.get("tokens", "")), str(train.get("steps", "")),
-                     str(info.get("overlap_dropped", "")), ", ".join(info.get("missing_directions", [])),
-                     f"{seconds:.0f}" if info else "", str(t["reason"] or "")])
+                     str(r.overlap_dropped if r.overlap_dropped is not None else ""),
+                     ", ".join(r.missing_directions or []), f"{sum((r.timings_s or {}).values()):.0f}",
+                     str(t["reason"] or "")])
     return rows
 
 
@@ -110,8 +115,8 @@ INTERPOLATION_INTRO = ("Weight interpolation with the base, θ = (1−α)·θ_ba
 INTERPOLATION_HEADER = ["trial", "α", "supervised chrF Δ", "unseen chrF Δ", "off-target unseen tgt Δ"]
 LAYERS_INTRO = ("Cross-lingual retrieval accuracy of mean-pooled hidden states on the test split: each "
                 "language's sentence retrieves its pivot translation among all pivot sentences (and back), "
-                "top-1 by cosine, averaged over languages; the layer is the alignment layer, or the middle "
-                "layer when alignment is off.")
+                "top-1 by cosine, averaged over languages; the layer is the one a mitigation trains "
+                "(alignment's), or the middle one.")
 LAYERS_HEADER = ["trial", "layer", "base accuracy", "fine-tuned accuracy", "best fine-tuned layer"]
 
 
@@ -129,7 +134,7 @@ def _layer_rows(context: dict) -> list[list[str]]:
     rows = []
     for s in context.get("layers", []):
         best = max(range(len(s["finetuned"])), key=lambda i: s["finetuned"][i])
-        rows.append([s["trial_id"], str(s["alignment_layer"]),
+        rows.append([s["trial_id"], str(s["marked_layer"]),
                      f"{s['base_at_layer']:.3f}" if s["base_at_layer"] is not None else "–",
                      f"{s['finetuned_at_layer']:.3f}" if s["finetuned_at_layer"] is not None else "–",
                      f"{s['layers'][best]} ({s['finetuned'][best]:.3f})"])

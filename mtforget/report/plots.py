@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mtforget.data.categories import CATEGORIES  # noqa: E402
-from mtforget.report.tables import TrialSummary, log_fit  # noqa: E402
+from mtforget.data.categories import CATEGORIES
+from mtforget.report.tables import TrialSummary, log_fit
 
 
 def _save(fig, path: Path) -> Path:
@@ -68,8 +68,8 @@ def heatmap(languages: list[str], matrix: np.ndarray, title: str, path: Path) ->
 
 def scale_fit(summaries: list[TrialSummary], path: Path) -> tuple[Path | None, dict | None]:
     """Unseen-direction chrF delta against fine-tuning tokens per model parameter, with a fit."""
-    points = [(s.tokens_per_parameter, s.unseen_chrf, s.model) for s in summaries
-              if s.tokens_per_parameter and np.isfinite(s.unseen_chrf)]
+    points = [(s.result.tokens_per_parameter, s.unseen_chrf, s.model) for s in summaries
+              if s.result.tokens_per_parameter and np.isfinite(s.unseen_chrf)]
     if len(points) < 2:
         return None, None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -155,7 +155,7 @@ def layer_accuracy(series: list[dict], path: Path) -> Path | None:
             drawn_bases.add(s["base_key"])
             ax.plot(s["layers"], s["base"], ls="--", color="grey", marker=".", label=f"{s['model']} base")
         ax.plot(s["layers"], s["finetuned"], marker="o", label=s["condition"])
-        ax.axvline(s["alignment_layer"], color="#ccc", lw=0.8, zorder=0)
+        ax.axvline(s["marked_layer"], color="#ccc", lw=0.8, zorder=0)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("retrieval accuracy (top-1, with the pivot)")
     ax.set_ylim(0, 1.02)

@@ -11,29 +11,11 @@ import numpy as np
 
 from mtforget.data.categories import CATEGORIES
 from mtforget.report.stats import bootstrap_mean_ci
+from mtforget.study.result import TrialResult
 
 METRIC_TITLES = {"chrf": "chrF delta", "chrf++": "chrF++ delta", "bleu": "BLEU delta",
                  "off_target": "off-target rate delta", "comet": "COMET delta"}
 UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
-# Grid axes the condition label already shows, or that are replicates rather than conditions.
-_LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method", "finetune.alignment.enabled",
-             "finetune.alignment.layer", "finetune.alignment.schedule", "finetune.replay.fraction",
-             "finetune.replay.source", "eval.interpolation", "eval.representations", "eval.representation_sentences")
-
-
-def condition_label(trial: dict) -> str:
-    """A trial's condition: model, method, size, mitigations and any other grid value except the seed."""
-    grid = {k: v for k, v in json.loads(trial["grid_values"]).items() if k not in _LABELLED}
-    parts = [trial["model"], trial["method"], f"n={trial['finetune_size']}"]
-    if trial["alignment"] != "none":
-        parts.append(f"align={trial['alignment']}")
-    replay = json.loads(trial.get("config") or "{}").get("finetune", {}).get("replay", {})
-    if replay.get("fraction"):
-        parts.append(f"replay{'-copies' if replay.get('source') == 'copies' else ''}={replay['fraction']:g}")
-    parts += [f"{k}={v}" for k, v in sorted(grid.items())]
-    return " ".join(parts)
-
-
 @dataclass
 class TrialSummary:
     """One done trial: its condition and mean chrF deltas on supervised and unseen directions."""
@@ -45,16 +27,9 @@ class TrialSummary:
     finetune_size: int
     seed: int
     grid: dict
-    info: dict
+    result: TrialResult
     supervised_chrf: float
     unseen_chrf: float
-
-    @property
-    def tokens_per_parameter(self) -> float | None:
-        """Fine-tuning tokens divided by model parameters (the study's first axis)."""
-        tokens = self.info.get("train", {}).get("tokens")
-        params = self.info.get("parameters")
-        return tokens / params if tokens and params else None
 
 
 def category_table(trials: list[dict], rows: list[dict], resamples: int = 2000) -> list[dict]:
@@ -64,19 +39,19 @@ def category_table(trials: list[dict], rows: list[dict], resamples: int = 2000) 
     order: dict[str, tuple] = {}
     for row in rows:
         trial = done[row["trial_id"]]
-        label = condition_label(trial)
-        order.setdefault(label, (trial["model"], trial["method"], trial["alignment"], trial["finetune_size"]))
+        label = trial["condition"]
+        order.setdefault(label, (trial["model"], trial["method"], trial["mitigations"], trial["finetune_size"]))
         groups[(label, row["metric"], row["category"])].append(row["delta"])
     table = []
     for label in sorted(order, key=lambda k: (order[k], k)):
-        model, method, alignment, size = order[label]
+        model, method, mitigations, size = order[label]
         for metric in METRIC_TITLES:
             for category in CATEGORIES:
                 values = groups.get((label, metric, category))
                 if not values:
                     continue
                 mean, low, high = bootstrap_mean_ci(values, seed=0, resamples=resamples)
-                table.append({"condition": label, "model": model, "method": method, "alignment": alignment,
+                table.append({"condition": label, "model": model, "method": method, "mitigations": json.loads(mitigations),
                               "finetune_size": size, "metric": metric, "category": category,
                               "n": len(values), "mean": mean, "low": low, "high": high})
     return table
@@ -95,8 +70,8 @@ def trial_summaries(trials: list[dict], rows: list[dict]) -> list[TrialSummary]:
         cats = chrf[t["trial_id"]]
         unseen = [v for c in UNSEEN for v in cats.get(c, [])]
         out.append(TrialSummary(
-            t["trial_id"], condition_label(t), t["model"], t["method"], t["finetune_size"], t["seed"],
-            json.loads(t["grid_values"]), json.loads(t["info"] or "{}"),
+            t["trial_id"], t["condition"], t["model"], t["method"], t["finetune_size"], t["seed"],
+            json.loads(t["grid_values"]), TrialResult.from_json(t["info"]),
             float(np.mean(cats["supervised"])) if cats.get("supervised") else float("nan"),
             float(np.mean(unseen)) if unseen else float("nan"),
         ))
@@ -106,7 +81,7 @@ def trial_summaries(trials: list[dict], rows: list[dict]) -> list[TrialSummary]:
 def direction_matrix(trials: list[dict], rows: list[dict], condition: str,
                      metric: str = "chrf") -> tuple[list[str], np.ndarray]:
     """Languages and the source × target matrix of mean delta for one condition (NaN on the diagonal)."""
-    ids = {t["trial_id"] for t in trials if t["status"] == "done" and condition_label(t) == condition}
+    ids = {t["trial_id"] for t in trials if t["status"] == "done" and t["condition"] == condition}
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     languages: dict[str, None] = {}
     for row in rows:
@@ -132,8 +107,8 @@ def axis_comparisons(summaries: list[TrialSummary], resamples: int = 2000) -> di
         axes["model"][s.model].append(s.unseen_chrf)
         axes["method"][s.method].append(s.unseen_chrf)
         for fact in ("architecture", "language_control"):
-            if s.info.get(fact):
-                axes[fact.replace("_", " ")][json.dumps(s.info[fact])].append(s.unseen_chrf)
+            if getattr(s.result, fact):
+                axes[fact.replace("_", " ")][json.dumps(getattr(s.result, fact))].append(s.unseen_chrf)
         for key, value in s.grid.items():
             if key not in ("seed", "finetune.size", "model.tiny", "model.path", "finetune.method"):
                 axes[key][json.dumps(value)].append(s.unseen_chrf)
@@ -216,8 +191,8 @@ def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
         if len({flat[m][key] for m in members}) < 2:
             continue
         for trial_id in sorted(members, key=lambda m: flat[m][key]):
-            info = json.loads(by_id[trial_id]["info"] or "{}")
-            ci = info.get("category_ci", {}).get("chrf", {})
+            result = TrialResult.from_json(by_id[trial_id]["info"])
+            ci = (result.category_ci or {}).get("chrf", {})
             cells = {}
             for category in CONTRAST_CATEGORIES:
                 values = means.get((trial_id, "chrf", category))
@@ -226,9 +201,9 @@ def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
                     cells[category] = (float(np.mean(values)), low, high)
             off = means.get((trial_id, "off_target", "unseen_target"))
             out.append({"group": number, "axis": key, "value": json.loads(flat[trial_id][key]),
-                        "trial_id": trial_id, "condition": condition_label(by_id[trial_id]),
-                        "architecture": info.get("architecture", ""), "control": info.get("language_control", ""),
-                        "parameters": info.get("parameters"), "trainable": info.get("trainable_parameters"),
+                        "trial_id": trial_id, "condition": by_id[trial_id]["condition"],
+                        "architecture": result.architecture or "", "control": result.language_control or "",
+                        "parameters": result.parameters, "trainable": result.trainable_parameters,
                         "chrf": cells, "unseen_target_off_target": 100 * float(np.mean(off)) if off else None})
     return out
 
@@ -239,7 +214,7 @@ def interpolation_curves(summaries: list[TrialSummary]) -> list[dict]:
     off-target delta in percentage points."""
     curves = []
     for s in summaries:
-        sweep = s.info.get("interpolation")
+        sweep = s.result.mitigations.get("interpolation", {}).get("points")
         if not sweep:
             continue
         points = []
@@ -258,18 +233,18 @@ def interpolation_curves(summaries: list[TrialSummary]) -> list[dict]:
 
 def layer_series(summaries: list[TrialSummary]) -> list[dict]:
     """Per trial with a representation analysis: mean retrieval accuracy per layer, base and
-    fine-tuned, and the accuracies at the alignment layer (the middle one when alignment is off)."""
+    fine-tuned, and the accuracies at the layer a mitigation trains (alignment), else the middle one."""
     out = []
     for s in summaries:
-        reps = s.info.get("representations")
+        reps = s.result.representations
         if not reps or not reps.get("finetuned", {}).get("mean"):
             continue
-        layer = reps["alignment_layer"]
+        layer = reps["marked_layer"]
         base, tuned = reps["base"], reps["finetuned"]
         index = tuned["layers"].index(layer) if layer in tuned["layers"] else None
         out.append({"trial_id": s.trial_id, "condition": s.condition, "model": s.model,
-                    "base_key": s.info.get("base_dir", s.model), "layers": tuned["layers"],
-                    "base": base["mean"], "finetuned": tuned["mean"], "alignment_layer": layer,
+                    "base_key": s.result.base_dir or s.model, "layers": tuned["layers"],
+                    "base": base["mean"], "finetuned": tuned["mean"], "marked_layer": layer,
                     "base_at_layer": base["mean"][index] if index is not None else None,
                     "finetuned_at_layer": tuned["mean"][index] if index is not None else None})
     return out

@@ -6,6 +6,7 @@ closest valid key. Defaults are the embedded synthetic world and the small built
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import os
@@ -13,11 +14,19 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from mtforget.data.categories import parse_direction
 from mtforget.errors import UsageError
-
+from mtforget.mitigations import MITIGATIONS
 
 # Learning-rate schedules of transformers.get_scheduler that need nothing beyond warm-up and total
 # steps (the others take extra arguments or a metric at every step, which the loop does not give).
@@ -43,7 +52,7 @@ class ModelConfig(_Strict):
     pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
 
     @model_validator(mode="after")
-    def _has_a_base(self) -> "ModelConfig":
+    def _has_a_base(self) -> ModelConfig:
         if not self.path and not self.tiny:
             raise ValueError("give a base model: model.path (a checkpoint or hub id) or model.tiny "
                              "(small, base, lm or lm-instruct)")
@@ -86,37 +95,6 @@ class LoraConfig(_Strict):
     target_modules: list[str] | None = None
 
 
-class AlignmentConfig(_Strict):
-    """Cross-lingual alignment as an auxiliary loss (InfoNCE on mean-pooled middle-layer states).
-
-    Pairs (each language with the pivot: English, else the most frequent language) come from the
-    training split, for every study language or ``languages``, fine-tuned on or not.
-    """
-
-    enabled: bool = False
-    layer: Literal["middle"] | int = "middle"  # 1-based layer of the encoder (enc-dec) / decoder stack
-    temperature: float = Field(0.1, gt=0)
-    schedule: Literal["alternate", "weighted"] = "alternate"  # alternate doubles the optimizer steps
-    weight: float = Field(1.0, gt=0)  # weighted: translation + weight × alignment; alternate: scales its steps
-    pairs_per_language: int = Field(500, ge=1)
-    batch_size: int | None = Field(None, ge=2)  # pairs per alignment batch; None: finetune.batch_size
-    languages: list[str] | None = None  # None: every study language
-
-    @field_validator("layer")
-    @classmethod
-    def _layer(cls, value: str | int) -> str | int:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("a layer number counts from 1 (the first layer's output), or say 'middle'")
-        return value
-
-
-class ReplayConfig(_Strict):
-    """Replay mixed into the fine-tuning examples: other directions, or monolingual copies."""
-
-    fraction: float = Field(0.0, ge=0)  # replay examples as a share of the fine-tuning examples; 0 = off
-    source: Literal["other_directions", "copies"] = "other_directions"
-
-
 class DataSourceConfig(_Strict):
     """One source of fine-tuning bitext (``finetune.data``): the keys of ``corpus`` that say where
     and how to read it."""
@@ -129,14 +107,14 @@ class DataSourceConfig(_Strict):
     hf_split: str = "train"
 
     @model_validator(mode="after")
-    def _columns_named(self) -> "DataSourceConfig":
+    def _columns_named(self) -> DataSourceConfig:
         if self.format == "tsv" and (not self.tsv_languages or len(self.tsv_languages) != 2):
             raise ValueError("tsv_languages: give the languages of the two columns, e.g. [cs, en]")
         return self
 
 
-class FinetuneConfig(_Strict):
-    """What a trial fine-tunes on, and how."""
+class _FinetuneCore(_Strict):
+    """What a trial fine-tunes on, and how (each mitigation's key joins these: FinetuneConfig)."""
 
     directions: list[str] | None = None  # None: English (or the most frequent) ↔ first half of the others
     # Bitext to fine-tune on, apart from the evaluation corpus; None: the corpus's training split.
@@ -162,8 +140,6 @@ class FinetuneConfig(_Strict):
     patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
     dev_size: int = Field(200, ge=1)  # dev examples of the fine-tuning directions
     checkpoint_every: int = Field(100, ge=0)  # steps between resumable checkpoints; 0 = none
-    alignment: AlignmentConfig = AlignmentConfig()
-    replay: ReplayConfig = ReplayConfig()
 
     @field_validator("directions")
     @classmethod
@@ -204,8 +180,9 @@ class BaseGateConfig(_Strict):
     include_flagged: bool = False
 
 
-class EvalConfig(_Strict):
-    """How every direction is evaluated (greedy decoding)."""
+class _EvalCore(_Strict):
+    """How every direction is evaluated (greedy decoding); analyses after training join these
+    (EvalConfig)."""
 
     metrics: list[Literal["comet"]] = []  # extra metrics beyond chrF, chrF++, BLEU and off-target
     comet: CometConfig | None = None
@@ -221,20 +198,21 @@ class EvalConfig(_Strict):
     compute_type: Literal["default", "float32", "int8", "int8_float32"] = "default"
     bootstrap_resamples: int = Field(2000, ge=100)  # report: intervals over directions and seeds
     paired_resamples: int = Field(1000, ge=100)  # per direction: paired bootstrap over test sentences
-    # Weight interpolation with the base: α values strictly between 0 (base) and 1 (fine-tuned).
-    interpolation: list[float] = []
     representations: bool = True  # layer-wise cross-lingual retrieval, base and fine-tuned
     representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
     base_gate: BaseGateConfig = BaseGateConfig()
 
-    @field_validator("interpolation")
-    @classmethod
-    def _alphas(cls, value: list[float]) -> list[float]:
-        for alpha in value:
-            if not 0 < alpha < 1:
-                raise ValueError(f"{alpha} is not strictly between 0 (the base) and 1 (the fine-tuned "
-                                 "model); both ends are evaluated anyway")
-        return value
+
+def _with_mitigations(name: str, core: type[_Strict], section: str) -> type[_Strict]:
+    """``core`` plus a field for each mitigation whose key lives in ``section`` (registry order):
+    a mitigation declares its own key and settings, so adding one does not touch this file."""
+    fields = {m.key.split(".", 1)[1]: (m.settings_type, Field(default_factory=lambda m=m: copy.deepcopy(m.default)))
+              for m in MITIGATIONS.values() if m.key.split(".", 1)[0] == section}
+    return create_model(name, __base__=core, __module__=__name__, **fields)
+
+
+FinetuneConfig = _with_mitigations("FinetuneConfig", _FinetuneCore, "finetune")
+EvalConfig = _with_mitigations("EvalConfig", _EvalCore, "eval")
 
 
 class RayConfig(_Strict):
@@ -264,7 +242,7 @@ class ResourcesConfig(_Strict):
     fresh_process: bool = True
 
 
-def _check_comet(study: "StudyConfig") -> None:
+def _check_comet(study: StudyConfig) -> None:
     if "comet" in study.eval.metrics and study.eval.comet is None:
         raise ValueError("eval.comet: 'comet' is in eval.metrics; give eval.comet.python and eval.comet.checkpoint")
 
@@ -294,7 +272,7 @@ class StudyConfig(_Strict):
 
 
     @model_validator(mode="after")
-    def _metrics_have_settings(self) -> "StudyConfig":
+    def _metrics_have_settings(self) -> StudyConfig:
         _check_comet(self)
         return self
 

@@ -25,7 +25,7 @@ OnDone = Callable[[Trial, dict], None]
 
 
 def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: bool,
-               on_start: OnStart, on_done: OnDone, loss_hook=None) -> None:
+               on_start: OnStart, on_done: OnDone) -> None:
     """Run ``trials`` with the executor the study asks for."""
     if study.executor == "ray":
         _run_on_ray(study, trials, out, on_start, on_done)
@@ -42,7 +42,7 @@ def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: boo
             memo = TrialMemo()
             for trial in trials:
                 on_start(trial)
-                on_done(trial, execute_trial(trial, out, progress, loss_hook, memo))
+                on_done(trial, execute_trial(trial, out, progress, memo))
         finally:
             torch.set_num_threads(threads)
 
@@ -65,7 +65,7 @@ def _pool_trial(trial: Trial, out: Path) -> dict:
     # Imported here, in the worker: the parent process only schedules and stays free of PyTorch.
     from mtforget.study.trial import execute_trial
 
-    return execute_trial(trial, out, False, None, None)
+    return execute_trial(trial, out, False, None)
 
 
 def process_pool(study: StudyConfig) -> ProcessPoolExecutor:
@@ -136,4 +136,4 @@ def _ray_trial(trial: Trial, out: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     quiet_libraries()
-    return execute_trial(trial, Path(out), False, None, None)
+    return execute_trial(trial, Path(out), False, None)

@@ -7,9 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtforget.cache import content_fingerprint, fingerprint
+from mtforget.mitigations import MITIGATIONS, settings_of
 from mtforget.models.tiny_specs import tiny_recipe
-from mtforget.study.config import (EXECUTION_KEYS, FinetuneConfig, StudyConfig, grid_combinations, set_dotted,
-                                   study_to_dict)
+from mtforget.study.config import (
+    EXECUTION_KEYS,
+    StudyConfig,
+    grid_combinations,
+    set_dotted,
+    study_to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -29,30 +35,24 @@ class Trial:
         return f"tiny:{m.tiny}"
 
     @property
-    def alignment_label(self) -> str:
-        """The store's ``alignment`` column (see :func:`alignment_label`)."""
-        return alignment_label(self.config.finetune)
-
-    @property
-    def replay_label(self) -> str:
-        """What a condition label appends for replay (see :func:`replay_label`)."""
-        return replay_label(self.config.finetune)
+    def condition(self) -> str:
+        """The trial's condition (see :func:`condition_label`)."""
+        return condition_label(self.config, self.model_label, self.grid_values)
 
 
-def alignment_label(finetune: FinetuneConfig) -> str:
-    """``none``, or layer and schedule of the alignment objective: ``mid-alternate``, ``L1-weighted``."""
-    a = finetune.alignment
-    if not a.enabled:
-        return "none"
-    return f"{'mid' if a.layer == 'middle' else f'L{a.layer}'}-{a.schedule}"
-
-
-def replay_label(finetune: FinetuneConfig) -> str:
-    """``+replay0.25`` (other directions), ``+replay-copies0.25`` (copies), or ``""`` when off."""
-    r = finetune.replay
-    if not r.fraction:
-        return ""
-    return f"+replay{'-copies' if r.source == 'copies' else ''}{r.fraction:g}"
+def condition_label(config: StudyConfig, model_label: str, grid_values: dict) -> str:
+    """A trial's condition, the one name tables and plots give it: model, method, data size, each
+    mitigation that changes training, and any other grid value except the seed."""
+    parts = [model_label, config.finetune.method, f"n={config.finetune.size}"]
+    for m in MITIGATIONS.values():
+        settings = settings_of(config, m.key)
+        if m.changes_training and m.enabled(settings):
+            parts.append(f"{m.short}={m.label(settings)}")
+    shown = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method", "eval.representations",
+             "eval.representation_sentences")
+    other = {k: v for k, v in grid_values.items()
+             if k not in shown and not any(k == m.key or k.startswith(m.key + ".") for m in MITIGATIONS.values())}
+    return " ".join(parts + [f"{k}={v}" for k, v in sorted(other.items())])
 
 
 def expand(study: StudyConfig) -> list[Trial]:
@@ -83,6 +83,7 @@ def expand(study: StudyConfig) -> list[Trial]:
             # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
             identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
         _identify_contents(identity, config, contents)
+        _leave_out_mitigations_that_are_off(identity, config)
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
     return list(trials.values())
@@ -102,9 +103,21 @@ def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, 
                 block["path"] = {"contents": contents[path]}
 
 
+def _leave_out_mitigations_that_are_off(identity: dict, config: StudyConfig) -> None:
+    """A mitigation that is off changes nothing a trial computes, so its settings stay out of the
+    trial's identity (see ``Mitigation.identity_when_off``)."""
+    for m in MITIGATIONS.values():
+        if not m.identity_when_off and not m.enabled(settings_of(config, m.key)):
+            *parents, last = m.key.split(".")
+            node = identity
+            for part in parents:
+                node = node[part]
+            node.pop(last, None)
+
+
 def _readable(config: StudyConfig) -> str:
     model = f"tiny-{config.model.tiny}" if config.model.tiny and not config.model.path else "ckpt"
-    # Mitigations show in the readable part only when they are on: plain trials keep short names.
-    mitigations = f"-align-{alignment_label(config.finetune)}" if config.finetune.alignment.enabled else ""
-    mitigations += replay_label(config.finetune).replace("+", "-")
+    # Mitigations show in the readable part only when they change training: plain trials keep short names.
+    mitigations = "".join(f"-{m.id_tag(settings_of(config, m.key))}" for m in MITIGATIONS.values()
+                          if m.changes_training and m.enabled(settings_of(config, m.key)))
     return f"{model}-{config.finetune.method}-n{config.finetune.size}-s{config.seed}{mitigations}"

@@ -17,7 +17,6 @@ import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 from tqdm.auto import tqdm
@@ -26,6 +25,7 @@ import mtforget
 from mtforget.cache import cache_root
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.metrics import signatures
+from mtforget.mitigations import mitigation_labels
 from mtforget.study.config import StudyConfig, study_to_dict
 from mtforget.study.executors import run_trials
 from mtforget.study.grid import Trial, expand
@@ -33,12 +33,9 @@ from mtforget.study.store import BASE_FAILURES, ResultStore
 
 log = logging.getLogger("mtforget")
 
-if TYPE_CHECKING:
-    from mtforget.study.trial import LossHook
 
 
-def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: LossHook | None = None,
-              retry_failed: bool = False) -> int:
+def run_study(study: StudyConfig, out: Path, progress: bool = True, retry_failed: bool = False) -> int:
     """Run (or resume) every trial of ``study`` in ``out``; returns the exit code (0 or 1).
 
     Done trials are skipped; pending and interrupted ones run (again), from their last training
@@ -68,8 +65,8 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
         store.set_meta(_environment())
         for t in trials:
             c = t.config
-            store.register(t.id, t.model_label, c.finetune.method, t.alignment_label, c.finetune.size, c.seed,
-                           study_to_dict(c), t.grid_values)
+            store.register(t.id, t.model_label, c.finetune.method, mitigation_labels(c), t.condition,
+                           c.finetune.size, c.seed, study_to_dict(c), t.grid_values)
             _recover_result(store, out, t)
         # A trial that failed on bad config or input is always retried: the user has fixed it.
         todo = [t for t in trials if store.status(t.id) != "done"
@@ -85,7 +82,7 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
 
         memo = TrialMemo()
         for trial in todo:
-            execute_trial(trial, out, False, loss_hook, memo)
+            execute_trial(trial, out, False, memo)
         state.wait_for_everyone()
         return 0
 
@@ -111,7 +108,7 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, loss_hook: L
     if study.executor == "ray" or study.workers > 1:
         todo = interleave_by_base(todo)
     try:
-        run_trials(study, todo, out, progress, on_start, on_done, loss_hook)
+        run_trials(study, todo, out, progress, on_start, on_done)
         usage = [t["reason"] for t in store.trials() if t["status"] == "failed"
                  and str(t["reason"]).startswith(USAGE_PREFIX)]
         if usage:

@@ -13,6 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from mtforget.mitigations import MITIGATIONS
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY,
@@ -20,7 +22,8 @@ CREATE TABLE IF NOT EXISTS trials (
     reason TEXT,
     model TEXT NOT NULL,
     method TEXT NOT NULL,
-    alignment TEXT NOT NULL,
+    mitigations TEXT NOT NULL DEFAULT '{}',
+    condition TEXT,
     finetune_size INTEGER NOT NULL,
     seed INTEGER NOT NULL,
     config TEXT NOT NULL,
@@ -52,7 +55,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # when a run starts, so that a later run tries every base again.
 BASE_FAILURES = "base_failures"
 
-CSV_COLUMNS = ["trial_id", "model", "method", "alignment", "finetune_size", "seed",
+# Each registered mitigation has a column (its label, ``none`` when off) after the method.
+CSV_COLUMNS = ["trial_id", "model", "method", *MITIGATIONS, "finetune_size", "seed",
                "src", "tgt", "category", "metric", "base", "finetuned", "delta",
                "delta_low", "delta_high", "source_copy", "base_flag"]
 
@@ -72,20 +76,32 @@ class ResultStore:
                              ("base_flag", "TEXT")):
             if column not in have:
                 self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
+        # Stores written when alignment was the one mitigation with a column gain the general ones
+        # (filled in when the trials are registered again, as every run does).
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}
+        if "mitigations" not in have:
+            self.db.execute("ALTER TABLE trials ADD COLUMN mitigations TEXT NOT NULL DEFAULT '{}'")
+            self.db.execute("ALTER TABLE trials ADD COLUMN condition TEXT")
+        if "alignment" in have:
+            self.db.execute("ALTER TABLE trials DROP COLUMN alignment")
 
     def close(self) -> None:
         """Close the connection."""
         self.db.close()
 
-    def register(self, trial_id: str, model: str, method: str, alignment: str, finetune_size: int,
-                 seed: int, config: dict, grid_values: dict) -> None:
-        """Add a trial as pending unless it is already known (its state is then kept)."""
+    def register(self, trial_id: str, model: str, method: str, mitigations: dict[str, str], condition: str,
+                 finetune_size: int, seed: int, config: dict, grid_values: dict) -> None:
+        """Add a trial as pending unless it is already known (its state is then kept, its labels
+        refreshed). ``mitigations``: each registered mitigation's label; ``condition``: the
+        trial's condition label."""
         with self.db:
             self.db.execute(
-                "INSERT OR IGNORE INTO trials (trial_id, status, model, method, alignment, finetune_size,"
-                " seed, config, grid_values) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (trial_id, model, method, alignment, finetune_size, seed, json.dumps(config),
-                 json.dumps(grid_values)),
+                "INSERT INTO trials (trial_id, status, model, method, mitigations, condition, finetune_size,"
+                " seed, config, grid_values) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (trial_id) DO UPDATE SET mitigations = excluded.mitigations,"
+                " condition = excluded.condition",
+                (trial_id, model, method, json.dumps(mitigations), condition, finetune_size, seed,
+                 json.dumps(config), json.dumps(grid_values)),
             )
 
     def keep_only(self, trial_ids: set[str]) -> list[str]:
@@ -157,12 +173,17 @@ class ResultStore:
     def rows(self) -> list[dict]:
         """Result rows of done trials joined with their conditions (the ``results.csv`` table)."""
         cur = self.db.execute(
-            "SELECT r.trial_id, t.model, t.method, t.alignment, t.finetune_size, t.seed, r.src, r.tgt,"
+            "SELECT r.trial_id, t.model, t.method, t.mitigations, t.finetune_size, t.seed, r.src, r.tgt,"
             " r.category, r.metric, r.base, r.finetuned, r.delta, r.delta_low, r.delta_high, r.source_copy,"
             " COALESCE(r.base_flag, '') AS base_flag FROM results r JOIN trials t"
             " USING (trial_id) WHERE t.status = 'done' ORDER BY t.rowid, r.src, r.tgt, r.metric"
         )
-        return [dict(r) for r in cur.fetchall()]
+        rows = []
+        for r in cur.fetchall():
+            row = dict(r)
+            labels = json.loads(row.pop("mitigations"))
+            rows.append({c: row[c] if c in row else labels.get(c, "none") for c in CSV_COLUMNS})
+        return rows
 
     def export_csv(self, path: Path) -> None:
         """Write ``results.csv``: one row per trial × direction × metric."""

@@ -16,8 +16,8 @@ import resource
 import shutil
 import time
 import traceback
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,37 +26,62 @@ import transformers
 from accelerate import PartialState
 
 import mtforget
-from mtforget.cache import cached_dir, content_fingerprint, fingerprint, write_json_atomic
+from mtforget.cache import (
+    cached_dir,
+    content_fingerprint,
+    fingerprint,
+    write_json_atomic,
+)
+from mtforget.data.bitext import (
+    BitextSample,
+    BitextSource,
+    cached_sample,
+    held_out_texts,
+)
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.loaders import load_corpus
-from mtforget.data.replay import replay_examples, replay_size
-from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
-from mtforget.data.splits import Splits, direction_examples, pivot_language, sample_directions, split_by_id
+from mtforget.data.splits import (
+    Example,
+    Splits,
+    direction_examples,
+    pivot_language,
+    sample_directions,
+    split_by_id,
+)
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.engine import GenerationEngine, make_engine
-from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
+from mtforget.evaluate.forgetting import (
+    BaseGate,
+    EvalSettings,
+    evaluate_directions,
+    forgetting_rows,
+)
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import signatures
 from mtforget.evaluate.representations import layerwise_retrieval
 from mtforget.memory import release_memory
+from mtforget.mitigations import MITIGATIONS, active_mitigations
+from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
 from mtforget.models.hidden import resolve_layer
-from mtforget.models.interpolation import cpu_state_dict, interpolation_sweep
+from mtforget.models.language import LanguageTokens as Control
 from mtforget.models.languages import normalize_code
-from mtforget.models.loading import count_parameters, default_device, load_model, make_control
+from mtforget.models.loading import (
+    count_parameters,
+    default_device,
+    load_model,
+    make_control,
+)
 from mtforget.models.lora import apply_lora, merge_lora
 from mtforget.models.tiny import tiny_base
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
+from mtforget.study.result import TrialResult
 from mtforget.study.store import BASE_FAILURES
-from mtforget.train.alignment import AlignmentObjective
-from mtforget.train.loop import TrainSettings, train
+from mtforget.train.loop import TrainOutcome, TrainSettings, train
 
 log = logging.getLogger("mtforget")
-
-# Test hook: (trial, step, loss) -> loss, called at every fine-tuning step of in-process trials.
-LossHook = Callable[[Trial, int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -71,8 +96,7 @@ class TrialMemo:
     base_stage: Path | None = None
 
 
-def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook | None,
-                  memo: TrialMemo | None) -> dict:
+def execute_trial(trial: Trial, out: Path, progress: bool, memo: TrialMemo | None) -> dict:
     """Run one trial and write its directory; never raises for a trial's own failure.
 
     Returns ``{"status": "done", "rows", "info"}`` or ``{"status": "failed", "reason"}``. A bad
@@ -83,10 +107,10 @@ def execute_trial(trial: Trial, out: Path, progress: bool, loss_hook: LossHook |
     handler = _trial_log(trial_dir)
     memo = memo or TrialMemo()
     try:
-        result = run_trial(trial, trial_dir, memo, progress, loss_hook)
+        result = run_trial(trial, trial_dir, memo, progress)
         if result is None:  # not the main process of a multi-process run
             return {"status": "done", "rows": [], "info": {}}
-        rows, info = result
+        rows, info = result[0], result[1].to_dict()
         write_json_atomic(trial_dir / "result.json", {"trial_id": trial.id, "info": info, "rows": rows})
         shutil.rmtree(trial_dir / "checkpoint", ignore_errors=True)
         return {"status": "done", "rows": rows, "info": info}
@@ -121,213 +145,277 @@ def base_failure_marker(out: Path, cfg: StudyConfig) -> Path:
     Trials share a base, and its evaluation, when they share the model, the corpus, the decoding
     settings and the input length; what is analysed after fine-tuning does not matter.
     """
-    after = ("interpolation", "representations", "representation_sentences", "paired_resamples",
-             "bootstrap_resamples", "base_gate")
+    after = ("representations", "representation_sentences", "paired_resamples", "bootstrap_resamples",
+             "base_gate", *(m.key.split(".", 1)[1] for m in MITIGATIONS.values() if m.key.startswith("eval.")))
     eval_settings = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in after}
     key = fingerprint([cfg.model.model_dump(mode="json"), cfg.corpus.model_dump(mode="json"), eval_settings,
                        cfg.finetune.max_length])  # the language control cuts evaluation inputs to it
     return out / BASE_FAILURES / f"{key}.json"
 
 
-def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool = True,
-              loss_hook: LossHook | None = None) -> tuple[list[dict], dict] | None:
-    """Run one trial; returns its forgetting rows and facts about it (for ``result.json``).
+def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
+              progress: bool = True) -> tuple[list[dict], TrialResult] | None:
+    """Run one trial; returns its forgetting rows and what it records about itself.
 
     Under ``accelerate launch`` every process trains; only the main one evaluates and returns.
     """
-    cfg = trial.config
-    main = PartialState().is_main_process
-    timings: dict[str, float] = {}
-    peak_rss: dict[str, float] = {}  # the process's peak resident memory (MB) at the end of each stage
-    clock = time.perf_counter()
+    run = TrialRun(trial, trial_dir, shared, progress, PartialState().is_main_process)
+    with run.stage("corpus"):
+        data = prepare_data(run)
+    with run.stage("base_model"):
+        base = load_base(run, data)
+    with run.stage("base_eval"):
+        base_eval = evaluate_base(run, data, base)
+    base_representations = None
+    if run.main and run.cfg.eval.representations:  # before fine-tuning changes the weights in place
+        with run.stage("base_representations"):
+            base_representations = _base_representations(base, data, run.cfg.eval.representation_sentences,
+                                                         shared)
+    with run.stage("finetune"):
+        tuned = finetune(run, data, base)
+    if not run.main:
+        return None
+    with run.stage("finetuned_eval"):
+        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned")
+    with run.stage("paired_bootstrap"):
+        rows, category_ci = forgetting_rows(base_eval, ft_eval, data.directions, base.lid,
+                                            run.cfg.eval.paired_resamples, run.cfg.seed, run.gate)
+        _write_outputs(trial_dir, base_eval, ft_eval)
+    analyses = {}
+    if base_representations is not None:
+        with run.stage("representations"):
+            analyses["representations"] = _representations(run, data, base, tuned, base_representations)
+    evaluation = Evaluation(base_eval, ft_eval, lambda m, desc: _evaluate(run, data, base, m, desc),
+                            lambda scores: _category_means(base_eval, scores, data.directions, run.gate))
+    mitigations = {}
+    for mitigation in tuned.mitigations:
+        with run.stage(mitigation.name):
+            mitigations[mitigation.name] = mitigation.after_training(tuned.model, tuned.outcome, evaluation)
+    return rows, _trial_result(run, data, base, tuned, base_eval, category_ci, mitigations, analyses)
 
-    def end_stage(name: str) -> None:
-        timings[name] = _lap(clock)
-        peak_rss[name] = _peak_rss_mb()
-        # What the stage freed goes back to the system now: a process otherwise stays at the
-        # high-water mark of every stage so far, and workers running side by side add theirs up.
+
+class TrialRun:
+    """One trial's settings and bookkeeping: where it writes, and each stage's time and memory."""
+
+    def __init__(self, trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool, main: bool) -> None:
+        self.trial, self.cfg, self.dir, self.shared = trial, trial.config, trial_dir, shared
+        self.progress, self.main = progress, main
+        self.gate = BaseGate(**self.cfg.eval.base_gate.model_dump())
+        self.timings: dict[str, float] = {}
+        self.peak_rss: dict[str, float] = {}  # the process's peak resident memory (MB) after each stage
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage, note the peak memory after it, and hand back what it freed."""
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        self.peak_rss[name] = _peak_rss_mb()
+        # A process otherwise stays at the high-water mark of every stage so far, and workers
+        # running side by side add theirs up.
         release_memory(collect=False)
 
-    corpus, splits = _corpus_and_splits(cfg.corpus, shared)
-    languages = _study_languages(corpus, cfg.corpus)
-    directions = resolve_directions(cfg.finetune.directions, corpus, languages)
-    if main:
-        write_json_atomic(trial_dir / "config.json", {**study_to_dict(cfg), "resolved_directions":
-                                                      [f"{s}-{t}" for s, t in directions]})
-    end_stage("corpus")
 
-    clock = time.perf_counter()
-    marker = base_failure_marker(trial_dir.parent.parent, cfg)
+@dataclass
+class TrialData:
+    """The trial's corpus, splits, languages and directions."""
+
+    corpus: Corpus
+    splits: Splits
+    languages: list[str]
+    directions: list[tuple[str, str]]  # fine-tuned on
+    all_directions: list[tuple[str, str]]  # evaluated
+    pivot: str
+
+
+@dataclass
+class LoadedBase:
+    """The base model ready to evaluate and fine-tune, and what evaluating it takes."""
+
+    dir: Path | str
+    model: torch.nn.Module
+    tokenizer: object
+    control: Control
+    added: list[str]  # language tokens added to the vocabulary
+    device: torch.device
+    settings: EvalSettings
+    lid: object | None = None  # the language identifier (evaluating process only)
+    lid_accuracy: float | None = None
+    probe: tuple[str, str, str] | None = None  # the sentence a fast engine must translate first
+    engine_kind: str = ""  # the engine the base was evaluated with; the fine-tuned model gets the same
+    engine_name: str = ""
+    engine_fallback: str | None = None
+
+
+@dataclass
+class Finetuned:
+    """The fine-tuned model (adapters merged) and how it got there."""
+
+    model: torch.nn.Module
+    outcome: TrainOutcome
+    examples: int
+    trainable: int
+    overlap_dropped: int
+    finetune_data: dict | None
+    mitigations: list[Mitigation]
+
+
+def prepare_data(run: TrialRun) -> TrialData:
+    """Corpus, splits, study languages and directions; writes the trial's resolved config."""
+    corpus, splits = _corpus_and_splits(run.cfg.corpus, run.shared)
+    languages = _study_languages(corpus, run.cfg.corpus)
+    directions = resolve_directions(run.cfg.finetune.directions, corpus, languages)
+    if run.main:
+        write_json_atomic(run.dir / "config.json", {**study_to_dict(run.cfg), "resolved_directions":
+                                                    [f"{s}-{t}" for s, t in directions]})
+    return TrialData(corpus, splits, languages, directions, [(s, t) for s in languages for t in languages if s != t],
+                     pivot_language(corpus, languages))
+
+
+def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
+    """The base model (built, cached or loaded) with its language control, on the trial's device.
+
+    A failure from here until the base is evaluated is the base's: the other trials of that base
+    in this run fail at once with the same reason.
+    """
+    cfg = run.cfg
+    marker = base_failure_marker(run.dir.parent.parent, cfg)
     if marker.is_file():  # another trial of this run already failed on the same base
         raise BaseFailed(json.loads(marker.read_text(encoding="utf-8"))["reason"])
-    shared.base_stage = marker if main else None
-    base_dir = _base_model(cfg, corpus, splits, progress)
-    end_stage("base_model")
-    clock = time.perf_counter()
+    run.shared.base_stage = marker if run.main else None
+    base_dir = _base_model(cfg, data.corpus, data.splits, run.progress)
     model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
-    control, added = make_control(model, tokenizer, languages, _language_names(cfg.corpus), cfg.finetune.max_length)
+    control, added = make_control(model, tokenizer, data.languages, _language_names(cfg.corpus),
+                                  cfg.finetune.max_length)
     if added:
         log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
     device = default_device()
     model.to(device)
-
     comet = cfg.eval.comet
-    eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                                 (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
-                                 if "comet" in cfg.eval.metrics else None)
-    all_directions = [(s, t) for s in languages for t in languages if s != t]
-    if main:
-        lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
-        # The base's conversion is cached (every trial on this base reuses it); the fine-tuned
-        # model then gets the same kind of engine, so base and fine-tuned scores are comparable.
-        probe = _probe_sentence(splits.test, all_directions)
-        with _engine(cfg.eval.engine, model, control, cfg.eval.compute_type, eval_settings, True, probe) as engine:
-            engine_kind, engine_name, engine_fallback = engine.kind, engine.name, engine.fallback_reason
-            base_eval = _base_evaluation(base_dir, corpus, splits, all_directions, engine, lid,
-                                         eval_settings, shared, progress, added)
-    end_stage("base_eval")
-    shared.base_stage = None
-    pivot = pivot_language(corpus, languages)
-    if main and cfg.eval.representations:  # before fine-tuning changes the weights in place
-        clock = time.perf_counter()
-        base_representations = _base_representations(base_dir, corpus, splits, model, tokenizer, languages, pivot,
-                                                     cfg.eval.representation_sentences, added, shared)
-        end_stage("base_representations")
+    settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                            (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
+                            if "comet" in cfg.eval.metrics else None)
+    return LoadedBase(base_dir, model, tokenizer, control, added, device, settings)
 
-    clock = time.perf_counter()
-    extra: dict = {}  # mitigations and analyses that are on, for result.json's info
-    overlap_dropped = 0
-    if cfg.finetune.data:
-        sample = _bitext_sample(cfg, splits, directions)
-        examples, dev, overlap_dropped = sample.train, sample.dev, sample.overlap_dropped
-        extra["finetune_data"] = {"sources": [d.path for d in cfg.finetune.data], "available": sample.available}
-    else:
-        examples = sample_directions(splits.train, directions, cfg.finetune.size, cfg.seed)
-        dev = sample_directions(splits.dev, directions, cfg.finetune.dev_size, cfg.seed)
-    if not examples:
-        raise UsageError(f"finetune.directions: the corpus has no training pairs for {directions}")
-    if len(examples) < cfg.finetune.size:
-        # Capping silently would label the condition with a size it never trained on.
-        available = ", ".join(f"{s}-{t}: {len(direction_examples(splits.train, s, t))}" for s, t in directions)
-        raise UsageError(f"finetune.size: {cfg.finetune.size} pairs asked for, but the training split gives only "
-                         f"{len(examples)} spread evenly over the fine-tuning directions ({available} pairs); "
-                         "use a smaller finetune.size or a larger corpus")
-    ft = cfg.finetune
-    settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
-                             warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
-                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
-                             grad_accumulation=ft.grad_accumulation)
-    replay = replay_examples(splits.train, languages, directions, replay_size(ft.replay.fraction, len(examples)),
-                             ft.replay.source, cfg.seed)
-    if replay:
-        extra["replay"] = {"source": ft.replay.source, "fraction": ft.replay.fraction, "examples": len(replay),
-                           "by_direction": dict(Counter(f"{e.src_lang}-{e.tgt_lang}" for e in replay))}
-    auxiliary = (AlignmentObjective.from_config(ft.alignment, model, tokenizer, splits.train, languages, pivot,
-                                                ft.batch_size, cfg.seed, ft.max_length)
-                 if ft.alignment.enabled else None)
-    # The base weights, kept on the CPU for interpolation (before LoRA renames the parameters).
-    base_state = cpu_state_dict(model) if main and cfg.eval.interpolation else None
+
+def evaluate_base(run: TrialRun, data: TrialData, base: LoadedBase) -> dict | None:
+    """The base's scores on every direction (cached, shared by every trial of the base); picks the
+    engine the fine-tuned model will get too. None on processes that do not evaluate."""
+    if not run.main:
+        return None
+    base.lid, base.lid_accuracy = _identifier(data.corpus, data.splits, data.languages, run.shared)
+    base.probe = _probe_sentence(data.splits.test, data.all_directions)
+    # The base's conversion is cached (every trial on this base reuses it); the fine-tuned model
+    # then gets the same kind of engine, so base and fine-tuned scores are comparable.
+    with _engine(run.cfg.eval.engine, base.model, base.control, run.cfg.eval.compute_type, base.settings, True,
+                 base.probe) as engine:
+        base.engine_kind, base.engine_name, base.engine_fallback = engine.kind, engine.name, engine.fallback_reason
+        scores = _base_evaluation(base.dir, data.corpus, data.splits, data.all_directions, engine, base.lid,
+                                  base.settings, run.shared, run.progress, base.added)
+    run.shared.base_stage = None
+    return scores
+
+
+def finetune(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetuned:
+    """Fine-tune the base in place on the trial's examples, with every mitigation that is on;
+    returns the fine-tuned model with adapters merged."""
+    cfg, ft = run.cfg, run.cfg.finetune
+    examples, dev, overlap_dropped, finetune_data = _finetune_examples(cfg, data)
+    mitigations = active_mitigations(cfg)
+    context = TrialContext(base.model, base.tokenizer, data.splits.train, data.languages, data.pivot,
+                           data.directions, examples, ft.batch_size, ft.max_length, cfg.seed, run.main)
+    for mitigation in mitigations:
+        mitigation.prepare(context)
+    model = base.model
     if ft.method == "lora":
         # Adapters start from random matrices: seeded here, or they would depend on what this
         # process ran before (building a base or loading it from the cache draws differently).
         torch.manual_seed(cfg.seed)
         model = apply_lora(model, ft.lora.rank, ft.lora.alpha, ft.lora.dropout, ft.lora.target_modules)
     trainable = count_parameters(model, trainable_only=True)
-    hook = (lambda step, loss: loss_hook(trial, step, loss)) if loss_hook else None
-    outcome = train(model, control, examples + replay, settings, dev=dev, desc=f"fine-tune {trial.id}",
-                    progress=progress, loss_hook=hook, checkpoint_dir=trial_dir / "checkpoint",
-                    log_dir=trial_dir / "tensorboard" if cfg.tensorboard else None, auxiliary=auxiliary)
-    if auxiliary:
-        extra["alignment"] = {
-            "label": auxiliary.label, "layer": auxiliary.layer, "schedule": auxiliary.schedule,
-            "temperature": auxiliary.temperature, "weight": auxiliary.weight, "batch_size": auxiliary.batch_size,
-            "pivot": pivot, "pairs": len(auxiliary.pairs),
-            "pairs_per_language": dict(Counter(p.lang for p in auxiliary.pairs)),
-            "loss_curve": [{"step": h["step"], "align_loss": h["align_loss"]}
-                           for h in outcome.history if "align_loss" in h],
-            "final_loss": outcome.align_loss,
-        }
-    model = merge_lora(model)  # evaluate a plain model: adapters folded into the weights
-    end_stage("finetune")
+    settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
+                             warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
+                             seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
+                             grad_accumulation=ft.grad_accumulation)
+    extra = [e for m in mitigations for e in m.extra_examples()]
+    outcome = train(model, base.control, examples + extra, settings, dev=dev, desc=f"fine-tune {run.trial.id}",
+                    progress=run.progress, checkpoint_dir=run.dir / "checkpoint",
+                    log_dir=run.dir / "tensorboard" if cfg.tensorboard else None,
+                    callbacks=[c for m in mitigations for c in m.callbacks()])
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
              f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
-    if not main:
-        return None
+    # Evaluate a plain model: adapters folded into the weights.
+    return Finetuned(merge_lora(model), outcome, len(examples), trainable, overlap_dropped, finetune_data,
+                     mitigations)
 
-    clock = time.perf_counter()
-    with _engine(engine_kind, model, control, cfg.eval.compute_type, eval_settings, False, probe) as engine:
-        ft_eval = evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
-                                      desc="evaluate fine-tuned", progress=progress)
-    end_stage("finetuned_eval")
-    clock = time.perf_counter()
-    gate = BaseGate(**cfg.eval.base_gate.model_dump())
-    rows, category_ci = forgetting_rows(base_eval, ft_eval, directions, lid, cfg.eval.paired_resamples, cfg.seed,
-                                        gate)
-    _write_outputs(trial_dir, base_eval, ft_eval)
-    end_stage("paired_bootstrap")
-    if cfg.eval.representations:
-        clock = time.perf_counter()
-        extra["representations"] = {
-            "base": base_representations,
-            "finetuned": layerwise_retrieval(model, tokenizer, splits.test, languages, pivot,
-                                             cfg.eval.representation_sentences),
-            # The alignment layer, or the one "middle" names when alignment is off (for plots).
-            "alignment_layer": auxiliary.layer if auxiliary else resolve_layer(model, "middle"),
-        }
-        end_stage("representations")
-    if cfg.eval.interpolation:
-        clock = time.perf_counter()
-        alphas = sorted(set(cfg.eval.interpolation))
 
-        def evaluate_at(m: torch.nn.Module, alpha: float) -> dict:
-            with _engine(engine_kind, m, control, cfg.eval.compute_type, eval_settings, False, probe) as engine:
-                return evaluate_directions(engine, splits.test, all_directions, lid, eval_settings,
-                                           desc=f"evaluate α={alpha:g}", progress=progress)
+def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example], list[Example], int, dict | None]:
+    """Training and dev examples of the fine-tuning directions, from ``finetune.data`` or the
+    corpus's splits; pairs dropped for overlapping the evaluation, and the sources' facts."""
+    if cfg.finetune.data:
+        sample = _bitext_sample(cfg, data.splits, data.directions)
+        facts = {"sources": [d.path for d in cfg.finetune.data], "available": sample.available}
+        examples, dev, dropped = sample.train, sample.dev, sample.overlap_dropped
+    else:
+        examples = sample_directions(data.splits.train, data.directions, cfg.finetune.size, cfg.seed)
+        dev = sample_directions(data.splits.dev, data.directions, cfg.finetune.dev_size, cfg.seed)
+        facts, dropped = None, 0
+    if not examples:
+        raise UsageError(f"finetune.directions: the corpus has no training pairs for {data.directions}")
+    if len(examples) < cfg.finetune.size:
+        # Capping silently would label the condition with a size it never trained on.
+        available = ", ".join(f"{s}-{t}: {len(direction_examples(data.splits.train, s, t))}"
+                              for s, t in data.directions)
+        raise UsageError(f"finetune.size: {cfg.finetune.size} pairs asked for, but the training split gives only "
+                         f"{len(examples)} spread evenly over the fine-tuning directions ({available} pairs); "
+                         "use a smaller finetune.size or a larger corpus")
+    return examples, dev, dropped, facts
 
-        evals = interpolation_sweep(model, base_state, alphas, evaluate_at)
-        evals = {0.0: base_eval, **evals, 1.0: ft_eval}  # both ends are the models evaluated above
-        extra["interpolation"] = [{"alpha": alpha,
-                                   "categories": _category_means(base_eval, evals[alpha], directions, gate)}
-                                  for alpha in evals]
-        end_stage("interpolation")
 
-    info = {
-        "model": trial.model_label,
-        "base_dir": str(base_dir),
-        "parameters": count_parameters(model),
-        "trainable_parameters": trainable,
-        "method": ft.method,
-        "finetune_directions": [f"{s}-{t}" for s, t in directions],
-        "finetune_examples": len(examples),
-        "languages": languages,
-        "added_language_tokens": added,
-        "architecture": "encoder-decoder" if model.config.is_encoder_decoder else "decoder-only",
-        "language_control": getattr(control, "convention", None)
-        or ("chat template" if control.use_chat else "plain prompt"),
-        "train": asdict(outcome),
-        "precision": outcome.precision,
-        "grad_accumulation": ft.grad_accumulation,
-        "effective_batch_size": ft.batch_size * ft.grad_accumulation,
-        "max_length": ft.max_length,
-        "overlap_dropped": overlap_dropped,
-        "missing_directions": [f"{s}-{t}" for s, t in all_directions if f"{s}-{t}" not in base_eval],
-        "category_ci": category_ci,
-        "lid": lid.name,
-        "lid_accuracy": lid_accuracy,
-        "metric_signatures": signatures(languages),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "peak_rss_mb": peak_rss,
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "engine": engine_name,
-        "engine_fallback_reason": engine_fallback,
-        "processes": PartialState().num_processes,
-        "threads": torch.get_num_threads(),
-        "pid": os.getpid(),
-        **extra,
-    }
-    return rows, info
+def _evaluate(run: TrialRun, data: TrialData, base: LoadedBase, model: torch.nn.Module, desc: str) -> dict:
+    """Scores of ``model`` on every direction, with the engine the base was evaluated with."""
+    with _engine(base.engine_kind, model, base.control, run.cfg.eval.compute_type, base.settings, False,
+                 base.probe) as engine:
+        return evaluate_directions(engine, data.splits.test, data.all_directions, base.lid, base.settings,
+                                   desc=desc, progress=run.progress)
+
+
+def _representations(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finetuned,
+                     base_representations: dict) -> dict:
+    """Layer-wise retrieval of the base and the fine-tuned model, and the layer plots mark: the one
+    a mitigation trains (alignment), else the middle one."""
+    marked = next((layer for layer in (m.trained_layer() for m in tuned.mitigations) if layer), None)
+    return {"base": base_representations,
+            "finetuned": layerwise_retrieval(tuned.model, base.tokenizer, data.splits.test, data.languages,
+                                             data.pivot, run.cfg.eval.representation_sentences),
+            "marked_layer": marked or resolve_layer(tuned.model, "middle")}
+
+
+def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finetuned, base_eval: dict,
+                  category_ci: dict, mitigations: dict[str, dict], analyses: dict) -> TrialResult:
+    """What the trial records about itself."""
+    cfg, model, outcome = run.cfg, tuned.model, tuned.outcome
+    return TrialResult(
+        model=run.trial.model_label, base_dir=str(base.dir), parameters=count_parameters(model),
+        trainable_parameters=tuned.trainable, method=cfg.finetune.method,
+        architecture="encoder-decoder" if model.config.is_encoder_decoder else "decoder-only",
+        language_control=getattr(base.control, "convention", None)
+        or ("chat template" if base.control.use_chat else "plain prompt"),
+        finetune_directions=[f"{s}-{t}" for s, t in data.directions], finetune_examples=tuned.examples,
+        languages=data.languages, added_language_tokens=base.added, train=asdict(outcome),
+        precision=outcome.precision, grad_accumulation=cfg.finetune.grad_accumulation,
+        effective_batch_size=cfg.finetune.batch_size * cfg.finetune.grad_accumulation,
+        max_length=cfg.finetune.max_length, overlap_dropped=tuned.overlap_dropped,
+        missing_directions=[f"{s}-{t}" for s, t in data.all_directions if f"{s}-{t}" not in base_eval],
+        category_ci=category_ci, lid=base.lid.name, lid_accuracy=base.lid_accuracy,
+        metric_signatures=signatures(data.languages), device=str(base.device),
+        gpu=torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None,
+        engine=base.engine_name, engine_fallback_reason=base.engine_fallback,
+        processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
+        timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
+        mitigations=mitigations, representations=analyses.get("representations"),
+    )
 
 
 class BaseFailed(Exception):
@@ -475,16 +563,15 @@ def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings
     return shared.base_evals[key]
 
 
-def _base_representations(base_dir, corpus, splits, model, tokenizer, languages, pivot, sentences, added,
-                          shared) -> dict:
+def _base_representations(base: LoadedBase, data: TrialData, sentences: int, shared: TrialMemo) -> dict:
     """Layer-wise retrieval accuracy of the base model, cached like the base evaluation."""
     key = fingerprint({
-        "base": _model_fingerprint(base_dir),
-        "added_tokens": added,
-        "corpus": corpus.fingerprint(),
-        "test": [s.id for s in splits.test],
-        "languages": languages,
-        "pivot": pivot,
+        "base": _model_fingerprint(base.dir),
+        "added_tokens": base.added,
+        "corpus": data.corpus.fingerprint(),
+        "test": [s.id for s in data.splits.test],
+        "languages": data.languages,
+        "pivot": data.pivot,
         "sentences": sentences,
         "format": 1,  # what layerwise_retrieval returns
         "torch": torch.__version__,
@@ -492,7 +579,8 @@ def _base_representations(base_dir, corpus, splits, model, tokenizer, languages,
     })
     if key not in shared.base_representations:
         def build(out: Path) -> None:
-            result = layerwise_retrieval(model, tokenizer, splits.test, languages, pivot, sentences)
+            result = layerwise_retrieval(base.model, base.tokenizer, data.splits.test, data.languages, data.pivot,
+                                         sentences)
             (out / "representations.json").write_text(json.dumps(result))
 
         path = cached_dir("base_representations", key, build) / "representations.json"

@@ -7,8 +7,9 @@ batch (in-batch negatives); gradients flow through both sides. Pairs come from t
 split, for every study language, including languages that the fine-tuning never sees: that is
 where the transfer to unseen languages comes from.
 
-The training loop asks this object what each optimizer step is (:meth:`AlignmentObjective.kind`)
-and for the alignment loss of a step (:meth:`AlignmentObjective.loss`):
+The mitigation (:mod:`mtforget.mitigations.alignment`, ``finetune.alignment``) hands the training
+loop this objective's schedule (:meth:`AlignmentObjective.kind`) and the alignment loss of a step
+(:meth:`AlignmentObjective.loss`):
 
 - ``alternate``: translation and alignment steps alternate, T A T A …, so the number of optimizer
   steps doubles (as the authors train: each translation step is followed by an alignment step);
@@ -24,22 +25,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from mtforget.data.corpus import Segment
-from mtforget.errors import UsageError
-from mtforget.models.hidden import encode_sentences, is_encoder_decoder, layer_states, resolve_layer
-from mtforget.models.languages import normalize_code
+from mtforget.models.hidden import encode_sentences, layer_states
+from mtforget.train.callbacks import StepKind
 from mtforget.train.loop import StepBatches
-
-if TYPE_CHECKING:
-    from mtforget.study.config import AlignmentConfig
-
-# What one optimizer step trains on.
-StepKind = Literal["translation", "alignment", "both"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +82,7 @@ def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float
 
 @dataclass
 class AlignmentObjective:
-    """The alignment loss, its pairs and its schedule; handed to :func:`mtforget.train.loop.train`."""
+    """The alignment loss, its pairs and its schedule (the step schedule of the training loop)."""
 
     pairs: list[AlignmentPair]
     tokenizer: object
@@ -107,31 +101,6 @@ class AlignmentObjective:
         if self.schedule not in ("alternate", "weighted"):
             raise ValueError(f"unknown alignment schedule {self.schedule!r}")
 
-    @classmethod
-    def from_config(cls, config: AlignmentConfig, model: torch.nn.Module, tokenizer,
-                    segments: tuple[Segment, ...] | list[Segment], languages: list[str],
-                    pivot: str, batch_size: int, seed: int, max_length: int = 128) -> AlignmentObjective:
-        """The objective a study's ``finetune.alignment`` describes, over the training ``segments``.
-
-        Raises :class:`UsageError` naming the key for a language outside the study or a layer the
-        model does not have.
-        """
-        chosen = [normalize_code(lang) for lang in config.languages] if config.languages else languages
-        for lang in chosen:
-            if lang not in languages:
-                raise UsageError(f"finetune.alignment.languages: {lang!r} is not a study language "
-                                 f"(they are {', '.join(languages)})")
-        try:
-            layer = resolve_layer(model, config.layer)
-        except ValueError as exc:
-            raise UsageError(f"finetune.alignment.layer: {exc}") from None
-        pairs = sample_alignment_pairs(segments, chosen, pivot, config.pairs_per_language, seed)
-        if not pairs:
-            raise UsageError(f"finetune.alignment: the training split has no pair of {pivot} with "
-                             f"{', '.join(lang for lang in chosen if lang != pivot) or 'another language'}")
-        return cls(pairs, tokenizer, is_encoder_decoder(model), layer, config.temperature, config.schedule,
-                   config.weight, config.batch_size or batch_size, seed, max_length)
-
     @property
     def label(self) -> str:
         """How results name this objective: ``L8-alternate`` (layer 8, alternating schedule)."""
@@ -149,7 +118,7 @@ class AlignmentObjective:
         """What optimizer step ``step`` (1-based) trains on: alternate has alignment on even steps."""
         if self.schedule == "weighted":
             return "both"
-        return "translation" if step % 2 else "alignment"
+        return "translation" if step % 2 else "own"
 
     def batch(self, step: int) -> list[AlignmentPair]:
         """The pairs of optimizer step ``step``: a pure function of (seed, step)."""

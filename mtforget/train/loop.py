@@ -11,15 +11,16 @@ and back-propagates them as that many micro-batches of at most ``batch_size``, o
 that only one micro-batch's activations are held at once. Their losses are token-weighted over the
 whole step, so the summed gradient is the one the step's examples would give as a single batch.
 Under DDP each process weights the tokens of its share, as without accumulation, and the processes
-average their summed gradients once, in the last backward pass. An auxiliary loss of the same step
-(the weighted schedule) joins that last pass; alignment steps are never split.
+average their summed gradients once, in the last backward pass. A callback's term of the same step
+joins that last pass; a callback's own steps (see :mod:`mtforget.train.callbacks`) are never split.
 
 With ``checkpoint_dir``, the full training state (weights, optimizer, scheduler, RNG, progress) is
 saved every ``checkpoint_every`` steps, and a later call with the same arguments resumes from it:
 the batch order is a pure function of (seed, step), so a resumed run sees the same batches.
 
-An optional auxiliary objective (cross-lingual alignment, :mod:`mtforget.train.alignment`) says
-what each optimizer step trains on: a translation batch, an alignment batch, or both.
+Callbacks (:mod:`mtforget.train.callbacks`) add to it without the loop naming them: a term of the
+loss (a mitigation's penalty or auxiliary objective), steps of their own (alignment's alternating
+schedule), checks after each step.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
@@ -44,14 +44,7 @@ from transformers import get_scheduler
 from mtforget.data.splits import Example
 from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
-
-if TYPE_CHECKING:  # alignment.py imports this module (StepBatches)
-    from mtforget.train.alignment import AlignmentObjective
-
-# Called with (step, loss) before the loss is checked and back-propagated; returns the loss to use.
-# With gradient accumulation it sees the step's last micro-batch (the others are back-propagated).
-# Tests use it to inject faults (a NaN, an exception, a kill).
-LossHook = Callable[[int, torch.Tensor], torch.Tensor]
+from mtforget.train.callbacks import StepSchedule, TrainCallback, step_schedule
 
 
 @dataclass(frozen=True)
@@ -107,8 +100,9 @@ class TrainOutcome:
     resumed_from: int | None = None
     tokens: int = 0  # source + target tokens of translation batches (padding excluded), all processes
     precision: str = "fp32"  # the arithmetic of training (see training_precision)
-    align_loss: float | None = None  # mean auxiliary alignment loss since the last log point
-    # Log points {"step", "train_loss" (translation), "align_loss" (with an auxiliary)} and dev checks.
+    # The callbacks' logged losses (e.g. ``align_loss``) at the last log point, or since it.
+    extra_losses: dict[str, float] = field(default_factory=dict)
+    # Log points {"step", "train_loss" (translation), and what callbacks log} and dev checks.
     history: list[dict] = field(default_factory=list)
 
 
@@ -175,41 +169,88 @@ def train(
     dev: list[Example] | None = None,
     desc: str = "train",
     progress: bool = True,
-    loss_hook: LossHook | None = None,
     checkpoint_dir: Path | None = None,
     log_dir: Path | None = None,
-    auxiliary: AlignmentObjective | None = None,
+    callbacks: list[TrainCallback] | tuple[TrainCallback, ...] = (),
 ) -> TrainOutcome:
     """Train ``model`` in place on ``examples``; restore the best dev checkpoint if ``dev`` is given.
 
-    With ``log_dir``, training and dev losses are also logged for TensorBoard there. With
-    ``auxiliary``, its loss joins the translation loss on the steps its schedule says; early
-    stopping still watches the dev translation loss only.
+    With ``log_dir``, training and dev losses are also logged for TensorBoard there.
+    ``callbacks`` (:mod:`mtforget.train.callbacks`) add losses, steps of their own and checks;
+    early stopping watches the dev translation loss only.
     Raises :class:`TrialDiverged` on a non-finite loss.
     """
     if not examples:
         raise ValueError("no training examples")
     torch.manual_seed(settings.seed)
+    for callback in callbacks:
+        callback.on_train_start(model)
+    run = _start(model, control, examples, settings, desc, log_dir, checkpoint_dir, list(callbacks))
+    dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
+    bar = tqdm(total=run.total, initial=run.outcome.steps, desc=desc, unit="step", leave=False,
+               disable=not progress or not run.accelerator.is_main_process)
+    run.model.train()
+    try:
+        for step in range(run.outcome.steps + 1, run.total + 1):
+            _train_step(run, step)
+            bar.update(1)
+            run.outcome.steps = step
+            if step % settings.log_every == 0 or step == run.total:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in _log_point(run, step).items()})
+            dev_check = dev_batches and settings.eval_every and (step % settings.eval_every == 0 or step == run.total)
+            if dev_check and _dev_check(run, step, dev_batches, checkpoint_dir):
+                run.outcome.stopped_early = True
+                break
+            if (checkpoint_dir and settings.checkpoint_every and step % settings.checkpoint_every == 0
+                    and step < run.total):
+                run.progress["elapsed"] = time.perf_counter() - run.start
+                run.outcome.tokens += int(run.accelerator.reduce(run.tokens, "sum"))
+                run.tokens.zero_()
+                _save_checkpoint(run.accelerator, checkpoint_dir, run.outcome, run.progress)
+    finally:
+        bar.close()
+    return _finish(run, checkpoint_dir)
+
+
+@dataclass
+class _Run:
+    """The state of one training run between its steps."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: Iterator
+    schedule: StepSchedule
+    callbacks: list[TrainCallback]
+    settings: TrainSettings
+    outcome: TrainOutcome
+    progress: dict  # evals without gain and elapsed seconds: saved with a checkpoint
+    total: int
+    first_label: int  # a causal LM's loss averages over the labels after the first position
+    log_dir: Path | None
+    start: float = 0.0
+    best: dict[str, torch.Tensor] | None = None
+    running: torch.Tensor | None = None
+    running_n: int = 0
+    tokens: torch.Tensor | None = None
+
+
+def _start(model: torch.nn.Module, control: LanguageTokens, examples: list[Example], settings: TrainSettings,
+           desc: str, log_dir: Path | None, checkpoint_dir: Path | None, callbacks: list[TrainCallback]) -> _Run:
+    """Accelerator, optimizer, schedule and batches of a run, resumed from ``checkpoint_dir`` when
+    it holds a checkpoint."""
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with="tensorboard" if log_dir else None,
                               project_dir=str(log_dir) if log_dir else None)
     if log_dir:
         accelerator.init_trackers(desc.split()[0])
-    if auxiliary and accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
-                                                          DistributedType.MULTI_CPU):
-        # The alignment pass runs the unwrapped model; sharded parameters (FSDP, DeepSpeed) are not there.
-        raise ValueError(f"an auxiliary objective needs one process or DDP, not {accelerator.distributed_type}")
-    if settings.grad_accumulation < 1:
-        raise ValueError(f"grad_accumulation must be at least 1, not {settings.grad_accumulation}")
-    if settings.grad_accumulation > 1 and accelerator.distributed_type in (DistributedType.DEEPSPEED,
-                                                                           DistributedType.MEGATRON_LM):
-        # Those engines step and scale the loss at their own accumulation boundaries, which
-        # this loop's successive backward passes would not respect.
-        raise ValueError(f"grad_accumulation needs one process, DDP or FSDP, not {accelerator.distributed_type}")
+    _check_distribution(accelerator, settings, callbacks)
+    schedule = step_schedule(callbacks)
     step_size = settings.batch_size * settings.grad_accumulation  # examples per optimizer step
     steps_per_epoch = math.ceil(len(examples) / step_size)
     translation_total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
-    total = auxiliary.total_steps(translation_total) if auxiliary else translation_total
+    total = schedule.total_steps(translation_total)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = get_scheduler(settings.schedule, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
@@ -218,135 +259,147 @@ def train(
     launched = accelerator.mixed_precision if accelerator.mixed_precision != "no" else None
     outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"),
                            precision=training_precision(model, "bf16" if settings.bf16 else launched))
-    progress_state = {"evals_without_gain": 0, "elapsed": 0.0}
-    best_path = checkpoint_dir / "best.safetensors" if checkpoint_dir else None
+    progress = {"evals_without_gain": 0, "elapsed": 0.0}
     if checkpoint_dir and (checkpoint_dir / "progress.json").is_file():
         saved = json.loads((checkpoint_dir / "progress.json").read_text())
         accelerator.load_state(str(checkpoint_dir / "state"))
         outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision})
         outcome.resumed_from = outcome.steps
-        progress_state = saved["progress"]
-
-    translation_done = auxiliary.translation_steps_done(outcome.steps) if auxiliary else outcome.steps
+        progress = saved["progress"]
     loader = accelerator.prepare(DataLoader(
-        examples, batch_sampler=StepBatches(len(examples), step_size, settings.seed, translation_done,
-                                            translation_total,
+        examples, batch_sampler=StepBatches(len(examples), step_size, settings.seed,
+                                            schedule.translation_steps_done(outcome.steps), translation_total,
                                             [_length(ex) for ex in examples] if settings.group_by_length else None),
         collate_fn=partial(_step_micro_batches, control, settings.grad_accumulation, settings.micro_batches,
                            settings.pad_to_multiple_of)))
-    batches = iter(loader)
-    # A causal LM's loss averages over the labels after the first position (it shifts them).
     first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
-    dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
-    best: dict[str, torch.Tensor] | None = None
-    running, running_n = torch.zeros((), device=accelerator.device), 0
-    align_running, align_n = torch.zeros((), device=accelerator.device), 0
-    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    start = time.perf_counter() - progress_state["elapsed"]
-    bar = tqdm(total=total, initial=outcome.steps, desc=desc, unit="step", leave=False,
-               disable=not progress or not accelerator.is_main_process)
-    model.train()
-    for step in range(outcome.steps + 1, total + 1):
-        kind = auxiliary.kind(step) if auxiliary else "translation"
-        loss = torch.zeros((), device=accelerator.device)
-        # The loss of the micro-batches back-propagated before the step's last one (detached).
-        earlier = torch.zeros((), device=accelerator.device)
-        if kind in ("translation", "both"):
-            micro = next(batches)
-            targets = [[(piece["labels"][:, first_label:] != -100).sum() for piece in pieces] for pieces in micro]
-            # Token-weighted over the whole step, so the pieces of every micro-batch add up to the
-            # mean over all the step's examples; a lone piece is that mean already.
-            total_targets = (torch.stack([n for counts in targets for n in counts]).sum().clamp(min=1)
-                             if len(micro) > 1 or len(micro[0]) > 1 else None)
-            for pieces, counts in zip(micro[:-1], targets[:-1]):
-                # The gradients of all but the last micro-batch stay local: DDP averages their sum
-                # over the processes in the last backward pass.
-                with accelerator.no_sync(model):
-                    part = _translation_loss(model, pieces, counts, total_targets, accelerator.device, settings.bf16)
-                    accelerator.backward(part)
-                earlier += part.detach()
-            translation_loss = _translation_loss(model, micro[-1], targets[-1], total_targets, accelerator.device,
-                                                 settings.bf16)
-            loss = loss + translation_loss
-            running += earlier + translation_loss.detach()
-            running_n += 1
-            tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum()
+    zero = torch.zeros((), device=accelerator.device)
+    return _Run(accelerator, model, optimizer, scheduler, iter(loader), schedule, callbacks, settings, outcome,
+                progress, total, first_label, log_dir, start=time.perf_counter() - progress["elapsed"],
+                running=zero.clone(), tokens=torch.zeros((), dtype=torch.long, device=accelerator.device))
+
+
+def _check_distribution(accelerator: Accelerator, settings: TrainSettings, callbacks: list[TrainCallback]) -> None:
+    """Refuse settings the distributed engine in use cannot honour."""
+    whole = [type(c).__name__ for c in callbacks if c.needs_whole_model]
+    if whole and accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                      DistributedType.MULTI_CPU):
+        # Such a term runs the unwrapped model; sharded parameters (FSDP, DeepSpeed) are not there.
+        raise ValueError(f"{', '.join(whole)} needs one process or DDP, not {accelerator.distributed_type}")
+    if settings.grad_accumulation < 1:
+        raise ValueError(f"grad_accumulation must be at least 1, not {settings.grad_accumulation}")
+    if settings.grad_accumulation > 1 and accelerator.distributed_type in (DistributedType.DEEPSPEED,
+                                                                           DistributedType.MEGATRON_LM):
+        # Those engines step and scale the loss at their own accumulation boundaries, which
+        # this loop's successive backward passes would not respect.
+        raise ValueError(f"grad_accumulation needs one process, DDP or FSDP, not {accelerator.distributed_type}")
+
+
+def _train_step(run: _Run, step: int) -> None:
+    """One optimizer step: the translation micro-batches (all but the last back-propagated at
+    once), the callbacks' terms, the finiteness check, the update."""
+    accelerator, settings = run.accelerator, run.settings
+    kind = run.schedule.kind(step)
+    loss = torch.zeros((), device=accelerator.device)
+    # The loss of the micro-batches back-propagated before the step's last one (detached).
+    earlier = torch.zeros((), device=accelerator.device)
+    if kind in ("translation", "both"):
+        micro = next(run.batches)
+        targets = [[(piece["labels"][:, run.first_label:] != -100).sum() for piece in pieces] for pieces in micro]
+        # Token-weighted over the whole step, so the pieces of every micro-batch add up to the
+        # mean over all the step's examples; a lone piece is that mean already.
+        total_targets = (torch.stack([n for counts in targets for n in counts]).sum().clamp(min=1)
+                         if len(micro) > 1 or len(micro[0]) > 1 else None)
+        for pieces, counts in zip(micro[:-1], targets[:-1]):
+            # The gradients of all but the last micro-batch stay local: DDP averages their sum
+            # over the processes in the last backward pass.
+            with accelerator.no_sync(run.model):
+                part = _translation_loss(run.model, pieces, counts, total_targets, accelerator.device, settings.bf16)
+                accelerator.backward(part)
+            earlier += part.detach()
+        translation_loss = _translation_loss(run.model, micro[-1], targets[-1], total_targets, accelerator.device,
+                                             settings.bf16)
+        loss = loss + translation_loss
+        run.running += earlier + translation_loss.detach()
+        run.running_n += 1
+        run.tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum()
                           for pieces in micro for piece in pieces)
-        if kind in ("alignment", "both"):
-            with accelerator.autocast():
-                # The unwrapped model: the alignment pass stops midway, which DDP's forward cannot do.
-                align_loss = auxiliary.loss(accelerator.unwrap_model(model), step)
-            loss = loss + auxiliary.weight * align_loss
-            align_running += align_loss.detach()
-            align_n += 1
-        if loss_hook is not None:
-            loss = loss_hook(step, loss)
-        if not torch.isfinite(earlier + loss):
-            bar.close()
-            raise TrialDiverged(f"non-finite training loss ({(earlier + loss).item()}) at step {step}")
-        accelerator.backward(loss)
-        if kind == "alignment" and accelerator.num_processes > 1:
-            _average_gradients(model)  # DDP only averages what went through its own forward
-        if settings.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-        outcome.steps = step
+    for callback in run.callbacks:
+        with accelerator.autocast():
+            # The unwrapped model: a term may stop the forward midway, which DDP's forward cannot do.
+            extra = callback.extra_loss(accelerator.unwrap_model(run.model), step)
+        if extra is not None:
+            loss = loss + extra
+    for callback in run.callbacks:
+        loss = callback.on_loss(step, loss)
+    if not torch.isfinite(earlier + loss):
+        raise TrialDiverged(f"non-finite training loss ({(earlier + loss).item()}) at step {step}")
+    accelerator.backward(loss)
+    if kind == "own" and accelerator.num_processes > 1:
+        _average_gradients(run.model)  # DDP only averages what went through its own forward
+    if settings.grad_clip:
+        accelerator.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    for callback in run.callbacks:
+        callback.on_step_end(step, run.model)
 
-        if step % settings.log_every == 0 or step == total:
-            # .item() syncs with the device: only at log points, not every step.
-            logged: dict[str, float] = {}
-            if running_n:
-                outcome.train_loss = logged["train_loss"] = (running / running_n).item()
-            if align_n:
-                outcome.align_loss = logged["align_loss"] = (align_running / align_n).item()
-            outcome.history.append({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
-            bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
-            if log_dir:
-                accelerator.log(logged, step=step)
-            running, running_n = torch.zeros((), device=accelerator.device), 0
-            align_running, align_n = torch.zeros((), device=accelerator.device), 0
 
-        if dev_batches and settings.eval_every and (step % settings.eval_every == 0 or step == total):
-            dev_loss = _dev_loss(model, dev_batches, accelerator)
-            outcome.history.append({"step": step, "dev_loss": round(dev_loss, 5)})
-            if log_dir:
-                accelerator.log({"dev_loss": dev_loss}, step=step)
-            if outcome.best_dev_loss is None or dev_loss < outcome.best_dev_loss:
-                outcome.best_dev_loss, outcome.best_step = dev_loss, step
-                progress_state["evals_without_gain"] = 0
-                best = {k: v.detach().cpu().clone() for k, v in accelerator.get_state_dict(model).items()}
-            else:
-                progress_state["evals_without_gain"] += 1
-                if settings.patience and progress_state["evals_without_gain"] >= settings.patience:
-                    outcome.stopped_early = True
-                    break
-            if best_path is not None and outcome.best_step == step and accelerator.is_main_process:
-                best_path.parent.mkdir(parents=True, exist_ok=True)
-                save_file(best, best_path)
+def _log_point(run: _Run, step: int) -> dict[str, float]:
+    """Record the mean losses since the last log point in the history; returns them."""
+    # .item() syncs with the device: only at log points, not every step.
+    logged: dict[str, float] = {}
+    if run.running_n:
+        run.outcome.train_loss = logged["train_loss"] = (run.running / run.running_n).item()
+    for callback in run.callbacks:
+        values = callback.logged()
+        run.outcome.extra_losses.update(values)
+        logged.update(values)
+    run.outcome.history.append({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
+    if run.log_dir:
+        run.accelerator.log(logged, step=step)
+    run.running, run.running_n = torch.zeros((), device=run.accelerator.device), 0
+    return logged
 
-        if checkpoint_dir and settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total:
-            progress_state["elapsed"] = time.perf_counter() - start
-            outcome.tokens += int(accelerator.reduce(tokens, "sum"))
-            tokens.zero_()
-            _save_checkpoint(accelerator, checkpoint_dir, outcome, progress_state)
-    bar.close()
-    if running_n:
-        outcome.train_loss = (running / running_n).item()
-    if align_n:
-        outcome.align_loss = (align_running / align_n).item()
-    outcome.tokens += int(accelerator.reduce(tokens, "sum"))
-    unwrapped = accelerator.unwrap_model(model)
+
+def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Path | None) -> bool:
+    """Evaluate the dev loss, keep the best weights; returns True when patience ran out."""
+    outcome, accelerator = run.outcome, run.accelerator
+    dev_loss = _dev_loss(run.model, dev_batches, accelerator)
+    outcome.history.append({"step": step, "dev_loss": round(dev_loss, 5)})
+    if run.log_dir:
+        accelerator.log({"dev_loss": dev_loss}, step=step)
+    if outcome.best_dev_loss is None or dev_loss < outcome.best_dev_loss:
+        outcome.best_dev_loss, outcome.best_step = dev_loss, step
+        run.progress["evals_without_gain"] = 0
+        run.best = {k: v.detach().cpu().clone() for k, v in accelerator.get_state_dict(run.model).items()}
+    else:
+        run.progress["evals_without_gain"] += 1
+        if run.settings.patience and run.progress["evals_without_gain"] >= run.settings.patience:
+            return True
+    if checkpoint_dir and outcome.best_step == step and accelerator.is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_file(run.best, checkpoint_dir / "best.safetensors")
+    return False
+
+
+def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
+    """Final losses and token count, the best dev weights restored, the accelerator released."""
+    outcome, accelerator = run.outcome, run.accelerator
+    if run.running_n:
+        outcome.train_loss = (run.running / run.running_n).item()
+    for callback in run.callbacks:
+        outcome.extra_losses.update(callback.logged())
+    outcome.tokens += int(accelerator.reduce(run.tokens, "sum"))
+    unwrapped = accelerator.unwrap_model(run.model)
     if outcome.best_step is not None:
-        if best is None:  # resumed after the best step: its weights are on disk
-            best = load_file(best_path)
-        unwrapped.load_state_dict(best)
+        best = run.best if run.best is not None else load_file(checkpoint_dir / "best.safetensors")
+        unwrapped.load_state_dict(best)  # from disk when resumed after the best step
     unwrapped.eval()
-    outcome.seconds = time.perf_counter() - start
+    outcome.seconds = time.perf_counter() - run.start
     accelerator.wait_for_everyone()
-    if log_dir:
+    if run.log_dir:
         accelerator.end_training()
     accelerator.free_memory()
     return outcome

@@ -1,0 +1,92 @@
+"""Hooks into the training loop: what a mitigation (or a test, or a monitor) adds to training
+without the loop naming it.
+
+The loop (:func:`mtforget.train.loop.train`) calls every callback at fixed points of each
+optimizer step. Every hook has a default that does nothing, so a callback overrides only what it
+needs:
+
+- :meth:`TrainCallback.on_train_start` sees the model before any step (and before a resumed
+  run's state is loaded, so it sees the weights the run started from);
+- :meth:`TrainCallback.extra_loss` adds a term to the step's loss (an auxiliary objective, a
+  penalty), already weighted; :meth:`TrainCallback.logged` says what to log about it;
+- :meth:`TrainCallback.on_loss` sees the step's whole loss before it is checked and
+  back-propagated, and may replace it (fault injection);
+- :meth:`TrainCallback.on_step_end` runs after the optimizer step.
+
+A callback may also own optimizer steps of its own, interleaved with the translation steps (the
+alternating schedule of cross-lingual alignment): it then provides a :class:`StepSchedule`. At
+most one callback of a run may do so.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:  # mitigations subclass TrainCallback in processes that never load PyTorch
+    import torch
+
+# What one optimizer step trains on: a translation batch, the schedule owner's own objective, or both.
+StepKind = Literal["translation", "own", "both"]
+
+
+class StepSchedule(Protocol):
+    """How a callback's own steps interleave with the translation steps."""
+
+    def total_steps(self, translation_steps: int) -> int:
+        """Optimizer steps for ``translation_steps`` translation batches."""
+
+    def translation_steps_done(self, steps: int) -> int:
+        """Translation batches consumed by the first ``steps`` optimizer steps."""
+
+    def kind(self, step: int) -> StepKind:
+        """What optimizer step ``step`` (1-based) trains on."""
+
+
+class TrainCallback:
+    """A training-loop hook; see the module docstring for when each method runs."""
+
+    # True when extra_loss reads the whole model's parameters: sharded engines (FSDP, DeepSpeed)
+    # do not hold them in one process, so the loop refuses to run such a callback under them.
+    needs_whole_model: bool = False
+    # The interleaving of this callback's own steps, or None when it adds to translation steps only.
+    schedule: StepSchedule | None = None
+
+    def on_train_start(self, model: torch.nn.Module) -> None:
+        """Called once, with the unwrapped model, before the first step."""
+
+    def extra_loss(self, model: torch.nn.Module, step: int) -> torch.Tensor | None:
+        """A weighted term to add to step ``step``'s loss (the unwrapped model), or None."""
+        return None
+
+    def logged(self) -> dict[str, float]:
+        """Values to log at a log point (means since the last one); emptied by the call."""
+        return {}
+
+    def on_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """The loss of step ``step`` to check and back-propagate (the same one by default)."""
+        return loss
+
+    def on_step_end(self, step: int, model: torch.nn.Module) -> None:
+        """Called after the optimizer step of ``step``."""
+
+
+class TranslationOnly:
+    """The schedule without interleaved steps: every optimizer step is a translation step."""
+
+    def total_steps(self, translation_steps: int) -> int:
+        return translation_steps
+
+    def translation_steps_done(self, steps: int) -> int:
+        return steps
+
+    def kind(self, step: int) -> StepKind:
+        return "translation"
+
+
+def step_schedule(callbacks: list[TrainCallback]) -> StepSchedule:
+    """The schedule of the one callback that interleaves steps of its own, or translation only."""
+    owners = [c for c in callbacks if c.schedule is not None]
+    if len(owners) > 1:
+        raise ValueError(f"{len(owners)} callbacks interleave steps of their own; at most one can "
+                         f"({', '.join(type(c).__name__ for c in owners)})")
+    return owners[0].schedule if owners else TranslationOnly()
