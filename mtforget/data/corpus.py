@@ -79,7 +79,8 @@ def numbered_records(path: Path) -> Iterator[tuple[int, dict]]:
     """The JSON object of each non-empty line with its line number; a malformed line is a
     :class:`UsageError` naming ``FILE:LINE``."""
     # One record at a time: holding every parsed line until the corpus is built leaves the
-    # process some 60 MB larger for good (10 MB of JSON lines), in every worker that reads it.
+    # process larger for good (parsed JSON takes several times the file's size), in every worker
+    # that reads it.
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():

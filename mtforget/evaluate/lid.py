@@ -82,7 +82,7 @@ class PyLangIdentifier(_Scoring):
     @classmethod
     def create(cls, languages: list[str]) -> PyLangIdentifier | None:
         """An identifier that only chooses among ``languages``; None if py3langid lacks one of them."""
-        identifier = LanguageIdentifier.from_model_file(MODEL_FILE)  # loaded once: it takes ~1 s
+        identifier = LanguageIdentifier.from_model_file(MODEL_FILE)  # slow to load: callers keep it
         if not all(_base(lang) in identifier.nb_classes for lang in languages):
             return None
         identifier.set_languages(sorted({_base(lang) for lang in languages}))
@@ -107,7 +107,7 @@ class CorpusLanguageIdentifier(_Scoring):
     def train(cls, segments: tuple[Segment, ...] | list[Segment], languages: list[str],
               max_per_language: int = 2000) -> CorpusLanguageIdentifier:
         """Fit on up to ``max_per_language`` sentences of each language (in corpus order)."""
-        # Imported here: scikit-learn brings SciPy and pandas (about 100 MB), which a process that
+        # Imported here: scikit-learn brings SciPy and pandas into memory, which a process that
         # identifies real languages, or only pre-trains a base, does not need.
         from sklearn.feature_extraction.text import HashingVectorizer
         from sklearn.naive_bayes import MultinomialNB

@@ -233,8 +233,8 @@ class ResourcesConfig(_Strict):
     ``fresh_process``: a trial that runs outside the scheduling process (``workers`` > 1, Ray)
     gets a process of its own that exits after it, so everything it allocated goes back to the
     system before the next trial starts; off, a worker process runs trial after trial and keeps
-    the high-water mark of all of them (about 400 MB more per worker in the demo), for about
-    five seconds of imports less per trial.
+    the high-water mark of all of them, for the imports it saves per trial
+    (``benchmarks/demo_wall.py`` measures both).
     """
 
     cpus: int | None = Field(None, ge=1)

@@ -82,8 +82,8 @@ class TrainSettings:
     # for devices that multiply bf16 natively (see native_bf16), where it is the fastest setting.
     bf16: bool = False
     # Batch widths rounded up to a multiple of this. A CPU's bf16 matrix library builds and keeps a
-    # kernel per matrix shape; with widths in steps of 4 a tiny base's pre-training held 250-350 MB
-    # less for 3% more time (padded positions are masked and unlabelled: the same loss).
+    # kernel per matrix shape, so fewer distinct widths hold less memory for a little more padding
+    # (padded positions are masked and unlabelled: the same loss).
     pad_to_multiple_of: int = 1
 
 
