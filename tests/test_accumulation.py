@@ -13,13 +13,13 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from mtforget.bases.specs import TinySpec
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.errors import UsageError
 from mtforget.models.hidden import resolve_layer
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
 from mtforget.models.loading import make_control
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TinySpec
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, sample_alignment_pairs
@@ -155,9 +155,9 @@ def test_two_process_accumulation_matches_two_process_large_batches(tmp_path):
         import sys
         import torch
         from accelerate import PartialState
+        from mtforget.bases.specs import TinySpec
+        from mtforget.bases.tiny_seq2seq import build_model
         from mtforget.models.language import LanguageTokens
-        from mtforget.models.tiny import build_model
-        from mtforget.models.tiny_specs import TinySpec
         from mtforget.train.loop import TrainSettings, train
         from tests.conftest import tiny_world
 

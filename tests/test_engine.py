@@ -17,17 +17,18 @@ import torch
 from transformers import (GPTNeoConfig, GPTNeoForCausalLM, M2M100Config, M2M100ForConditionalGeneration,
                           Qwen2Config, Qwen2ForCausalLM)
 
+from mtforget.bases.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, split_by_id
 from mtforget.data.synthetic import SyntheticWorld
 from mtforget.errors import UsageError
-from mtforget.evaluate.engine import (ENGINE_CHRF_TOLERANCE, HF_ENGINE_NAME, CT2Engine, HFEngine, make_engine,
-                                      probe_direction)
+from mtforget.evaluate.engines.base import ENGINE_CHRF_TOLERANCE, make_engine, probe_direction
+from mtforget.evaluate.engines.ctranslate2 import CT2Engine
+from mtforget.evaluate.engines.hf import HF_ENGINE_NAME, HFEngine
 from mtforget.evaluate.generate import length_batches
 from mtforget.evaluate.metrics import score
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.trial import synthetic_corpus_path
 

@@ -9,6 +9,8 @@ import torch
 from tokenizers import processors
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from mtforget.bases.specs import TinySpec
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.data.categories import CATEGORIES
 from mtforget.data.corpus import Segment
 from mtforget.data.replay import replay_examples, replay_size
@@ -19,8 +21,6 @@ from mtforget.models.instruction import InstructionControl
 from mtforget.models.interpolation import interpolate_state_dicts, interpolation_sweep, load_interpolated
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TinySpec
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study

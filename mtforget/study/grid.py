@@ -6,8 +6,8 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtforget.bases.specs import tiny_recipe
 from mtforget.cache import content_fingerprint, fingerprint
-from mtforget.models.tiny_specs import tiny_recipe
 from mtforget.study.config import (EXECUTION_KEYS, FinetuneConfig, StudyConfig, grid_combinations, set_dotted,
                                    study_to_dict)
 

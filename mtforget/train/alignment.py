@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from mtforget.data.corpus import Segment
+from mtforget.data.languages import normalize_code
 from mtforget.errors import UsageError
 from mtforget.models.hidden import encode_sentences, is_encoder_decoder, layer_states, resolve_layer
-from mtforget.models.languages import normalize_code
 from mtforget.train.loop import StepBatches
 
 if TYPE_CHECKING:
