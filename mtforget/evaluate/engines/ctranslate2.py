@@ -30,6 +30,7 @@ from mtforget.models.control import Control
 
 log = logging.getLogger("mtforget")
 
+
 class SetupFailed(RuntimeError):
     """CTranslate2 failed at one ``step`` of setting up (conversion, loading, a probe translation)."""
 
