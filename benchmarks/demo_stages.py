@@ -18,14 +18,14 @@ import random
 import tempfile
 import time
 
+from mtforget.bases.tiny import tiny_base
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, sample_directions, split_by_id
-from mtforget.evaluate.engine import make_engine
+from mtforget.evaluate.engines.base import make_engine
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
 from mtforget.evaluate.generate import translate
 from mtforget.evaluate.lid import make_identifier
 from mtforget.models.loading import load_model, make_control
-from mtforget.models.tiny import tiny_base
 from mtforget.study.config import apply_overrides, grid_parts, parse_study
 from mtforget.study.demo import demo_study
 from mtforget.study.trial import resolve_directions, synthetic_corpus_path

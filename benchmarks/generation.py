@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtforget.bases.tiny import tiny_base
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, split_by_id
-from mtforget.evaluate.engine import ENGINE_CHRF_TOLERANCE, GenerationEngine, make_engine
+from mtforget.evaluate.engines.base import ENGINE_CHRF_TOLERANCE, GenerationEngine, make_engine
 from mtforget.evaluate.generate import translate
 from mtforget.evaluate.metrics import score
 from mtforget.models.loading import count_parameters, load_model, make_control
-from mtforget.models.tiny import tiny_base
 from mtforget.study.config import parse_study
 from mtforget.study.demo import demo_study
 from mtforget.study.trial import synthetic_corpus_path

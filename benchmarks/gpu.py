@@ -42,15 +42,17 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
+from mtforget.bases.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.data.corpus import corpus_from_records
 from mtforget.data.splits import direction_examples, sample_all_directions
 from mtforget.data.synthetic import SyntheticWorld
 from mtforget.errors import UsageError
-from mtforget.evaluate.engine import Job, batch_limits, make_engine
+from mtforget.evaluate.engines.base import make_engine
+from mtforget.evaluate.engines.hf import batch_limits
+from mtforget.evaluate.generate import Job
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
-from mtforget.models.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.train.loop import TrainSettings, train
 

@@ -20,11 +20,11 @@ from dataclasses import replace
 import torch
 from transformers import get_scheduler
 
+from mtforget.bases.specs import TINY_SPECS
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import sample_all_directions, split_by_id
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TINY_SPECS
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.demo import demo_study
 from mtforget.study.trial import synthetic_corpus_path

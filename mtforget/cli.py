@@ -7,11 +7,16 @@ config or input, with one ``error:`` line on stderr naming the key, file or line
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtforget.console import quiet_libraries
 from mtforget.errors import UsageError
+
+if TYPE_CHECKING:
+    from mtforget.study.config import StudyConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from mtforget.study.config import apply_overrides, load_study, parse_study
     from mtforget.study.demo import demo_study
-    from mtforget.study.runner import gate_warnings, run_study
 
     if args.command == "data":
         from mtforget.data.gettext import build_gettext_corpus
@@ -92,12 +96,47 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         study = load_study(args.study, args.overrides)
         out = args.out or Path("runs") / args.study.stem
-    code = run_study(study, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    return _run(study, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+
+
+def _run(study: StudyConfig, out: Path, progress: bool, retry_failed: bool) -> int:
+    """Run the study, then build its report and print the summary; the exit code.
+
+    Only the process that records results (the main one under ``accelerate launch``) builds the
+    report. It does so also when the run stops on an error or an interrupt, from the trials
+    recorded so far.
+    """
+    from mtforget.study.runner import is_main_process, run_study
+
+    try:
+        code = run_study(study, out, progress=progress, retry_failed=retry_failed)
+    except BaseException:
+        if is_main_process() and (out / "results.sqlite").is_file():
+            _report_after_failure(out)
+        raise
+    if not is_main_process():
+        return code
+    # Imported only now: the plotting libraries would otherwise sit in this process's memory
+    # beside the workers for the whole study.
+    from mtforget.report.build import build_report, gate_warnings
+
+    build_report(out)
     print(f"results: {out / 'results.csv'}\nreport:  {out / 'report' / 'index.html'}")
     print((out / "report" / "summary.md").read_text(encoding="utf-8"))
     for line in gate_warnings(out):
         sys.stderr.write(line + "\n")
     return code
+
+
+def _report_after_failure(out: Path) -> None:
+    """The report of what a failed or interrupted run recorded; a report that cannot be built then
+    is logged, so that the run's own error is the one the user sees."""
+    from mtforget.report.build import build_report
+
+    try:
+        build_report(out)
+    except Exception as exc:  # noqa: BLE001 - the error in flight matters more
+        logging.getLogger("mtforget").warning("could not build the report of %s: %s", out, exc)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,16 @@ def watch_trials(monkeypatch, fn) -> None:
     monkeypatch.setattr(trial_module, "train", train)
 
 
+def run_and_report(study, out, **kwargs) -> int:
+    """``run_study`` and then the report, as the command line runs a study; the exit code."""
+    from mtforget.report.build import build_report
+    from mtforget.study.runner import run_study
+
+    code = run_study(study, out, **kwargs)
+    build_report(out)
+    return code
+
+
 def resume_and_check(monkeypatch, study, out, finished, reference_rows, rows_of) -> None:
     """Run ``study`` again in ``out``: ``finished`` (a trial dir) must not train again, and the
     result table must equal ``reference_rows``."""

@@ -13,18 +13,23 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from mtforget.bases.specs import TinySpec
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.errors import UsageError
+from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.models.hidden import resolve_layer
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
 from mtforget.models.loading import make_control
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TinySpec
 from mtforget.study.config import parse_study
-from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, sample_alignment_pairs
-from mtforget.train.loop import TrainSettings, _step_micro_batches, train, training_precision
+from mtforget.train.loop import (
+    TrainSettings,
+    _step_micro_batches,
+    train,
+    training_precision,
+)
 from tests.conftest import Kill, OnLoss, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
@@ -156,9 +161,9 @@ def test_two_process_accumulation_matches_two_process_large_batches(tmp_path):
         import sys
         import torch
         from accelerate import PartialState
+        from mtforget.bases.specs import TinySpec
+        from mtforget.bases.tiny_seq2seq import build_model
         from mtforget.models.language import LanguageTokens
-        from mtforget.models.tiny import build_model
-        from mtforget.models.tiny_specs import TinySpec
         from mtforget.train.loop import TrainSettings, train
         from tests.conftest import tiny_world
 

@@ -14,21 +14,37 @@ import json
 import ctranslate2
 import pytest
 import torch
-from transformers import (GPTNeoConfig, GPTNeoForCausalLM, M2M100Config, M2M100ForConditionalGeneration,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from mtforget.bases.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, split_by_id
 from mtforget.data.synthetic import SyntheticWorld
 from mtforget.errors import UsageError
-from mtforget.evaluate.engine import (ENGINE_CHRF_TOLERANCE, HF_ENGINE_NAME, CT2Engine, HFEngine, make_engine,
-                                      probe_direction)
+from mtforget.evaluate.engines.base import (
+    ENGINE_CHRF_TOLERANCE,
+    EngineSpec,
+    GenerationEngine,
+    engine_spec,
+    make_engine,
+    probe_direction,
+)
+from mtforget.evaluate.engines.ctranslate2 import CT2Engine
+from mtforget.evaluate.engines.hf import HF_ENGINE_NAME, HFEngine
+from mtforget.evaluate.engines.registry import ENGINES, engine_choices
 from mtforget.evaluate.generate import length_batches
 from mtforget.evaluate.metrics import score
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.models.tokenizer import train_tokenizer
+from mtforget.study.config import parse_study
 from mtforget.study.trial import synthetic_corpus_path
 
 MAX_NEW_TOKENS = 16
@@ -207,6 +223,42 @@ def test_auto_prefers_ctranslate2_and_rejects_unknown_kinds(encoder_decoder):
         assert engine.kind == "ctranslate2"
     with pytest.raises(UsageError, match="unknown engine"):
         make_engine("vllm", model, control)
+    with pytest.raises(UsageError, match=r"^t: eval\.engine: unknown engine 'vllm' \(auto, ctranslate2 or hf\)$"):
+        parse_study({"eval": {"engine": "vllm"}}, "t")  # at load, before any model
+
+
+def test_the_registry_names_every_engine_and_one_fallback():
+    specs = {name: engine_spec(name) for name in ENGINES}
+    assert engine_choices() == ["auto", "ctranslate2", "hf"]
+    assert [name for name, spec in specs.items() if spec.auto == "fallback"] == ["hf"]
+    # An engine's kind is its registry name: a trial makes the fine-tuned model's engine from it.
+    assert (HFEngine.kind, CT2Engine.kind) == ("hf", "ctranslate2")
+
+
+class _Echo(GenerationEngine):
+    """An engine that returns its input: what a new engine module needs to define."""
+
+    kind = name = "echo"
+
+    def __init__(self, control) -> None:
+        self.control = control
+
+    def translate_many(self, jobs, progress=None):
+        return [list(texts) for texts, _, _ in jobs]
+
+
+# This module registered as an engine (see the next test): its ENGINE is all the registry reads.
+ENGINE = EngineSpec(label="Echo", open=lambda model, control, options: _Echo(control))
+
+
+def test_an_engine_is_one_module_and_one_registry_line(monkeypatch, encoder_decoder):
+    model, control = encoder_decoder
+    monkeypatch.setitem(ENGINES, "echo", __name__)
+    assert parse_study({"eval": {"engine": "echo"}}, "t").eval.engine == "echo"
+    with make_engine("echo", model, control) as engine:
+        assert engine.translate(["a b"], "xa", "xb") == ["a b"]
+    with make_engine("auto", model, control, MAX_NEW_TOKENS) as engine:  # not in "auto"'s order
+        assert engine.kind == "ctranslate2"
 
 
 # What CTranslate2's CUDA 12 wheels raise at the first translation on a machine with CUDA 13 only:

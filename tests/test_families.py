@@ -8,15 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import (LlamaConfig, LlamaForCausalLM, M2M100Config, M2M100ForConditionalGeneration,
-                          MarianConfig, MarianMTModel, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    MarianConfig,
+    MarianMTModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from mtforget.cli import main
+from mtforget.data.languages import iso639_3, language_name, mbart_code, nllb_code
 from mtforget.data.splits import Example
 from mtforget.data.synthetic import SyntheticWorld
+from mtforget.models.control import BatchEncoder, Control
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens, detect_convention
-from mtforget.models.languages import iso639_3, language_name, mbart_code, nllb_code
+from mtforget.models.loading import load_model, make_control
 from mtforget.models.tokenizer import train_tokenizer
 from tests.conftest import tiny_study
 
@@ -117,6 +127,23 @@ def test_marian_names_the_target_on_the_source_side(tmp_path):
     assert tok.convert_tokens_to_ids(">>deu<<") not in batch["labels"][0].tolist()
 
 
+@pytest.mark.parametrize("family, control_class", [("marian", LanguageTokens), ("nllb", LanguageTokens),
+                                                   ("llama-plain", InstructionControl)])
+def test_make_control_picks_by_architecture_a_control_with_every_protocol_member(tmp_path, family, control_class):
+    model, tokenizer = load_model(build_checkpoint(family, tmp_path / family))
+    control, _ = make_control(model, tokenizer, ["en", "de"])
+    assert type(control) is control_class
+    members = {name for cls in (BatchEncoder, Control) for name in (*vars(cls), *cls.__annotations__)
+               if not name.startswith("_")}
+    assert {"batch", "generate_rows", "model_inputs", "tokenizer"} <= members
+    assert all(hasattr(control, name) for name in members), members - set(dir(control))
+    assert control.encoder_decoder == model.config.is_encoder_decoder
+    # What the decoder starts with: the target's token, except where the source names it (Marian)
+    # or the prompt does (decoder-only).
+    assert control.decoder_prefix("de") == ([control.token_id("de")] if family == "nllb" else [])
+    assert control.clean(" a  b \nc") == ("a b" if family == "llama-plain" else "a b c")
+
+
 def test_code_registry():
     assert nllb_code("de") == "deu_Latn" and nllb_code("zh_Hant") == "zho_Hant" and nllb_code("zh") == "zho_Hans"
     assert mbart_code("de") == "de_DE" and mbart_code("pt_BR") == "pt_XX" and mbart_code("xa") == "xa_XX"
@@ -156,7 +183,11 @@ def test_lora_switches_layerdrop_off_in_the_modules(tmp_path):
 def test_builtin_decoder_bases_plain_and_instruction_tuned(tmp_path):
     """tiny:lm is steered by a plain prompt, tiny:lm-instruct (built from it) by a chat template,
     and an encoder-decoder of similar size sits beside them in one list grid."""
-    from mtforget.models.tiny_decoder import OTHER_TASKS, TRANSLATE_PHRASINGS, instruction_mix
+    from mtforget.bases.tiny_decoder import (
+        OTHER_TASKS,
+        TRANSLATE_PHRASINGS,
+        instruction_mix,
+    )
     from mtforget.study.trial import TrialMemo, _corpus_and_splits
 
     raw = tiny_study()

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from mtforget.data.corpus import read_jsonl
+from mtforget.data.languages import normalize_code
 from mtforget.data.loaders import load_corpus, read_flores, read_tsv
 from mtforget.errors import UsageError
-from mtforget.models.languages import normalize_code
 
 REAL_CODES = {
     "de": "de", "deu": "de", "deu_Latn": "de", "ger": "de", "de-DE": "de_DE", "eng_Latn": "en",

@@ -9,23 +9,35 @@ import torch
 from tokenizers import processors
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from mtforget.bases.specs import TinySpec
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.data.categories import CATEGORIES
 from mtforget.data.corpus import Segment
 from mtforget.data.replay import replay_examples, replay_size
 from mtforget.data.splits import pivot_language, sample_directions
-from mtforget.evaluate.representations import layerwise_retrieval, retrieval_accuracy, sentence_states
+from mtforget.evaluate.representations import (
+    layerwise_retrieval,
+    retrieval_accuracy,
+    sentence_states,
+)
+from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.models.hidden import encode_sentences, resolve_layer
 from mtforget.models.instruction import InstructionControl
-from mtforget.models.interpolation import interpolate_state_dicts, interpolation_sweep, load_interpolated
+from mtforget.models.interpolation import (
+    interpolate_state_dicts,
+    interpolation_sweep,
+    load_interpolated,
+)
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TinySpec
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.config import parse_study
-from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.study.runner import run_study
-from mtforget.train.alignment import AlignmentObjective, info_nce, sample_alignment_pairs
+from mtforget.train.alignment import (
+    AlignmentObjective,
+    info_nce,
+    sample_alignment_pairs,
+)
 from mtforget.train.loop import TrainSettings, train
 from tests.conftest import Kill, OnLoss, resume_and_check, tiny_study, tiny_world
 

@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, M2M100Config, M2M100ForConditionalGeneration,
-                          MarianConfig, MarianMTModel, MBartConfig, MBartForConditionalGeneration, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    MarianConfig,
+    MarianMTModel,
+    MBartConfig,
+    MBartForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from mtforget.data.synthetic import SyntheticWorld
-from mtforget.evaluate.engine import (DEFAULT_MAX_BATCH_SENTENCES, DEFAULT_MAX_BATCH_TOKENS, BatchLimits,
-                                      HFEngine, batch_limits, generation_footprint, make_engine)
-from mtforget.evaluate.generate import length_batches, model_inputs
+from mtforget.evaluate.engines.base import DEFAULT_MAX_BATCH_TOKENS, make_engine
+from mtforget.evaluate.engines.hf import (
+    DEFAULT_MAX_BATCH_SENTENCES,
+    BatchLimits,
+    HFEngine,
+    batch_limits,
+    generation_footprint,
+)
+from mtforget.evaluate.generate import length_batches
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens, add_language_tokens, pad
 from mtforget.models.tokenizer import train_tokenizer
@@ -124,7 +139,7 @@ def _mixed_batches(control, jobs, limits: BatchLimits) -> int:
     """How many of the batches ``limits`` make hold rows of more than one direction."""
     lengths, direction = [], []
     for d, (texts, src, tgt) in enumerate(jobs):
-        lengths += [len(ids) for ids in model_inputs(control, texts, src, tgt)]
+        lengths += [len(ids) for ids in control.model_inputs(texts, src, tgt)]
         direction += [d] * len(texts)
     batches = length_batches(lengths, limits.max_sentences, limits.max_tokens, limits.reserve_per_row)
     return sum(len({direction[i] for i in b}) > 1 for b in batches)

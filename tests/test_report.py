@@ -12,8 +12,7 @@ from mtforget.cli import main
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.report.tables import log_fit
 from mtforget.study.config import parse_study
-from mtforget.study.runner import run_study
-from tests.conftest import tiny_study
+from tests.conftest import run_and_report, tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "runs" / "test-artifacts" / "report-screenshot.png"
@@ -89,7 +88,7 @@ def test_markup_in_the_corpus_is_shown_escaped_and_never_runs(tmp_path):
     raw["corpus"] = {**raw["corpus"], "path": str(corpus)}
     raw["finetune"]["directions"] = ["en-xa", "xa-en", "xa-xb"]
     out = tmp_path / "study"
-    assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+    assert run_and_report(parse_study(raw, "t"), out, progress=False) == 0
     html_text = (out / "report" / "index.html").read_text()
     assert "<script>window.__pwned" not in html_text and "&lt;script&gt;window.__pwned" in html_text
 
@@ -110,7 +109,7 @@ def test_log_fit_recovers_a_known_slope():
 
 def test_report_records_tokens_per_parameter(tmp_path):
     out = tmp_path / "s"
-    assert run_study(parse_study(tiny_study(), "t"), out, progress=False) == 0
+    assert run_and_report(parse_study(tiny_study(), "t"), out, progress=False) == 0
     infos = [json.loads(p.read_text())["info"] for p in (out / "trials").glob("*/result.json")]
     for info in infos:
         assert info["train"]["tokens"] > 0 and info["parameters"] > 0

@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
+from mtforget.bases.specs import TinySpec
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.cli import main
 from mtforget.mitigations import MITIGATIONS
 from mtforget.mitigations.l2_to_base import L2Penalty
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TinySpec
 from mtforget.study.config import parse_study, valid_keys
 from mtforget.study.grid import expand
 from mtforget.study.result import TrialResult

@@ -13,7 +13,7 @@ from mtforget.study.config import parse_study
 from mtforget.study.grid import expand
 from mtforget.study.runner import run_study
 from mtforget.study.store import CSV_COLUMNS
-from tests.conftest import resume_and_check, tiny_study, watch_trials
+from tests.conftest import resume_and_check, run_and_report, tiny_study, watch_trials
 
 
 class Interrupt(BaseException):
@@ -34,7 +34,7 @@ def test_study_writes_the_contract_files(tmp_path):
     raw = tiny_study(**{"finetune.size": [16]})
     raw["finetune"]["directions"] = ["en-xa", "xa-en", "xa-xb"]
     out = tmp_path / "s"
-    assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+    assert run_and_report(parse_study(raw, "t"), out, progress=False) == 0
     rows = _rows(out)
     assert list(rows[0]) == CSV_COLUMNS
     assert {r["category"] for r in rows} == set(CATEGORIES)
@@ -84,7 +84,7 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_others_complete(tmp_pat
     out = tmp_path / "s"
     with monkeypatch.context() as patch:
         watch_trials(patch, inject_nan)
-        assert run_study(study, out, progress=False) == 1
+        assert run_and_report(study, out, progress=False) == 1
     rows = _rows(out)
     assert rows and all("-n32-" in r["trial_id"] for r in rows)
     summary = (out / "report" / "summary.md").read_text()
@@ -126,7 +126,7 @@ def test_report_command_rebuilds_the_report(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.sqlite" in capsys.readouterr().err
     out = tmp_path / "s"
-    assert run_study(parse_study(tiny_study(**{"finetune.size": [16]}), "t"), out, progress=False) == 0
+    assert run_and_report(parse_study(tiny_study(**{"finetune.size": [16]}), "t"), out, progress=False) == 0
     for built in (out / "report").iterdir():
         built.unlink()
     assert main(["report", str(out)]) == 0
@@ -137,7 +137,7 @@ def test_lora_trials_train_adapters_only_and_report_their_size(tmp_path):
     raw = tiny_study(**{"finetune.method": ["full", "lora"]})
     raw["finetune"]["lora"] = {"rank": 4, "alpha": 8, "dropout": 0.0}
     out = tmp_path / "s"
-    assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+    assert run_and_report(parse_study(raw, "t"), out, progress=False) == 0
     infos = {json.loads(p.read_text())["info"]["method"]: json.loads(p.read_text())["info"]
              for p in (out / "trials").glob("*/result.json")}
     assert infos["full"]["trainable_parameters"] == infos["full"]["parameters"]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from mtforget.bases.specs import TinySpec
+from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.errors import TrialDiverged
 from mtforget.models.language import LanguageTokens
-from mtforget.models.tiny import build_model
-from mtforget.models.tiny_specs import TinySpec
 from mtforget.train.loop import StepBatches, TrainSettings, train
 from tests.conftest import Kill, OnLoss, tiny_world
 

@@ -24,7 +24,6 @@ from mtforget.study.runner import run_study
 from tests.conftest import tiny_study
 from tests.test_families import build_checkpoint
 
-
 # 1. --set grid.KEY=[...] creates the grid; --set grid= replaces it.
 
 def test_set_grid_axis_creates_a_grid_when_the_study_has_none():
@@ -98,16 +97,16 @@ def test_a_corpus_changed_in_place_gets_a_new_trial_identity(tmp_path):
 # 4. The base-quality gate.
 
 def _eval(hyps, refs, lang, lid):
-    from mtforget.evaluate.forgetting import _scored
     from mtforget.data.splits import Example
+    from mtforget.evaluate.forgetting import _scored
 
     return _scored(hyps, lang, [Example("xx", lang, "s", r, str(i)) for i, r in enumerate(refs)], lid)
 
 
 def test_gate_flags_a_fixed_sentence_empty_outputs_and_few_sentences_and_keeps_them_out_of_means():
-    from mtforget.evaluate.lid import make_identifier
     from mtforget.data.corpus import corpus_from_records
     from mtforget.data.synthetic import SyntheticWorld
+    from mtforget.evaluate.lid import make_identifier
 
     corpus = corpus_from_records(SyntheticWorld(seed=0, n_languages=4).corpus(400, seed=0), "w")
     langs = list(corpus.languages)

@@ -1,1 +1,1 @@
-"""Corpora, the synthetic world, splits and direction categories."""
+"""Corpora, the synthetic world, splits, direction categories and the language-code registry."""

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from mtforget.cache import cached_dir, content_fingerprint, fingerprint
 from mtforget.data.corpus import Segment, numbered_records, parse_segment
+from mtforget.data.languages import normalize_code
 from mtforget.data.loaders import FLORES_FILE, flores_files, tsv_rows
 from mtforget.data.splits import Example
 from mtforget.errors import UsageError
-from mtforget.models.languages import normalize_code
 
 SAMPLE_FORMAT = 1  # what a cached sample holds; bump when that changes
 

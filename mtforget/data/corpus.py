@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtforget.cache import fingerprint
+from mtforget.data.languages import normalize_code
 from mtforget.errors import UsageError
-from mtforget.models.languages import normalize_code
 
 # BCP-47-like with "_" between subtags ("pt_BR", "zh_Hans"); "-" separates the two sides of a direction.
 LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}(_[A-Za-z0-9]{2,8})*$")

@@ -24,9 +24,9 @@ import polib
 
 from mtforget.cache import cache_root
 from mtforget.data.corpus import LANGUAGE_CODE
+from mtforget.data.languages import normalize_code
 from mtforget.data.synthetic import write_jsonl
 from mtforget.errors import UsageError
-from mtforget.models.languages import normalize_code
 
 DEFAULT_PACKAGES = ("pretix", "gramps", "weblate", "plone.app.locales", "wagtail", "django", "sphinx")
 CATALOG = re.compile(r"locale/([^/]+)/LC_MESSAGES/[^/]+\.(po|mo)$")

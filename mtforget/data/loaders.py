@@ -7,7 +7,7 @@
 - ``hf``: a dataset from the ``datasets`` library by name (or a local builder such as ``json``),
   rows with a ``translation`` column; the hub is only reached when the offline flags allow it.
 
-Every reader normalises language codes through :func:`mtforget.models.languages.normalize_code`
+Every reader normalises language codes through :func:`mtforget.data.languages.normalize_code`
 and reports a malformed line as ``FILE:LINE``.
 """
 

@@ -13,7 +13,7 @@ from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
 from mtforget.evaluate.bootstrap import interval, paired_deltas
 from mtforget.evaluate.comet import comet_scores
-from mtforget.evaluate.engine import GenerationEngine
+from mtforget.evaluate.engines.base import GenerationEngine
 from mtforget.evaluate.lid import off_target_rate
 from mtforget.evaluate.metrics import score
 

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mtforget.models.instruction import InstructionControl
-from mtforget.models.language import LanguageTokens
-
-
-def model_inputs(control: LanguageTokens | InstructionControl, texts: list[str], src_lang: str,
-                 tgt_lang: str) -> list[list[int]]:
-    """The token ids the model reads for each text: encoder inputs, or decoder-only prompts.
-
-    These are exactly what ``control.generate_rows`` feeds the model, so their lengths size batches and
-    any other engine can decode from the same inputs.
-    """
-    if isinstance(control, InstructionControl):
-        return [control.prompt(text, src_lang, tgt_lang) for text in texts]
-    return control.encode_sources(texts, [src_lang] * len(texts), [tgt_lang] * len(texts))
-
+from mtforget.models.control import Control
 
 Job = tuple[list[str], str, str]  # (texts, src_lang, tgt_lang)
 
@@ -53,7 +39,7 @@ def length_batches(lengths: list[int], max_sentences: int, max_tokens: int | Non
 
 def translate_jobs(
     model,
-    control: LanguageTokens | InstructionControl,
+    control: Control,
     jobs: list[Job],
     batch_size: int = 128,
     max_new_tokens: int = 64,
@@ -75,7 +61,7 @@ def translate_jobs(
     src_langs = [src for job_texts, src, _ in jobs for _ in job_texts]
     tgt_langs = [tgt for job_texts, _, tgt in jobs for _ in job_texts]
     lengths = [len(ids) for job_texts, src, tgt in jobs if job_texts
-               for ids in model_inputs(control, job_texts, src, tgt)]
+               for ids in control.model_inputs(job_texts, src, tgt)]
     outputs: list[str] = [""] * len(texts)
     for idx in length_batches(lengths, batch_size, max_batch_tokens, reserve_per_row):
         done = control.generate_rows(model, [texts[i] for i in idx], [src_langs[i] for i in idx],
@@ -93,7 +79,7 @@ def translate_jobs(
 
 def translate(
     model,
-    control: LanguageTokens | InstructionControl,
+    control: Control,
     texts: list[str],
     src_lang: str,
     tgt_lang: str,
@@ -105,11 +91,10 @@ def translate(
 ) -> list[str]:
     """Translate ``texts`` from ``src_lang`` to ``tgt_lang`` greedily, in the input order.
 
-    ``control`` is a :class:`~mtforget.models.language.LanguageTokens` (encoder-decoder) or an
-    :class:`~mtforget.models.instruction.InstructionControl` (decoder-only). One direction's
-    sentences batched as :func:`translate_jobs` batches several: sorted by token length, at most
-    ``batch_size`` sentences and ``max_batch_tokens`` padded positions a batch. ``batch_size=1``
-    gives the per-sentence loop that benchmarks compare against.
+    ``control`` is the model's language control (:class:`~mtforget.models.control.Control`). One
+    direction's sentences batched as :func:`translate_jobs` batches several: sorted by token
+    length, at most ``batch_size`` sentences and ``max_batch_tokens`` padded positions a batch.
+    ``batch_size=1`` gives the per-sentence loop that benchmarks compare against.
     """
     if not texts:
         return []

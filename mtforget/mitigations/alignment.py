@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mtforget.data.languages import normalize_code
 from mtforget.errors import UsageError
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
-from mtforget.models.languages import normalize_code
 from mtforget.train.callbacks import TrainCallback
 
 if TYPE_CHECKING:

@@ -1,1 +1,1 @@
-"""Model loading, language control and the built-in tiny bases."""
+"""Model loading, language control, LoRA and tokenizer training."""

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mtforget.data.languages import language_name
 from mtforget.data.splits import Example
 from mtforget.models.language import normalize_whitespace, pad, padded_batch
-from mtforget.models.languages import language_name
 
 INSTRUCTION = "Translate the following sentence from {src} to {tgt}."
 _MARK = "\x00MTFORGET\x00"  # stands for the assistant's text while reading the template's turn ending
@@ -44,6 +44,33 @@ class InstructionControl:
         else:
             self._turn_end = self.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
 
+    @classmethod
+    def for_model(cls, model, tokenizer, languages: list[str], names: dict[str, str],
+                  max_length: int) -> tuple[InstructionControl, list[str]]:
+        """The control of a decoder-only ``model``, through the chat template when the tokenizer
+        has one, and no added tokens (an instruction names any language in words). ``max_length``
+        caps the prompt and the answer each, so a sequence holds up to twice as many tokens."""
+        return cls(tokenizer, names=names, max_length=2 * max_length), []
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Never: instructions steer decoder-only models."""
+        return False
+
+    @property
+    def known_languages(self) -> list[str]:
+        """None: an instruction names languages in words, so there are no tokens to look up."""
+        return []
+
+    @property
+    def description(self) -> str:
+        """``chat template`` or ``plain prompt`` (see :class:`~mtforget.models.control.Control`)."""
+        return "chat template" if self.use_chat else "plain prompt"
+
+    def has(self, code: str) -> bool:
+        """Always: an instruction can name any language."""
+        return True
+
     @property
     def stop_ids(self) -> list[int]:
         """Token ids that end a translation."""
@@ -71,6 +98,18 @@ class InstructionControl:
         plain = f"{self.instruction(src, tgt)}\n{language_name(src, self.names)}: {text}\n" \
                 f"{language_name(tgt, self.names)}:"
         return self.tokenizer(plain)["input_ids"][-(self.max_length // 2):]
+
+    def model_inputs(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[list[int]]:
+        """The prompts of ``texts`` in one direction, as :meth:`generate_rows` builds them."""
+        return [self.prompt(text, src_lang, tgt_lang) for text in texts]
+
+    def decoder_prefix(self, tgt_lang: str) -> list[int]:
+        """Nothing: the prompt names the target language."""
+        return []
+
+    def clean(self, text: str) -> str:
+        """The scored form of a decoded continuation: its first line (see :func:`first_line`)."""
+        return first_line(text)
 
     def target(self, text: str) -> list[int]:
         """Token ids of the translation and what ends it (the turn ending, or a newline and eos)."""
@@ -108,7 +147,7 @@ class InstructionControl:
                                    max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
                                    num_beams=1, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
         new = generated[:, input_ids.shape[1]:]
-        return [first_line(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return [self.clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def first_line(text: str) -> str:

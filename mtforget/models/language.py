@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mtforget.data.splits import Example
-from mtforget.models.languages import (
+from mtforget.data.languages import (
     default_script,
     iso639_3,
     mbart_code,
     nllb_code,
     split_code,
 )
+from mtforget.data.splits import Example
 
 CONVENTIONS = ("m2m", "nllb", "mbart", "marian")
 
@@ -60,6 +60,20 @@ class LanguageTokens:
         """A control with the convention the tokenizer follows."""
         return cls(tokenizer, detect_convention(tokenizer), max_length)
 
+    @classmethod
+    def for_model(cls, model, tokenizer, languages: list[str], names: dict[str, str],
+                  max_length: int) -> tuple[LanguageTokens, list[str]]:
+        """The control of an encoder-decoder ``model`` and the languages whose tokens it had to add
+        (see :func:`add_language_tokens`); ``max_length`` caps the source and the target each.
+        ``names`` is for controls that name languages in words: tokens need none."""
+        control = cls.for_tokenizer(tokenizer, max_length)
+        return control, add_language_tokens(model, control, languages)
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Always: language tokens steer encoder-decoders."""
+        return True
+
     def token(self, code: str) -> str:
         """The spelling of ``code``'s language token in this convention."""
         if self.convention == "nllb":
@@ -94,6 +108,11 @@ class LanguageTokens:
             self._ids[code] = tid
         return self._ids[code]
 
+    @property
+    def description(self) -> str:
+        """The language-token convention (see :class:`~mtforget.models.control.Control`)."""
+        return self.convention
+
     def has(self, code: str) -> bool:
         """Whether the tokenizer has a token for ``code``."""
         try:
@@ -117,6 +136,25 @@ class LanguageTokens:
         if self.convention == "marian":
             return self._encode(texts, [None] * len(texts))
         return self._encode(texts, [self.token_id(lang) for lang in tgt_langs])
+
+    def model_inputs(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[list[int]]:
+        """The encoder inputs of ``texts`` in one direction, as :meth:`generate_rows` builds them."""
+        n = len(texts)
+        return self.encode_sources(texts, [src_lang] * n, [tgt_lang] * n)
+
+    def decoder_prefix(self, tgt_lang: str) -> list[int]:
+        """The target language token, which the decoder emits first (Marian: nothing, its target
+        is named on the source side)."""
+        return [] if self.convention == "marian" else [self.token_id(tgt_lang)]
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a translation: the end of the sentence."""
+        return [self.tokenizer.eos_token_id]
+
+    def clean(self, text: str) -> str:
+        """The scored form of a decoded translation: whitespace normalised."""
+        return normalize_whitespace(text)
 
     def batch(self, examples: list[Example], multiple: int = 1) -> dict[str, torch.Tensor]:
         """A padded training batch (padding to the longest sequence of this batch only, rounded up
@@ -157,14 +195,14 @@ class LanguageTokens:
             start = decoder_start_token_id(model)
             rows = torch.tensor([[start, self.token_id(lang)] for lang in tgt_langs], dtype=torch.long)
             if max_new_tokens <= 1:  # room for the language token only
-                return [normalize_whitespace(t) for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+                return [self.clean(t) for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
             prefix = {"decoder_input_ids": rows.to(device)}
             max_new_tokens -= 1
             min_new_tokens = max(0, min_new_tokens - 1)
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                    max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
                                    num_beams=1, **prefix)
-        return [normalize_whitespace(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        return [self.clean(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
 
 def decoder_start_token_id(model) -> int:

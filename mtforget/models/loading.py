@@ -3,7 +3,9 @@ code by default, and the language control that fits each."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -16,8 +18,9 @@ from transformers import (
 
 from mtforget.errors import UsageError
 from mtforget.hub import require_hub
+from mtforget.models.control import Control
 from mtforget.models.instruction import InstructionControl
-from mtforget.models.language import LanguageTokens, add_language_tokens
+from mtforget.models.language import LanguageTokens
 
 
 def default_device() -> torch.device:
@@ -60,8 +63,17 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
     return model, tokenizer
 
 
+# How each architecture is steered: ``(model, tokenizer, languages, names, max_length)`` -> the
+# control and the language tokens it added.
+ControlFactory = Callable[[Any, Any, list[str], dict[str, str], int], tuple[Control, list[str]]]
+CONTROLS: dict[str, ControlFactory] = {
+    "encoder-decoder": LanguageTokens.for_model,
+    "decoder-only": InstructionControl.for_model,
+}
+
+
 def make_control(model, tokenizer, languages: list[str], names: dict[str, str] | None = None,
-                 max_length: int = 128):
+                 max_length: int = 128) -> tuple[Control, list[str]]:
     """The language control that fits the model, and the language tokens it had to add.
 
     Encoder-decoder models get language tokens in their own family's spelling (missing ones are
@@ -70,10 +82,8 @@ def make_control(model, tokenizer, languages: list[str], names: dict[str, str] |
     the source and the target of an encoder-decoder, the prompt and the answer of a decoder-only
     model (whose sequence is therefore up to twice as long).
     """
-    if getattr(model.config, "is_encoder_decoder", False):
-        control = LanguageTokens.for_tokenizer(tokenizer, max_length)
-        return control, add_language_tokens(model, control, languages)
-    return InstructionControl(tokenizer, names=names or {}, max_length=2 * max_length), []
+    architecture = "encoder-decoder" if getattr(model.config, "is_encoder_decoder", False) else "decoder-only"
+    return CONTROLS[architecture](model, tokenizer, languages, names or {}, max_length)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -83,6 +83,18 @@ def build_report(out: Path) -> Path:
     return html_path
 
 
+def gate_warnings(out: Path) -> list[str]:
+    """One line per base model that the base-quality gate flagged on every direction of ``out``."""
+    store = ResultStore(out / "results.sqlite")
+    try:
+        rows = store.rows()
+    finally:
+        store.close()
+    return [f"warning: base model {model} fails the base-quality gate on every direction (eval.base_gate): "
+            "it cannot translate these languages, so its forgetting deltas mean nothing"
+            for model in gate_failures(rows)]
+
+
 def _write_parquet(rows: list[dict], path: Path) -> None:
     columns = {c: [r[c] for r in rows] for c in CSV_COLUMNS}
     tmp = path.with_suffix(".parquet.tmp")

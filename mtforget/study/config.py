@@ -26,6 +26,7 @@ from pydantic import (
 
 from mtforget.data.categories import parse_direction
 from mtforget.errors import UsageError
+from mtforget.evaluate.engines.registry import describe_choices, engine_choices
 from mtforget.mitigations import MITIGATIONS
 
 # Learning-rate schedules of transformers.get_scheduler that need nothing beyond warm-up and total
@@ -190,9 +191,10 @@ class _EvalCore(_Strict):
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
     batch_size: int | None = Field(None, ge=1)  # sentences per batch at most; None: sized for the device
     max_new_tokens: int = Field(64, ge=1)
-    # Generation engine: "auto" = CTranslate2 when it can convert the architecture, else Hugging
-    # Face generate (the reason is logged); "ctranslate2" fails when it cannot; "hf" never converts.
-    engine: Literal["auto", "ctranslate2", "hf"] = "auto"
+    # Generation engine: a name in mtforget.evaluate.engines.registry, or "auto" = CTranslate2 when
+    # it can run the model, else Hugging Face generate (the reason is logged); "ctranslate2" fails
+    # when it cannot; "hf" never converts.
+    engine: str = "auto"
     # CTranslate2 weights/arithmetic: "default" = float32 on the CPU (the HF model's numbers),
     # the model's half precision on a GPU; int8 / int8_float32 trade exactness for speed.
     compute_type: Literal["default", "float32", "int8", "int8_float32"] = "default"
@@ -202,6 +204,12 @@ class _EvalCore(_Strict):
     representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
     base_gate: BaseGateConfig = BaseGateConfig()
 
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value not in engine_choices():
+            raise ValueError(f"unknown engine {value!r} ({describe_choices()})")
+        return value
 
 def _with_mitigations(name: str, core: type[_Strict], section: str) -> type[_Strict]:
     """``core`` plus a field for each mitigation whose key lives in ``section`` (registry order):

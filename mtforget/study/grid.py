@@ -6,9 +6,9 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtforget.bases.specs import tiny_recipe
 from mtforget.cache import content_fingerprint, fingerprint
 from mtforget.mitigations import MITIGATIONS, settings_of
-from mtforget.models.tiny_specs import tiny_recipe
 from mtforget.study.config import (
     EXECUTION_KEYS,
     StudyConfig,

@@ -3,8 +3,8 @@
 The runner expands the grid, registers the trials in the store, hands the ones still to do to an
 executor (:mod:`mtforget.study.executors`) and records each outcome as it arrives; a trial itself
 runs in :mod:`mtforget.study.trial`. Run with a pool of workers or on Ray, this process never
-imports PyTorch: it schedules, records and reports, and the memory of the models stays in the
-workers.
+imports PyTorch: it schedules and records, and the memory of the models stays in the workers. The
+report is built from the records afterwards, by the caller (:mod:`mtforget.cli`).
 """
 
 from __future__ import annotations
@@ -41,67 +41,90 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, retry_failed
     Done trials are skipped; pending and interrupted ones run (again), from their last training
     checkpoint when they have one; failed ones only with ``retry_failed``. Under ``accelerate
     launch`` every process runs the same trials (training is shared); only the main process
-    writes the store and the report.
+    writes the store and ``results.csv``. The report is the caller's to build
+    (:func:`mtforget.report.build.build_report`), once this returns or raises.
     """
     state = _launched_state()
     main = state is None or state.is_main_process
     trials = expand(study)
-    todo: list[Trial] = []
-    if main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False,
-                                                           allow_unicode=True))
-        except OSError as exc:
-            raise UsageError(f"--out {out}: cannot write the study directory there "
-                             f"({exc.strerror or exc})") from None
-        # A base that failed in an earlier run gets another try (the user may have fixed it).
-        shutil.rmtree(out / BASE_FAILURES, ignore_errors=True)
-        store = ResultStore(out / "results.sqlite")
-        dropped = store.keep_only({t.id for t in trials})
-        if dropped:
-            log.info("%d trial(s) of an earlier version of this study left out of its results (their "
-                     "directories stay under %s)", len(dropped), out / "trials")
-        store.set_meta(_environment())
-        for t in trials:
-            c = t.config
-            store.register(t.id, t.model_label, c.finetune.method, mitigation_labels(c), t.condition,
-                           c.finetune.size, c.seed, study_to_dict(c), t.grid_values)
-            _recover_result(store, out, t)
-        # A trial that failed on bad config or input is always retried: the user has fixed it.
-        todo = [t for t in trials if store.status(t.id) != "done"
-                and (retry_failed or store.status(t.id) != "failed"
-                     or str(store.reason(t.id)).startswith(USAGE_PREFIX))]
+    store, todo = _register(study, out, trials, retry_failed) if main else (None, [])
     if state is not None:
         from accelerate.utils import broadcast_object_list
 
         todo = broadcast_object_list([todo])[0]
         study = study.model_copy(update={"executor": "local", "workers": 1})
     if not main:
-        from mtforget.study.trial import TrialMemo, execute_trial
-
-        memo = TrialMemo()
-        for trial in todo:
-            execute_trial(trial, out, False, memo)
+        _follow(todo, out)
         state.wait_for_everyone()
         return 0
+    assert store is not None
+    code = _execute(study, out, store, len(trials), todo, progress)
+    if state is not None:
+        state.wait_for_everyone()
+    return code
 
+
+def is_main_process() -> bool:
+    """Whether this process records results: always, unless several were launched together and
+    this is not their first."""
+    state = _launched_state()
+    return state is None or state.is_main_process
+
+
+def _register(study: StudyConfig, out: Path, trials: list[Trial],
+              retry_failed: bool) -> tuple[ResultStore, list[Trial]]:
+    """Write ``study.yaml``, open the store and register every trial in it; the open store and the
+    trials still to run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False,
+                                                       allow_unicode=True))
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write the study directory there "
+                         f"({exc.strerror or exc})") from None
+    # A base that failed in an earlier run gets another try (the user may have fixed it).
+    shutil.rmtree(out / BASE_FAILURES, ignore_errors=True)
+    store = ResultStore(out / "results.sqlite")
+    dropped = store.keep_only({t.id for t in trials})
+    if dropped:
+        log.info("%d trial(s) of an earlier version of this study left out of its results (their "
+                 "directories stay under %s)", len(dropped), out / "trials")
+    store.set_meta(_environment())
+    for t in trials:
+        c = t.config
+        store.register(t.id, t.model_label, c.finetune.method, mitigation_labels(c), t.condition,
+                       c.finetune.size, c.seed, study_to_dict(c), t.grid_values)
+        _recover_result(store, out, t)
+    # A trial that failed on bad config or input is always retried: the user has fixed it.
+    todo = [t for t in trials if store.status(t.id) != "done"
+            and (retry_failed or store.status(t.id) != "failed"
+                 or str(store.reason(t.id)).startswith(USAGE_PREFIX))]
+    return store, todo
+
+
+def _follow(todo: list[Trial], out: Path) -> None:
+    """A process other than the main one under ``accelerate launch``: train the same trials (it
+    holds part of every batch), record nothing."""
+    from mtforget.study.trial import TrialMemo, execute_trial
+
+    memo = TrialMemo()
+    for trial in todo:
+        execute_trial(trial, out, False, memo)
+
+
+def _execute(study: StudyConfig, out: Path, store: ResultStore, total: int, todo: list[Trial],
+             progress: bool) -> int:
+    """Run ``todo`` on the study's executor, recording each outcome in ``store`` as it arrives,
+    then export ``results.csv`` and close the store (also when a trial or the user interrupts);
+    1 when some trial of the study has failed, else 0."""
     started = time.perf_counter()
-    bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
-               disable=not progress)
+    bar = tqdm(total=total, initial=total - len(todo), desc="trials", unit="trial", disable=not progress)
 
     def on_start(trial: Trial) -> None:
         store.mark_running(trial.id)
 
     def on_done(trial: Trial, outcome: dict) -> None:
-        if outcome["status"] == "done":
-            store.finish(trial.id, outcome["rows"], outcome["info"])
-            reason = outcome["info"].get("engine_fallback_reason")
-            if reason:  # why evaluation did not use the fast engine: run metadata, shown in the report
-                fallbacks = store.meta().get("engine_fallback_reasons", [])
-                store.set_meta({"engine_fallback_reasons": sorted(set(fallbacks) | {reason})})
-        else:
-            store.mark_failed(trial.id, outcome["reason"])
+        _record(store, trial, outcome)
         bar.set_postfix_str(f"{trial.id} {outcome['status']}")
         bar.update(1)
 
@@ -119,28 +142,19 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, retry_failed
         store.export_csv(out / "results.csv")
         failed = any(t["status"] == "failed" for t in store.trials())
         store.close()
-        # Imported only now: its plotting libraries would otherwise sit in this process's memory
-        # beside the workers for the whole study.
-        from mtforget.report.build import build_report
-
-        build_report(out)
-    if state is not None:
-        state.wait_for_everyone()
     return 1 if failed else 0
 
 
-def gate_warnings(out: Path) -> list[str]:
-    """One line per base model that the base-quality gate flagged on every direction of ``out``."""
-    from mtforget.report.tables import gate_failures
-
-    store = ResultStore(out / "results.sqlite")
-    try:
-        rows = store.rows()
-    finally:
-        store.close()
-    return [f"warning: base model {model} fails the base-quality gate on every direction (eval.base_gate): "
-            "it cannot translate these languages, so its forgetting deltas mean nothing"
-            for model in gate_failures(rows)]
+def _record(store: ResultStore, trial: Trial, outcome: dict) -> None:
+    """Store one trial's outcome: its rows, or why it failed."""
+    if outcome["status"] != "done":
+        store.mark_failed(trial.id, outcome["reason"])
+        return
+    store.finish(trial.id, outcome["rows"], outcome["info"])
+    reason = outcome["info"].get("engine_fallback_reason")
+    if reason:  # why evaluation did not use the fast engine: run metadata, shown in the report
+        fallbacks = store.meta().get("engine_fallback_reasons", [])
+        store.set_meta({"engine_fallback_reasons": sorted(set(fallbacks) | {reason})})
 
 
 def _launched_state():

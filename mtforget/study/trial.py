@@ -26,6 +26,7 @@ import transformers
 from accelerate import PartialState
 
 import mtforget
+from mtforget.bases.tiny import tiny_base
 from mtforget.cache import (
     cached_dir,
     content_fingerprint,
@@ -40,6 +41,7 @@ from mtforget.data.bitext import (
 )
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
+from mtforget.data.languages import normalize_code
 from mtforget.data.loaders import load_corpus
 from mtforget.data.splits import (
     Example,
@@ -51,7 +53,7 @@ from mtforget.data.splits import (
 )
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
-from mtforget.evaluate.engine import GenerationEngine, make_engine
+from mtforget.evaluate.engines.base import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import (
     BaseGate,
     EvalSettings,
@@ -64,9 +66,8 @@ from mtforget.evaluate.representations import layerwise_retrieval
 from mtforget.memory import release_memory
 from mtforget.mitigations import MITIGATIONS, active_mitigations
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
+from mtforget.models.control import Control
 from mtforget.models.hidden import resolve_layer
-from mtforget.models.language import LanguageTokens as Control
-from mtforget.models.languages import normalize_code
 from mtforget.models.loading import (
     count_parameters,
     default_device,
@@ -74,7 +75,6 @@ from mtforget.models.loading import (
     make_control,
 )
 from mtforget.models.lora import apply_lora, merge_lora
-from mtforget.models.tiny import tiny_base
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
 from mtforget.study.result import TrialResult
@@ -400,8 +400,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         model=run.trial.model_label, base_dir=str(base.dir), parameters=count_parameters(model),
         trainable_parameters=tuned.trainable, method=cfg.finetune.method,
         architecture="encoder-decoder" if model.config.is_encoder_decoder else "decoder-only",
-        language_control=getattr(base.control, "convention", None)
-        or ("chat template" if base.control.use_chat else "plain prompt"),
+        language_control=base.control.description,
         finetune_directions=[f"{s}-{t}" for s, t in data.directions], finetune_examples=tuned.examples,
         languages=data.languages, added_language_tokens=base.added, train=asdict(outcome),
         precision=outcome.precision, grad_accumulation=cfg.finetune.grad_accumulation,

@@ -43,7 +43,7 @@ from transformers import get_scheduler
 
 from mtforget.data.splits import Example
 from mtforget.errors import TrialDiverged
-from mtforget.models.language import LanguageTokens
+from mtforget.models.control import BatchEncoder
 from mtforget.train.callbacks import StepSchedule, TrainCallback, step_schedule
 
 
@@ -163,7 +163,7 @@ class StepBatches(Sampler[list[int]]):
 
 def train(
     model: torch.nn.Module,
-    control: LanguageTokens,
+    control: BatchEncoder,
     examples: list[Example],
     settings: TrainSettings,
     dev: list[Example] | None = None,
@@ -236,7 +236,7 @@ class _Run:
     tokens: torch.Tensor | None = None
 
 
-def _start(model: torch.nn.Module, control: LanguageTokens, examples: list[Example], settings: TrainSettings,
+def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example], settings: TrainSettings,
            desc: str, log_dir: Path | None, checkpoint_dir: Path | None, callbacks: list[TrainCallback]) -> _Run:
     """Accelerator, optimizer, schedule and batches of a run, resumed from ``checkpoint_dir`` when
     it holds a checkpoint."""
@@ -473,7 +473,7 @@ def _translation_loss(model: torch.nn.Module, pieces: list[dict[str, torch.Tenso
         return sum(model(**piece).loss * (n / total_targets) for piece, n in zip(pieces, targets))
 
 
-def _step_micro_batches(control: LanguageTokens, accumulation: int, pieces: int, multiple: int,
+def _step_micro_batches(control: BatchEncoder, accumulation: int, pieces: int, multiple: int,
                         examples: list[Example]) -> list[list[dict[str, torch.Tensor]]]:
     """One optimizer step's examples as ``accumulation`` micro-batches (one if 1), each a list of
     ``pieces`` padded batches (see :func:`_sorted_pieces`). The examples are sorted by length
@@ -485,7 +485,7 @@ def _step_micro_batches(control: LanguageTokens, accumulation: int, pieces: int,
     return [_sorted_pieces(control, pieces, multiple, ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
-def _sorted_pieces(control: LanguageTokens, pieces: int, multiple: int,
+def _sorted_pieces(control: BatchEncoder, pieces: int, multiple: int,
                    examples: list[Example]) -> list[dict[str, torch.Tensor]]:
     """One step's examples as ``pieces`` padded batches of similar length (one batch if 1), their
     widths rounded up to a multiple of ``multiple``."""

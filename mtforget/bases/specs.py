@@ -1,7 +1,7 @@
 """What the built-in tiny bases are: sizes, pre-training recipes and their versions.
 
-Kept apart from the code that builds them (:mod:`mtforget.models.tiny`,
-:mod:`mtforget.models.tiny_decoder`) so that expanding a study's grid, which needs a base's
+Kept apart from the code that builds them (:mod:`mtforget.bases.tiny_seq2seq`,
+:mod:`mtforget.bases.tiny_decoder`) so that expanding a study's grid, which needs a base's
 recipe for the trial's identity, does not import PyTorch: the process that schedules trials on a
 pool of workers then stays small.
 """

@@ -9,29 +9,22 @@ fine-tunes it on a few directions and measures what the others lose.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import M2M100Config, M2M100ForConditionalGeneration
 
+from mtforget.bases.pretraining import PIECES, pretraining_precision
+from mtforget.bases.specs import RECIPE_VERSION, TINY_SPECS, TinySpec
 from mtforget.cache import cached_dir, fingerprint
 from mtforget.data.corpus import Corpus
 from mtforget.data.splits import Splits, sample_all_directions
 from mtforget.models.language import LanguageTokens
-from mtforget.models.loading import count_parameters, default_device
-from mtforget.models.tiny_specs import RECIPE_VERSION, TINY_SPECS, TinySpec
+from mtforget.models.loading import count_parameters
 from mtforget.models.tokenizer import train_tokenizer
-from mtforget.train.loop import TrainSettings, native_bf16, train
-
-# Pre-training batches are random, so each is cut into length-sorted pieces: the same gradient
-# with a fifth fewer padded tokens. On one CPU thread that saves a tenth of a float32 step
-# (tiny:small: 70 against 79 ms); under bf16 two pieces cost about what one batch does (tiny:base:
-# 129-138 ms whole, 136 in two), and more pieces multiply matrices too small to pay (154 in four).
-# The decoder-only bases use them too, for memory: tiny:lm's pre-training peaked 80-120 MB lower in
-# two pieces, for 4-12% more time.
-PIECES = 2
+from mtforget.train.loop import TrainSettings, train
 
 
 def build_model(spec: TinySpec, tokenizer, attention: str = "sdpa") -> M2M100ForConditionalGeneration:
@@ -64,51 +57,14 @@ def build_model(spec: TinySpec, tokenizer, attention: str = "sdpa") -> M2M100For
     return M2M100ForConditionalGeneration(config)
 
 
-@dataclass(frozen=True)
-class Precision:
-    """How tiny bases pre-train on this device. Part of their cache key: it changes the weights."""
-
-    bf16: bool  # matrix products under bf16 autocast
-    attention: str  # the transformers attention implementation
-    pad_to_multiple_of: int  # batch widths (see TrainSettings.pad_to_multiple_of)
-
-    @property
-    def name(self) -> str:
-        """How a base was pre-trained, for its metadata."""
-        return "bf16 autocast" if self.bf16 else "float32"
-
-
-def pretraining_precision() -> Precision:
-    """bf16 where the device multiplies it natively (on a CPU with AVX-512 BF16 it is 1.5x faster
-    for tiny:base). On such a CPU, plain ("eager") attention, since the fused attention kernel is
-    slower in bf16 than the few small matrix products it replaces, and batch widths in steps of 4,
-    so the bf16 kernels built per matrix shape stay few."""
-    device = default_device()
-    bf16 = native_bf16(device)
-    cpu_bf16 = bf16 and device.type == "cpu"
-    return Precision(bf16, "eager" if cpu_bf16 else "sdpa", 4 if cpu_bf16 else 1)
-
-
-def tiny_base(
-    name: str,
-    corpus: Corpus,
-    splits: Splits,
-    seed: int,
-    steps: int | None = None,
-    progress: bool = True,
-    names: dict[str, str] | None = None,
-) -> Path:
-    """The directory of the tiny base ``name`` trained on ``corpus`` (built and cached if missing).
+def tiny_seq2seq_base(name: str, corpus: Corpus, splits: Splits, seed: int, steps: int | None = None,
+                      progress: bool = True) -> Path:
+    """The directory of the encoder-decoder tiny base ``name`` (a :data:`TINY_SPECS` size) trained on
+    ``corpus`` (built and cached if missing).
 
     The cache key covers the spec, the training examples (corpus content and split), the seed and
-    the library versions that could change the weights. ``lm`` and ``lm-instruct`` are the
-    decoder-only bases (:mod:`mtforget.models.tiny_decoder`); ``names`` are the language names
-    their prompts use.
+    the library versions that could change the weights.
     """
-    if name not in TINY_SPECS:
-        from mtforget.models.tiny_decoder import tiny_decoder_base
-
-        return tiny_decoder_base(name, corpus, splits, seed, names or {}, steps, progress)
     spec = TINY_SPECS[name]
     steps = steps or spec.steps
     precision = pretraining_precision()

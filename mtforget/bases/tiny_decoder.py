@@ -20,19 +20,19 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mtforget.cache import cached_dir, fingerprint
-from mtforget.data.corpus import Corpus, Segment
-from mtforget.data.splits import Splits, sample_all_directions
-from mtforget.models.instruction import INSTRUCTION, InstructionControl
-from mtforget.models.languages import language_name
-from mtforget.models.loading import count_parameters
-from mtforget.models.tiny import PIECES, Precision, pretraining_precision
-from mtforget.models.tiny_specs import (
+from mtforget.bases.pretraining import PIECES, Precision, pretraining_precision
+from mtforget.bases.specs import (
     DECODER_RECIPE_VERSION,
     DECODER_SPEC,
     DECODER_STYLES,
     DecoderSpec,
 )
+from mtforget.cache import cached_dir, fingerprint
+from mtforget.data.corpus import Corpus, Segment
+from mtforget.data.languages import language_name
+from mtforget.data.splits import Splits, sample_all_directions
+from mtforget.models.instruction import INSTRUCTION, InstructionControl
+from mtforget.models.loading import count_parameters
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.train.loop import TrainSettings, train
 
