@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtforget.data.categories import CATEGORIES
+from mtforget.evaluate.metrics import all_metrics
 from mtforget.report.stats import bootstrap_mean_ci
 
-METRIC_TITLES = {"chrf": "chrF delta", "chrf++": "chrF++ delta", "bleu": "BLEU delta",
-                 "off_target": "off-target rate delta", "comet": "COMET delta"}
 UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 # Grid axes the condition label already shows, or that are replicates rather than conditions.
 _LABELLED = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method", "finetune.alignment.enabled",
@@ -70,7 +69,7 @@ def category_table(trials: list[dict], rows: list[dict], resamples: int = 2000) 
     table = []
     for label in sorted(order, key=lambda k: (order[k], k)):
         model, method, alignment, size = order[label]
-        for metric in METRIC_TITLES:
+        for metric in (m.name for m in all_metrics()):
             for category in CATEGORIES:
                 values = groups.get((label, metric, category))
                 if not values:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtforget.data.categories import parse_direction
 from mtforget.errors import UsageError
+from mtforget.evaluate.metrics import REGISTRY, optional_names
 
 
 # Learning-rate schedules of transformers.get_scheduler that need nothing beyond warm-up and total
@@ -207,7 +208,7 @@ class BaseGateConfig(_Strict):
 class EvalConfig(_Strict):
     """How every direction is evaluated (greedy decoding)."""
 
-    metrics: list[Literal["comet"]] = []  # extra metrics beyond chrF, chrF++, BLEU and off-target
+    metrics: list[str] = []  # optional metrics beyond the always-on ones (chrF, chrF++, BLEU, off-target)
     comet: CometConfig | None = None
 
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
@@ -226,6 +227,17 @@ class EvalConfig(_Strict):
     representations: bool = True  # layer-wise cross-lingual retrieval, base and fine-tuned
     representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
     base_gate: BaseGateConfig = BaseGateConfig()
+
+    @field_validator("metrics")
+    @classmethod
+    def _registered(cls, value: list[str]) -> list[str]:
+        known = optional_names()
+        for name in value:
+            if name not in known:
+                always = " (it is always computed)" if name in REGISTRY else ""
+                raise ValueError(f"unknown optional metric {name!r}{always}; the optional metrics are "
+                                 f"{', '.join(known)}")
+        return value
 
     @field_validator("interpolation")
     @classmethod

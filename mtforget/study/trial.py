@@ -38,7 +38,7 @@ from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.engine import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
-from mtforget.evaluate.metrics import signatures
+from mtforget.evaluate.metrics import all_metrics, signatures
 from mtforget.evaluate.representations import layerwise_retrieval
 from mtforget.memory import release_memory
 from mtforget.models.hidden import resolve_layer
@@ -174,7 +174,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
     comet = cfg.eval.comet
     eval_settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                  (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
-                                 if "comet" in cfg.eval.metrics else None)
+                                 if "comet" in cfg.eval.metrics else None, tuple(cfg.eval.metrics))
     all_directions = [(s, t) for s in languages for t in languages if s != t]
     if main:
         lid, lid_accuracy = _identifier(corpus, splits, languages, shared)
@@ -315,7 +315,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool =
         "category_ci": category_ci,
         "lid": lid.name,
         "lid_accuracy": lid_accuracy,
-        "metric_signatures": signatures(languages),
+        "metric_signatures": signatures(languages, cfg.eval.metrics),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "peak_rss_mb": peak_rss,
         "device": str(device),
@@ -505,8 +505,7 @@ def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str
     """Per direction category: the mean of each metric over the directions ``gate`` counts, and
     its mean delta vs the base."""
     keys = [key for key in evaluated if key in base_eval and gate.counts(gate.flag(base_eval[key]))]
-    metrics = [m for m in ("chrf", "bleu", "off_target", "comet")
-               if all(m in evaluated[k] and m in base_eval[k] for k in keys)]
+    metrics = [m.name for m in all_metrics() if all(m.name in evaluated[k] and m.name in base_eval[k] for k in keys)]
     by_category: dict[str, list[str]] = {}
     for key in keys:
         by_category.setdefault(categorize(*key.split("-"), directions), []).append(key)
