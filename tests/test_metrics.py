@@ -92,16 +92,23 @@ def test_unknown_languages_fall_back_to_a_corpus_identifier():
 def test_paired_bootstrap_intervals():
     import numpy as np
 
-    from mtforget.evaluate.bootstrap import interval, paired_deltas
+    from mtforget.evaluate.bootstrap import interval, paired_bootstrap
+    from mtforget.evaluate.metrics import Outputs, active
 
     refs = [f"the cat number {i} sat on the mat" for i in range(40)]
     base = [f"a cat number {i} sat on a mat" for i in range(40)]
     better = refs[:30] + base[30:]
+    metrics = active()
+
+    def stats(hyps, flags):
+        outputs = Outputs("en", refs, hyps, refs, {"off_target": flags})
+        return {m.name: m.statistics(outputs) for m in metrics}
+
     flags = [0.0] * 40
-    same = paired_deltas(base, base, refs, "en", flags, flags, 200, np.random.default_rng(0))
+    same = paired_bootstrap(metrics, stats(base, flags), stats(base, flags), 200, np.random.default_rng(0))
     assert all(interval(v) == (0.0, 0.0) for v in same.values())
-    samples = paired_deltas(base, better, refs, "en", flags, [1.0] * 10 + [None] * 5 + [0.0] * 25, 500,
-                            np.random.default_rng(0))
+    samples = paired_bootstrap(metrics, stats(base, flags), stats(better, [1.0] * 10 + [None] * 5 + [0.0] * 25), 500,
+                               np.random.default_rng(0))
     point = score(better, refs)["chrf"] - score(base, refs)["chrf"]
     low, high = interval(samples["chrf"])
     assert 0 < low < point < high
@@ -109,44 +116,41 @@ def test_paired_bootstrap_intervals():
     assert 0 < interval(samples["off_target"])[0]  # 10 of 35 judged outputs became off-target
 
 
-def test_vectorised_chrf_equals_sacrebleu_on_every_resample():
+def _resampled_sums(name, hyps, refs, rows):
     import numpy as np
-    from sacrebleu.metrics import CHRF
 
-    from mtforget.evaluate.bootstrap import chrf_scores
+    from mtforget.evaluate.metrics import Outputs, get_metric, resampled_totals
 
-    rng = np.random.default_rng(0)
+    metric = get_metric(name)
+    stats = metric.statistics(Outputs("en", hyps, hyps, refs))
+    return metric, resampled_totals(stats, np.random.default_rng(0).integers(0, len(hyps), size=(rows, len(hyps))))
+
+
+@pytest.mark.parametrize("name", ["chrf", "chrf++"])
+def test_the_bootstrap_chrf_formula_equals_sacrebleu_on_every_resample(name):
+    import numpy as np
+
     hyps = ["the cat sat", "", "a dog", "x", "the cat sat on the mat today", "ab ab ab"]
     refs = ["the cat sat on the mat", "a cat", "a dog ran", "y", "the cat sat on the mat", "ab"]
-    for metric in (CHRF(), CHRF(word_order=2)):
-        per_sentence = np.asarray(metric._extract_corpus_statistics(hyps, [refs]))
-        sums = per_sentence[rng.integers(0, len(hyps), size=(300, len(hyps)))].sum(axis=1)
-        sums[0] = 0  # nothing on either side: sacrebleu's score is 0
-        sums[1, 0::3] = 0  # an empty hypothesis against a non-empty reference
-        expected = [metric._compute_f_score(list(row)) for row in sums]
-        assert chrf_scores(sums, metric.beta) == pytest.approx(expected, rel=1e-12, abs=1e-12)
-        assert np.ptp(expected) > 10  # the resamples really differ
+    metric, sums = _resampled_sums(name, hyps, refs, 300)
+    sums[0] = 0  # nothing on either side: sacrebleu's score is 0
+    sums[1, 0::3] = 0  # an empty hypothesis against a non-empty reference
+    expected = metric.score(sums)  # sacrebleu's formula to the bit (see test_metric_registry)
+    assert metric.resample_scores(sums) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert np.ptp(expected) > 10  # the resamples really differ
 
 
-def test_vectorised_bleu_equals_sacrebleu_on_every_resample():
+def test_the_bootstrap_bleu_formula_equals_sacrebleu_on_every_resample():
     import numpy as np
-    from sacrebleu.metrics import BLEU
 
-    from mtforget.evaluate.bootstrap import bleu_scores
-
-    rng = np.random.default_rng(0)
     hyps = ["the cat sat on the mat", "", "a dog ran far away", "x y", "the cat sat on a mat today", "ab ab ab"]
     refs = ["the cat sat on the mat", "a cat", "a dog ran", "y z w", "the cat sat on the mat", "ab"]
-    for metric in (BLEU(), BLEU(smooth_method="none"), BLEU(smooth_method="floor", smooth_value=0.1),
-                   BLEU(max_ngram_order=3)):
-        per_sentence = np.asarray(metric._extract_corpus_statistics(hyps, [refs]))
-        sums = per_sentence[rng.integers(0, len(hyps), size=(300, len(hyps)))].sum(axis=1)
-        sums[0] = 0  # nothing at all: no matches, score 0
-        sums[1, 0] = 0  # an empty system side: no brevity penalty can be computed, sacrebleu gives 0
-        sums[1, 2:] = 0
-        sums[2, 2 + metric.max_ngram_order + 1] = 0  # an order without system n-grams: precision 0, score 0
-        sums[3, 2 : 2 + metric.max_ngram_order] = 0  # n-grams but no matches: 0, even when smoothed
-        expected = [metric._compute_score_from_stats(list(row)).score for row in sums]
-        actual = bleu_scores(sums, metric.max_ngram_order, metric.smooth_method, metric.smooth_value)
-        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-9)
-        assert np.ptp(expected) > 10  # the resamples really differ
+    metric, sums = _resampled_sums("bleu", hyps, refs, 300)
+    sums[0] = 0  # nothing at all: no matches, score 0
+    sums[1, 0] = 0  # an empty system side: no brevity penalty can be computed, sacrebleu gives 0
+    sums[1, 2:] = 0
+    sums[2, 2 + 4 + 1] = 0  # an order without system n-grams: precision 0, score 0
+    sums[3, 2 : 2 + 4] = 0  # n-grams but no matches: 0, even when smoothed
+    expected = metric.score(sums)  # sacrebleu's own ``BLEU.compute_bleu``
+    assert metric.resample_scores(sums) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert np.ptp(expected) > 10  # the resamples really differ

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -11,13 +11,16 @@ from tqdm.auto import tqdm
 from mtforget.data.categories import categorize
 from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
-from mtforget.evaluate.bootstrap import interval, paired_deltas
-from mtforget.evaluate.comet import comet_scores
+from mtforget.evaluate.bootstrap import interval, paired_bootstrap
 from mtforget.evaluate.engines.base import GenerationEngine
-from mtforget.evaluate.lid import off_target_rate
-from mtforget.evaluate.metrics import score
-
-METRICS = ("chrf", "chrf++", "bleu", "off_target")
+from mtforget.evaluate.metrics import (
+    Judges,
+    Metric,
+    Outputs,
+    active,
+    all_metrics,
+    corpus_score,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class EvalSettings:
     batch_size: int | None = None  # sentences per batch at most; None: sized for the device
     max_new_tokens: int = 64
     comet: tuple | None = None  # (python, checkpoint, scorer, batch_size, gpus) when COMET is on
+    # The optional metrics to compute (``eval.metrics``); once constructed, the name of every
+    # metric computed, so that registering a metric changes the cache key of base evaluations.
+    metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(m.name for m in active(self.metrics)))
 
 
 def evaluate_directions(
@@ -47,10 +56,12 @@ def evaluate_directions(
     """Translate the test split in every direction with ``engine`` and score it (``lid``: a
     language identifier).
 
-    Returns ``{"src-tgt": {"chrf", "bleu", "off_target", "n", "hypotheses"}}``; the first
-    ``max_sentences`` test segments that have both languages form each direction's test set.
-    With COMET on, ``comet`` (×100) and its segment scores are added, and with ``with_copy`` the
-    COMET of copying the source too (the other metrics' copy baselines need no model).
+    Returns ``{"src-tgt": record}``; a record holds the corpus score of every metric in
+    ``settings.metrics`` under its name, ``n``, the ``hypotheses``, ``ids``, ``sources`` and
+    ``references``, and the per-sentence judgements of metrics that need them (off-target flags,
+    COMET segment scores ×100). The first ``max_sentences`` test segments that have both languages
+    form each direction's test set. With ``with_copy`` those judgements are also made for copying
+    the source (the other metrics score the copy baseline from the texts alone).
     """
     results: dict[str, dict] = {}
     jobs = [(src, tgt, examples) for src, tgt in directions
@@ -62,36 +73,58 @@ def evaluate_directions(
         outputs = engine.translate_many([([e.src for e in examples], src, tgt) for src, tgt, examples in jobs],
                                         progress=bar.update)
     for (src, tgt, examples), hyps in zip(jobs, outputs):
-        results[f"{src}-{tgt}"] = _scored(hyps, tgt, examples, lid)
-    if settings.comet:
-        _add_comet(results, settings.comet, with_copy)
+        results[f"{src}-{tgt}"] = _record(hyps, examples)
+    _score([(key.split("-")[1], record) for key, record in results.items()], active(settings.metrics),
+           Judges(lid, settings.comet), with_copy)
     return results
 
 
+def _record(hyps: list[str], examples: list) -> dict:
+    """One direction's outputs and what the paired bootstrap and the report need, before scoring."""
+    return {"n": len(examples), "hypotheses": hyps, "ids": [e.id for e in examples],
+            "sources": [e.src for e in examples], "references": [e.tgt for e in examples]}
+
+
 def _scored(hyps: list[str], tgt: str, examples: list, lid) -> dict:
-    """One direction's scores and what the paired bootstrap and the report need."""
-    scores = score(hyps, [e.tgt for e in examples], tgt)
-    flags = lid.off_target_flags(hyps, tgt)
-    scores["off_target"] = off_target_rate(flags)
-    return {**scores, "n": len(examples), "hypotheses": hyps, "off_flags": flags,
-            "ids": [e.id for e in examples], "sources": [e.src for e in examples],
-            "references": [e.tgt for e in examples]}
+    """One direction's record, scored by the always-on metrics."""
+    record = _record(hyps, examples)
+    _score([(tgt, record)], active(), Judges(lid))
+    return record
 
 
-def _add_comet(results: dict[str, dict], comet: tuple, with_copy: bool) -> None:
-    """COMET for every direction in one scorer call (loading COMET costs more than scoring)."""
-    keys = list(results)
-    triples = [t for k in keys for t in zip(results[k]["sources"], results[k]["hypotheses"], results[k]["references"])]
-    if with_copy:  # copying the source: the output COMET is known to reward
-        triples += [t for k in keys for t in zip(results[k]["sources"], results[k]["sources"], results[k]["references"])]
-    scores = [100 * s for s in comet_scores(triples, *comet)]
-    offset = 0
-    for part in (("comet_seg", "comet"), ("copy_comet_seg", "copy_comet")) if with_copy else (("comet_seg", "comet"),):
-        for k in keys:
-            n = results[k]["n"]
-            results[k][part[0]] = scores[offset : offset + n]
-            results[k][part[1]] = float(np.mean(results[k][part[0]]))
-            offset += n
+def _score(records: list[tuple[str, dict]], metrics: list[Metric], judges: Judges, with_copy: bool = False) -> None:
+    """Add every metric's judgements and corpus score to ``records`` ((target, record) pairs).
+
+    A metric that needs judgements gets them for all records in one call; one whose tool is not
+    among ``judges`` is left out of the records.
+    """
+    for metric in metrics:
+        if metric.judgement_key is None:
+            continue
+        systems = [_outputs(target, record) for target, record in records]
+        copies = [_outputs(target, record, copy=True) for target, record in records] if with_copy else []
+        verdicts = metric.judge(systems + copies, judges)
+        if verdicts is None:
+            continue
+        for (_, record), verdict in zip(records, verdicts):
+            record[metric.judgement_key] = verdict
+        for (_, record), verdict in zip(records, verdicts[len(systems):]):
+            record["copy_" + metric.judgement_key] = verdict
+    for target, record in records:
+        outputs = _outputs(target, record)
+        for metric in metrics:
+            if metric.judgement_key is None or metric.name in outputs.judgements:
+                record[metric.name] = corpus_score(metric, outputs)
+
+
+def _outputs(target: str, record: dict, copy: bool = False) -> Outputs:
+    """The outputs of a record's system, or with ``copy`` of copying the source, with the
+    judgements the record holds for them."""
+    prefix = "copy_" if copy else ""
+    judgements = {m.name: record[prefix + m.judgement_key] for m in all_metrics()
+                  if m.judgement_key is not None and prefix + m.judgement_key in record}
+    return Outputs(target, record["sources"], record["sources"] if copy else record["hypotheses"],
+                   record["references"], judgements)
 
 
 @dataclass(frozen=True)
@@ -141,12 +174,13 @@ def forgetting_rows(
 ) -> tuple[list[dict], dict]:
     """One row per direction and metric, and paired-bootstrap intervals per category.
 
-    Each row holds base, fine-tuned, ``delta = finetuned - base``, its 95% paired-bootstrap
-    interval (test sentences resampled jointly for both models), the score of copying the
-    source (the baseline that rewards doing nothing) and ``base_flag``, why ``gate`` finds the
-    base unfit on that direction (empty when it is fit). The second value maps metric → category
-    → [low, high] of the mean delta over the category's directions that ``gate`` counts, from the
-    same resamples.
+    The metrics are those registered that both evaluations scored. Each row holds base,
+    fine-tuned, ``delta = finetuned - base``, its 95% paired-bootstrap interval (test sentences
+    resampled jointly for both models), the score of copying the source (the baseline that
+    rewards doing nothing; None for a metric whose judgements of the copy the base evaluation
+    lacks and ``lid`` cannot make) and ``base_flag``, why ``gate`` finds the base unfit on that
+    direction (empty when it is fit). The second value maps metric → category → [low, high] of
+    the mean delta over the category's directions that ``gate`` counts, from the same resamples.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -158,17 +192,12 @@ def forgetting_rows(
         src, tgt = key.split("-")
         category = categorize(src, tgt, finetune_directions)
         flag = gate.flag(b)
-        copy = score(b["sources"], b["references"], tgt)
-        copy["off_target"] = lid.off_target(b["sources"], tgt)
-        samples = paired_deltas(b["hypotheses"], f["hypotheses"], b["references"], tgt, b["off_flags"],
-                                f["off_flags"], resamples, rng)
-        metrics = METRICS
-        if "comet" in b and "comet" in f:
-            metrics = METRICS + ("comet",)
-            copy["comet"] = b.get("copy_comet")
-            idx = rng.integers(0, b["n"], size=(resamples, b["n"]))
-            samples["comet"] = np.asarray(f["comet_seg"])[idx].mean(1) - np.asarray(b["comet_seg"])[idx].mean(1)
-        for metric in metrics:
+        metrics = [m for m in all_metrics() if m.name in b and m.name in f]
+        copy = _copy_scores(tgt, b, metrics, Judges(lid))
+        base_outputs, ft_outputs = _outputs(tgt, b), _outputs(tgt, f)
+        samples = paired_bootstrap(metrics, {m.name: m.statistics(base_outputs) for m in metrics},
+                                   {m.name: m.statistics(ft_outputs) for m in metrics}, resamples, rng)
+        for metric in (m.name for m in metrics):
             low, high = interval(samples[metric])
             rows.append({
                 "src": src, "tgt": tgt, "category": category, "metric": metric,
@@ -180,3 +209,18 @@ def forgetting_rows(
     category_ci = {metric: {cat: list(interval(np.mean(arrays, axis=0))) for cat, arrays in cats.items()}
                    for metric, cats in by_category.items()}
     return rows, category_ci
+
+
+def _copy_scores(target: str, base: dict, metrics: list[Metric], judges: Judges) -> dict[str, float | None]:
+    """Each metric's score of copying the source, from the judgements of the copy that the base
+    evaluation holds, else from ``judges`` now (None when neither can judge it)."""
+    outputs = _outputs(target, base, copy=True)
+    judgements = dict(outputs.judgements)
+    for metric in metrics:
+        if metric.judgement_key is not None and metric.name not in judgements:
+            verdicts = metric.judge([outputs], judges)
+            if verdicts is not None:
+                judgements[metric.name] = verdicts[0]
+    outputs = replace(outputs, judgements=judgements)
+    return {m.name: corpus_score(m, outputs) if m.judgement_key is None or m.name in judgements else None
+            for m in metrics}

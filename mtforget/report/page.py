@@ -11,7 +11,8 @@ import json
 from collections import defaultdict
 
 from mtforget.data.categories import CATEGORIES
-from mtforget.report.tables import CONTRAST_CATEGORIES, METRIC_TITLES
+from mtforget.evaluate.metrics import REGISTRY, all_metrics
+from mtforget.report.tables import CONTRAST_CATEGORIES
 from mtforget.study.result import TrialResult
 
 CSS = """
@@ -24,7 +25,8 @@ width:380px}figcaption{font-size:12px;color:#555}code{font-size:12px}.muted{colo
 
 
 def _fmt(entry: dict) -> str:
-    scale = 100 if entry["metric"] == "off_target" else 1  # off-target in percentage points
+    metric = REGISTRY.get(entry["metric"])
+    scale = metric.scale if metric else 1
     return f"{entry['mean'] * scale:+.1f} [{entry['low'] * scale:+.1f}, {entry['high'] * scale:+.1f}]"
 
 
@@ -85,8 +87,24 @@ def _trial_rows(context: dict) -> list[list[str]]:
 TRIAL_HEADER = ["trial", "status", "architecture", "control", "parameters", "trainable", "fine-tuning tokens",
                 "steps", "overlap dropped", "directions without test set", "seconds", "reason"]
 INTRO = ("Each cell: mean delta (fine-tuned − base) over the category's directions and seeds, with a "
-         "95% bootstrap interval. Off-target deltas are in percentage points (positive = more output "
-         "in the wrong language).")
+         "95% bootstrap interval.")
+
+
+def _intro(context: dict) -> str:
+    """``INTRO`` and how to read the deltas of each metric the study computes."""
+    shown = {e["metric"] for e in context["table"]}
+    notes = [m.delta_note() for m in all_metrics() if not m.optional or m.name in shown]
+    return " ".join([INTRO, *(note for note in notes if note)])
+
+
+def _metric_sections(context: dict) -> list[tuple[str, list[str], dict[str, dict[str, str]]]]:
+    """(title, conditions, cells) of each metric with rows in the category table."""
+    sections = []
+    for metric in all_metrics():
+        conditions, cells = _pivot(context["table"], metric.name)
+        if conditions:
+            sections.append((f"{metric.title} delta", conditions, cells))
+    return sections
 
 
 CONTRAST_INTRO = ("Trials whose configs differ in exactly one key, everything else held equal: each "
@@ -177,13 +195,10 @@ def render_markdown(context: dict) -> str:
     """``summary.md``: the same tables as the HTML page."""
     trials = context["trials"]
     done = sum(t["status"] == "done" for t in trials)
-    lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {INTRO}", ""]
+    lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {_intro(context)}", ""]
     lines += [f"**{line}**" for line in _gate_lines(context) if line.startswith("Warning")]
     lines += [""] if context.get("gate_failures") else []
-    for metric, title in METRIC_TITLES.items():
-        conditions, cells = _pivot(context["table"], metric)
-        if not conditions:
-            continue
+    for title, conditions, cells in _metric_sections(context):
         lines += [f"## {title}", "", "| condition | " + " | ".join(CATEGORIES) + " |",
                   "|---|" + "---|" * len(CATEGORIES)]
         lines += [f"| {c} | " + " | ".join(cells[c].get(k, "–") for k in CATEGORIES) + " |" for c in conditions]
@@ -225,6 +240,39 @@ def render_markdown(context: dict) -> str:
 
 def render_html(context: dict, figures: dict) -> str:
     """``index.html``: one page, inline CSS, figures as PNG files beside it."""
+    parts = _html_top(context)
+    parts.append(_figure(figures.get("by_size"), "chrF delta against fine-tuning size, per direction category"))
+    parts += _html_metric_tables(context)
+    parts += _html_figures(context, figures)
+    parts += _html_contrasts(context)
+    parts += _html_analyses(context, figures)
+    parts += _html_examples(context)
+    parts += _html_paired(context)
+    parts += _html_base_quality(context)
+    parts += _html_trials(context)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _figure(path, caption: str) -> str:
+    e = html.escape
+    return (f"<figure><img src='{e(path.name)}' alt='{e(caption)}'>"
+            f"<figcaption>{e(caption)}</figcaption></figure>") if path else ""
+
+
+def _header_row(header: list[str]) -> str:
+    return "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+
+
+def _body_rows(rows: list[list[str]], text_columns: int) -> list[str]:
+    """Table rows: the first ``text_columns`` cells as text, the others as right-aligned numbers."""
+    e = html.escape
+    return ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row[:text_columns])
+            + "".join(f"<td class='num'>{e(c)}</td>" for c in row[text_columns:]) + "</tr>" for row in rows]
+
+
+def _html_top(context: dict) -> list[str]:
+    """The head of the page, its title, the introduction and the warnings of the base-quality gate."""
     e = html.escape
     trials = context["trials"]
     done = sum(t["status"] == "done" for t in trials)
@@ -232,49 +280,56 @@ def render_html(context: dict, figures: dict) -> str:
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>mtforget report</title><style>{CSS}</style></head><body>",
              "<h1>Forgetting report</h1>",
-             f"<p>{done} of {len(trials)} trials done. {e(INTRO)}</p>"]
-    parts += [f"<p><strong>{e(line)}</strong></p>" for line in _gate_lines(context) if line.startswith("Warning")]
+             f"<p>{done} of {len(trials)} trials done. {e(_intro(context))}</p>"]
+    return parts + [f"<p><strong>{e(line)}</strong></p>" for line in _gate_lines(context) if line.startswith("Warning")]
 
-    def figure(path, caption: str) -> str:
-        return (f"<figure><img src='{e(path.name)}' alt='{e(caption)}'>"
-                f"<figcaption>{e(caption)}</figcaption></figure>") if path else ""
 
-    parts.append(figure(figures.get("by_size"), "chrF delta against fine-tuning size, per direction category"))
-    for metric, title in METRIC_TITLES.items():
-        conditions, cells = _pivot(context["table"], metric)
-        if not conditions:
-            continue
-        parts.append(f"<h2>{e(title)}</h2><table><tr><th>condition</th>"
-                     + "".join(f"<th>{e(c)}</th>" for c in CATEGORIES) + "</tr>")
-        for cond in conditions:
-            parts.append(f"<tr><td>{e(cond)}</td>" + "".join(
-                f"<td class='num'>{e(cells[cond].get(c, '–'))}</td>" for c in CATEGORIES) + "</tr>")
+def _html_metric_tables(context: dict) -> list[str]:
+    """One table per metric: mean delta with its interval per condition and category."""
+    parts = []
+    for title, conditions, cells in _metric_sections(context):
+        parts.append(f"<h2>{html.escape(title)}</h2><table>" + _header_row(["condition", *CATEGORIES]))
+        parts += _body_rows([[cond, *(cells[cond].get(c, "–") for c in CATEGORIES)] for cond in conditions], 1)
         parts.append("</table>")
+    return parts
 
+
+def _html_figures(context: dict, figures: dict) -> list[str]:
+    """Forgetting against scale, gain against loss, and the conditions compared along each axis."""
+    e = html.escape
+    parts = []
     if figures.get("scale"):
         fit = context["fit"]
         text = (f"Fit: unseen chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · log10(tokens/parameters)."
                 if fit else "Too few trials for a fit.")
         parts.append("<h2>Forgetting against fine-tuning data per parameter</h2>"
                      f"<p class='muted'>{e(text)}</p>"
-                     + figure(figures["scale"], "unseen-direction chrF delta against tokens per parameter"))
+                     + _figure(figures["scale"], "unseen-direction chrF delta against tokens per parameter"))
     if figures.get("gain_loss"):
         parts.append("<h2>Gain on fine-tuned directions against loss on unseen ones</h2>"
-                     + figure(figures["gain_loss"], "one point per trial"))
+                     + _figure(figures["gain_loss"], "one point per trial"))
     if figures.get("comparisons"):
         parts.append("<h2>Conditions compared</h2><p class='muted'>Mean chrF delta on unseen directions per "
                      "value of each condition axis, over trials, with a 95% bootstrap interval.</p><div class='grid'>")
         for axis, entries, path in figures["comparisons"]:
-            parts.append(figure(path, f"{axis}: " + ", ".join(
+            parts.append(_figure(path, f"{axis}: " + ", ".join(
                 f"{en['value'].strip(chr(34))} {en['mean']:+.1f}" for en in entries)))
         parts.append("</div>")
+    return parts
+
+
+def _html_contrasts(context: dict) -> list[str]:
     contrasts = _contrast_rows(context)
-    if contrasts:
-        parts.append(f"<h2>Controlled contrasts</h2><p class='muted'>{e(CONTRAST_INTRO)}</p><table><tr>"
-                     + "".join(f"<th>{e(h)}</th>" for h in CONTRAST_HEADER) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row[:5])
-                  + "".join(f"<td class='num'>{e(c)}</td>" for c in row[5:]) + "</tr>" for row in contrasts]
-        parts.append("</table>")
+    if not contrasts:
+        return []
+    return [f"<h2>Controlled contrasts</h2><p class='muted'>{html.escape(CONTRAST_INTRO)}</p><table>"
+            + _header_row(CONTRAST_HEADER), *_body_rows(contrasts, 5), "</table>"]
+
+
+def _html_analyses(context: dict, figures: dict) -> list[str]:
+    """Weight interpolation, layer-wise retrieval and the per-direction heatmaps."""
+    e = html.escape
+    parts = []
     for key, title, intro, header, rows in (
             ("interpolation", "Weight interpolation with the base", INTERPOLATION_INTRO, INTERPOLATION_HEADER,
              _interpolation_rows(context)),
@@ -282,46 +337,56 @@ def render_html(context: dict, figures: dict) -> str:
         if not rows:
             continue
         parts.append(f"<h2>{e(title)}</h2><p class='muted'>{e(intro)}</p>"
-                     + figure(figures.get(key), title) + "<table><tr>"
-                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr><td>" + e(r[0]) + "</td>" + "".join(f"<td class='num'>{e(c)}</td>" for c in r[1:]) + "</tr>"
-                  for r in rows]
+                     + _figure(figures.get(key), title) + "<table>" + _header_row(header))
+        parts += _body_rows(rows, 1)
         parts.append("</table>")
     if figures.get("heatmaps"):
         parts.append("<h2>chrF delta per direction</h2><div class='grid'>")
-        parts += [figure(path, condition) for condition, path in figures["heatmaps"]]
+        parts += [_figure(path, condition) for condition, path in figures["heatmaps"]]
         parts.append("</div>")
+    return parts
 
-    if context["examples"]:
-        parts.append(f"<h2>Example translations</h2><p class='muted'>From trial "
-                     f"<code>{e(context['examples'][0]['trial_id'])}</code>, the direction of each category "
-                     "whose chrF dropped most.</p><table><tr><th>category</th><th>direction</th><th>source</th>"
-                     "<th>reference</th><th>base</th><th>fine-tuned</th></tr>")
-        for ex in context["examples"]:
-            parts.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
-                ex["category"], f"{ex['src_lang']}→{ex['tgt_lang']} ({ex['direction_delta']:+.1f})",
-                ex["source"], ex["reference"], ex["base"], ex["finetuned"])) + "</tr>")
-        parts.append("</table>")
 
+def _html_examples(context: dict) -> list[str]:
+    """Example translations from the trial that forgot most."""
+    e = html.escape
+    if not context["examples"]:
+        return []
+    parts = [f"<h2>Example translations</h2><p class='muted'>From trial "
+             f"<code>{e(context['examples'][0]['trial_id'])}</code>, the direction of each category "
+             "whose chrF dropped most.</p><table><tr><th>category</th><th>direction</th><th>source</th>"
+             "<th>reference</th><th>base</th><th>fine-tuned</th></tr>"]
+    parts += _body_rows([[str(v) for v in (
+        ex["category"], f"{ex['src_lang']}→{ex['tgt_lang']} ({ex['direction_delta']:+.1f})",
+        ex["source"], ex["reference"], ex["base"], ex["finetuned"])] for ex in context["examples"]], 6)
+    return parts + ["</table>"]
+
+
+def _html_paired(context: dict) -> list[str]:
     paired = _paired_rows(context)
-    if paired:
-        parts.append(f"<h2>chrF delta per trial, paired bootstrap</h2><p class='muted'>{e(PAIRED_INTRO)}</p>"
-                     "<table><tr><th>trial</th>" + "".join(f"<th>{e(c)}</th>" for c in CATEGORIES) + "</tr>")
-        parts += ["<tr><td>" + e(r[0]) + "</td>" + "".join(f"<td class='num'>{e(c)}</td>" for c in r[1:]) + "</tr>"
-                  for r in paired]
-        parts.append("</table>")
-    if context.get("base_quality"):
-        parts.append(f"<h2>Base model quality</h2><p class='muted'>{e(BASE_INTRO)}</p><table><tr>"
-                     + "".join(f"<th>{e(h)}</th>" for h in BASE_HEADER) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:2])
-                  + "".join(f"<td class='num'>{e(c)}</td>" for c in r[2:]) + "</tr>" for r in _base_rows(context)]
-        parts.append("</table>")
-        parts += [f"<p class='muted'>{e(line)}</p>" for line in _gate_lines(context) if not line.startswith("Warning")]
-    parts.append("<h2>Trials</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TRIAL_HEADER) + "</tr>")
-    parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _trial_rows(context)]
+    if not paired:
+        return []
+    return [f"<h2>chrF delta per trial, paired bootstrap</h2><p class='muted'>{html.escape(PAIRED_INTRO)}</p>"
+            "<table>" + _header_row(["trial", *CATEGORIES]), *_body_rows(paired, 1), "</table>"]
+
+
+def _html_base_quality(context: dict) -> list[str]:
+    e = html.escape
+    if not context.get("base_quality"):
+        return []
+    parts = [f"<h2>Base model quality</h2><p class='muted'>{e(BASE_INTRO)}</p><table>" + _header_row(BASE_HEADER)]
+    parts += _body_rows(_base_rows(context), 2)
+    parts.append("</table>")
+    return parts + [f"<p class='muted'>{e(line)}</p>" for line in _gate_lines(context) if not line.startswith("Warning")]
+
+
+def _html_trials(context: dict) -> list[str]:
+    """Every trial, and the run's metadata."""
+    e = html.escape
+    parts = ["<h2>Trials</h2><table>" + _header_row(TRIAL_HEADER)]
+    parts += _body_rows(_trial_rows(context), len(TRIAL_HEADER))
     parts.append("</table>")
     parts.append("<h2>Run metadata</h2><table>" + "".join(
         f"<tr><th>{e(str(k))}</th><td><code>{e(json.dumps(v))}</code></td></tr>"
         for k, v in sorted(context["meta"].items())) + "</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts

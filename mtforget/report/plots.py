@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mtforget.data.categories import CATEGORIES
+from mtforget.evaluate.metrics import get_metric
 from mtforget.report.tables import TrialSummary, log_fit
 
 
@@ -21,14 +22,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def by_size(table: list[dict], path: Path) -> Path | None:
-    """chrF delta against fine-tuning size, one panel per category, one line per model/method."""
-    chrf = [e for e in table if e["metric"] == "chrf"]
-    if not chrf:
+def by_size(table: list[dict], path: Path, metric: str = "chrf") -> Path | None:
+    """The delta of ``metric`` against fine-tuning size, one panel per category, one line per model/method."""
+    entries = [e for e in table if e["metric"] == metric]
+    if not entries:
         return None
     fig, axes = plt.subplots(1, len(CATEGORIES), figsize=(3.2 * len(CATEGORIES), 3.2), sharey=True)
     series: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for e in chrf:
+    for e in entries:
         name = " ".join(part for part in e["condition"].split() if not part.startswith("n="))
         series[(name, e["category"])].append(e)
     for ax, category in zip(axes, CATEGORIES):
@@ -43,7 +44,7 @@ def by_size(table: list[dict], path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_title(category.replace("_", " "))
         ax.set_xlabel("fine-tuning pairs")
-    axes[0].set_ylabel("chrF delta (fine-tuned − base)")
+    axes[0].set_ylabel(f"{get_metric(metric).title} delta (fine-tuned − base)")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8,
@@ -51,18 +52,19 @@ def by_size(table: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def heatmap(languages: list[str], matrix: np.ndarray, title: str, path: Path) -> Path:
-    """Source × target matrix of the chrF delta, diverging around zero."""
+def heatmap(languages: list[str], matrix: np.ndarray, title: str, path: Path, metric: str = "chrf") -> Path:
+    """Source × target matrix of the delta of ``metric``, diverging around zero (blue is better)."""
+    scored = get_metric(metric)
     size = max(3.5, 0.45 * len(languages) + 1.5)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     limit = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
-    image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
+    image = ax.imshow(matrix, cmap="RdBu" if scored.higher_is_better else "RdBu_r", vmin=-limit, vmax=limit)
     ax.set_xticks(range(len(languages)), languages, rotation=90)
     ax.set_yticks(range(len(languages)), languages)
     ax.set_xlabel("target")
     ax.set_ylabel("source")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="chrF delta")
+    fig.colorbar(image, ax=ax, label=f"{scored.title} delta")
     return _save(fig, path)
 
 

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtforget.data.categories import CATEGORIES
+from mtforget.evaluate.metrics import all_metrics
 from mtforget.report.stats import bootstrap_mean_ci
 from mtforget.study.result import TrialResult
 
-METRIC_TITLES = {"chrf": "chrF delta", "chrf++": "chrF++ delta", "bleu": "BLEU delta",
-                 "off_target": "off-target rate delta", "comet": "COMET delta"}
 UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 @dataclass
 class TrialSummary:
@@ -45,7 +44,7 @@ def category_table(trials: list[dict], rows: list[dict], resamples: int = 2000) 
     table = []
     for label in sorted(order, key=lambda k: (order[k], k)):
         model, method, mitigations, size = order[label]
-        for metric in METRIC_TITLES:
+        for metric in (m.name for m in all_metrics()):
             for category in CATEGORIES:
                 values = groups.get((label, metric, category))
                 if not values:

@@ -27,6 +27,7 @@ from pydantic import (
 from mtforget.data.categories import parse_direction
 from mtforget.errors import UsageError
 from mtforget.evaluate.engines.registry import describe_choices, engine_choices
+from mtforget.evaluate.metrics import REGISTRY, optional_names
 from mtforget.mitigations import MITIGATIONS
 
 # Learning-rate schedules of transformers.get_scheduler that need nothing beyond warm-up and total
@@ -185,7 +186,7 @@ class _EvalCore(_Strict):
     """How every direction is evaluated (greedy decoding); analyses after training join these
     (EvalConfig)."""
 
-    metrics: list[Literal["comet"]] = []  # extra metrics beyond chrF, chrF++, BLEU and off-target
+    metrics: list[str] = []  # optional metrics beyond the always-on ones (chrF, chrF++, BLEU, off-target)
     comet: CometConfig | None = None
 
     max_sentences: int = Field(50, ge=1)  # test sentences per direction
@@ -204,12 +205,24 @@ class _EvalCore(_Strict):
     representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
     base_gate: BaseGateConfig = BaseGateConfig()
 
+    @field_validator("metrics")
+    @classmethod
+    def _registered(cls, value: list[str]) -> list[str]:
+        known = optional_names()
+        for name in value:
+            if name not in known:
+                always = " (it is always computed)" if name in REGISTRY else ""
+                raise ValueError(f"unknown optional metric {name!r}{always}; the optional metrics are "
+                                 f"{', '.join(known)}")
+        return value
+
     @field_validator("engine")
     @classmethod
     def _engine(cls, value: str) -> str:
         if value not in engine_choices():
             raise ValueError(f"unknown engine {value!r} ({describe_choices()})")
         return value
+
 
 def _with_mitigations(name: str, core: type[_Strict], section: str) -> type[_Strict]:
     """``core`` plus a field for each mitigation whose key lives in ``section`` (registry order):

@@ -61,7 +61,7 @@ from mtforget.evaluate.forgetting import (
     forgetting_rows,
 )
 from mtforget.evaluate.lid import make_identifier
-from mtforget.evaluate.metrics import signatures
+from mtforget.evaluate.metrics import all_metrics, signatures
 from mtforget.evaluate.representations import layerwise_retrieval
 from mtforget.memory import release_memory
 from mtforget.mitigations import MITIGATIONS, active_mitigations
@@ -294,7 +294,7 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
     comet = cfg.eval.comet
     settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                             (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
-                            if "comet" in cfg.eval.metrics else None)
+                            if "comet" in cfg.eval.metrics else None, tuple(cfg.eval.metrics))
     return LoadedBase(base_dir, model, tokenizer, control, added, device, settings)
 
 
@@ -408,7 +408,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         max_length=cfg.finetune.max_length, overlap_dropped=tuned.overlap_dropped,
         missing_directions=[f"{s}-{t}" for s, t in data.all_directions if f"{s}-{t}" not in base_eval],
         category_ci=category_ci, lid=base.lid.name, lid_accuracy=base.lid_accuracy,
-        metric_signatures=signatures(data.languages), device=str(base.device),
+        metric_signatures=signatures(data.languages, run.cfg.eval.metrics), device=str(base.device),
         gpu=torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None,
         engine=base.engine_name, engine_fallback_reason=base.engine_fallback,
         processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
@@ -592,8 +592,7 @@ def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str
     """Per direction category: the mean of each metric over the directions ``gate`` counts, and
     its mean delta vs the base."""
     keys = [key for key in evaluated if key in base_eval and gate.counts(gate.flag(base_eval[key]))]
-    metrics = [m for m in ("chrf", "bleu", "off_target", "comet")
-               if all(m in evaluated[k] and m in base_eval[k] for k in keys)]
+    metrics = [m.name for m in all_metrics() if all(m.name in evaluated[k] and m.name in base_eval[k] for k in keys)]
     by_category: dict[str, list[str]] = {}
     for key in keys:
         by_category.setdefault(categorize(*key.split("-"), directions), []).append(key)
