@@ -9,11 +9,10 @@ from mtforget.models.loading import default_device
 from mtforget.train.loop import native_bf16
 
 # Pre-training batches are random, so each is cut into length-sorted pieces: the same gradient
-# with a fifth fewer padded tokens. On one CPU thread that saves a tenth of a float32 step
-# (tiny:small: 70 against 79 ms); under bf16 two pieces cost about what one batch does (tiny:base:
-# 129-138 ms whole, 136 in two), and more pieces multiply matrices too small to pay (154 in four).
-# The decoder-only bases use them too, for memory: tiny:lm's pre-training peaked 80-120 MB lower in
-# two pieces, for 4-12% more time.
+# with fewer padded tokens, which a CPU computes as if they were real. Two pieces save time in
+# float32 and cost about nothing under bf16; more pieces multiply matrices too small to pay. The
+# decoder-only bases use them too, for the smaller activations each piece holds.
+# (benchmarks/training.py measures steps with and without pieces.)
 PIECES = 2
 
 

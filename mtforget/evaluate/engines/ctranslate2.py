@@ -98,9 +98,8 @@ class CT2Engine(GenerationEngine):
             self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
             runner = ct2.Translator if self.encoder_decoder else ct2.Generator
             # As many threads as torch has, so the two engines compare on equal hardware. Decoding
-            # separate batches on separate threads (inter_threads) was faster on the demo's base
-            # (2,703 against 706 sentences/s with two threads), but left torch training 40% slower
-            # for the rest of the process, so the threads split each batch instead.
+            # separate batches on separate threads (inter_threads) decodes faster, but leaves torch
+            # training slower for the rest of the process, so the threads split each batch instead.
             try:
                 self._runner = runner(str(self.model_dir), device=self.device,
                                       device_index=param.device.index or 0, compute_type=self.compute_type,
