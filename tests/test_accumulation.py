@@ -24,12 +24,7 @@ from mtforget.models.loading import make_control
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, sample_alignment_pairs
-from mtforget.train.loop import (
-    TrainSettings,
-    _step_micro_batches,
-    train,
-    training_precision,
-)
+from mtforget.train.loop import TrainSettings, _step_micro_batches, train, training_precision
 from tests.conftest import Kill, OnLoss, tiny_study, tiny_world
 
 SPEC = TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)

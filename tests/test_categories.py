@@ -1,9 +1,4 @@
-from mtforget.data.categories import (
-    CATEGORIES,
-    categorize,
-    parse_direction,
-    seen_languages,
-)
+from mtforget.data.categories import CATEGORIES, categorize, parse_direction, seen_languages
 
 
 def test_categories_on_a_hand_made_case():

@@ -14,28 +14,16 @@ import json
 import ctranslate2
 import pytest
 import torch
-from transformers import (
-    GPTNeoConfig,
-    GPTNeoForCausalLM,
-    M2M100Config,
-    M2M100ForConditionalGeneration,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import (GPTNeoConfig, GPTNeoForCausalLM, M2M100Config, M2M100ForConditionalGeneration, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from mtforget.bases.tiny_decoder import CHAT_MARKERS, CHAT_TEMPLATE
 from mtforget.data.corpus import read_jsonl
 from mtforget.data.splits import direction_examples, split_by_id
 from mtforget.data.synthetic import SyntheticWorld
 from mtforget.errors import UsageError
-from mtforget.evaluate.engines.base import (
-    ENGINE_CHRF_TOLERANCE,
-    EngineSpec,
-    GenerationEngine,
-    engine_spec,
-    make_engine,
-    probe_direction,
-)
+from mtforget.evaluate.engines.base import (ENGINE_CHRF_TOLERANCE, EngineSpec, GenerationEngine, engine_spec,
+                                            make_engine, probe_direction)
 from mtforget.evaluate.engines.ctranslate2 import CT2Engine
 from mtforget.evaluate.engines.hf import HF_ENGINE_NAME, HFEngine
 from mtforget.evaluate.engines.registry import ENGINES, engine_choices

@@ -8,16 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    M2M100Config,
-    M2M100ForConditionalGeneration,
-    MarianConfig,
-    MarianMTModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import (LlamaConfig, LlamaForCausalLM, M2M100Config, M2M100ForConditionalGeneration, MarianConfig,
+                          MarianMTModel, Qwen2Config, Qwen2ForCausalLM)
 
 from mtforget.cli import main
 from mtforget.data.languages import iso639_3, language_name, mbart_code, nllb_code
@@ -183,11 +175,7 @@ def test_lora_switches_layerdrop_off_in_the_modules(tmp_path):
 def test_builtin_decoder_bases_plain_and_instruction_tuned(tmp_path):
     """tiny:lm is steered by a plain prompt, tiny:lm-instruct (built from it) by a chat template,
     and an encoder-decoder of similar size sits beside them in one list grid."""
-    from mtforget.bases.tiny_decoder import (
-        OTHER_TASKS,
-        TRANSLATE_PHRASINGS,
-        instruction_mix,
-    )
+    from mtforget.bases.tiny_decoder import OTHER_TASKS, TRANSLATE_PHRASINGS, instruction_mix
     from mtforget.study.trial import TrialMemo, _corpus_and_splits
 
     raw = tiny_study()

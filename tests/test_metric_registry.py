@@ -11,9 +11,8 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 
 from mtforget.cli import main
 from mtforget.evaluate.bootstrap import paired_bootstrap, paired_deltas
-from mtforget.evaluate.metrics import (REGISTRY, Metric, Outputs, UnknownMetricError, active, all_metrics,
-                                       corpus_score, get_metric, optional_names, register, resampled_totals,
-                                       signatures, totals)
+from mtforget.evaluate.metrics import (REGISTRY, Metric, Outputs, UnknownMetricError, active, all_metrics, corpus_score,
+                                       get_metric, optional_names, register, resampled_totals, signatures, totals)
 from mtforget.study.config import parse_study
 from tests.conftest import tiny_study
 

@@ -5,12 +5,7 @@ import pytest
 import sacrebleu
 
 from mtforget.data.corpus import Segment
-from mtforget.evaluate.lid import (
-    CorpusLanguageIdentifier,
-    PyLangIdentifier,
-    make_identifier,
-    same_language,
-)
+from mtforget.evaluate.lid import CorpusLanguageIdentifier, PyLangIdentifier, make_identifier, same_language
 from mtforget.evaluate.metrics import bleu_tokenizer, score, signatures
 
 HYPS = ["the cat sat on the mat", "a dog barks loudly at night", "", "green green green fish"]

@@ -15,29 +15,17 @@ from mtforget.data.categories import CATEGORIES
 from mtforget.data.corpus import Segment
 from mtforget.data.replay import replay_examples, replay_size
 from mtforget.data.splits import pivot_language, sample_directions
-from mtforget.evaluate.representations import (
-    layerwise_retrieval,
-    retrieval_accuracy,
-    sentence_states,
-)
+from mtforget.evaluate.representations import layerwise_retrieval, retrieval_accuracy, sentence_states
 from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.models.hidden import encode_sentences, resolve_layer
 from mtforget.models.instruction import InstructionControl
-from mtforget.models.interpolation import (
-    interpolate_state_dicts,
-    interpolation_sweep,
-    load_interpolated,
-)
+from mtforget.models.interpolation import interpolate_state_dicts, interpolation_sweep, load_interpolated
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
 from mtforget.models.tokenizer import train_tokenizer
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
-from mtforget.train.alignment import (
-    AlignmentObjective,
-    info_nce,
-    sample_alignment_pairs,
-)
+from mtforget.train.alignment import AlignmentObjective, info_nce, sample_alignment_pairs
 from mtforget.train.loop import TrainSettings, train
 from tests.conftest import Kill, OnLoss, resume_and_check, tiny_study, tiny_world
 

@@ -10,28 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    M2M100Config,
-    M2M100ForConditionalGeneration,
-    MarianConfig,
-    MarianMTModel,
-    MBartConfig,
-    MBartForConditionalGeneration,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import (LlamaConfig, LlamaForCausalLM, M2M100Config, M2M100ForConditionalGeneration, MarianConfig,
+                          MarianMTModel, MBartConfig, MBartForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM)
 
 from mtforget.data.synthetic import SyntheticWorld
 from mtforget.evaluate.engines.base import DEFAULT_MAX_BATCH_TOKENS, make_engine
-from mtforget.evaluate.engines.hf import (
-    DEFAULT_MAX_BATCH_SENTENCES,
-    BatchLimits,
-    HFEngine,
-    batch_limits,
-    generation_footprint,
-)
+from mtforget.evaluate.engines.hf import (DEFAULT_MAX_BATCH_SENTENCES, BatchLimits, HFEngine, batch_limits,
+                                          generation_footprint)
 from mtforget.evaluate.generate import length_batches
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens, add_language_tokens, pad

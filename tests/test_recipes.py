@@ -18,14 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    M2M100Config,
-    M2M100ForConditionalGeneration,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import (LlamaConfig, LlamaForCausalLM, M2M100Config, M2M100ForConditionalGeneration, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from mtforget.cli import main
 from mtforget.data.synthetic import SyntheticWorld

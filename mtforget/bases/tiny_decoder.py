@@ -21,12 +21,7 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mtforget.bases.pretraining import PIECES, Precision, pretraining_precision
-from mtforget.bases.specs import (
-    DECODER_RECIPE_VERSION,
-    DECODER_SPEC,
-    DECODER_STYLES,
-    DecoderSpec,
-)
+from mtforget.bases.specs import DECODER_RECIPE_VERSION, DECODER_SPEC, DECODER_STYLES, DecoderSpec
 from mtforget.cache import cached_dir, fingerprint
 from mtforget.data.corpus import Corpus, Segment
 from mtforget.data.languages import language_name

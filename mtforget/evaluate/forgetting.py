@@ -13,14 +13,7 @@ from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
 from mtforget.evaluate.bootstrap import interval, paired_bootstrap
 from mtforget.evaluate.engines.base import GenerationEngine
-from mtforget.evaluate.metrics import (
-    Judges,
-    Metric,
-    Outputs,
-    active,
-    all_metrics,
-    corpus_score,
-)
+from mtforget.evaluate.metrics import Judges, Metric, Outputs, active, all_metrics, corpus_score
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mtforget.data.corpus import Segment
-from mtforget.models.hidden import (
-    encode_sentences,
-    is_encoder_decoder,
-    layer_states,
-    num_layers,
-)
+from mtforget.models.hidden import encode_sentences, is_encoder_decoder, layer_states, num_layers
 
 
 def retrieval_accuracy(anchors: torch.Tensor, candidates: torch.Tensor) -> float:

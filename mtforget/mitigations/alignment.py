@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mtforget.data.languages import normalize_code
 from mtforget.errors import UsageError
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
-from mtforget.train.callbacks import TrainCallback
+from mtforget.train.callbacks import RunningMean, TrainCallback
 
 if TYPE_CHECKING:
     import torch
@@ -59,23 +59,18 @@ class AlignmentCallback(TrainCallback):
     def __init__(self, objective: AlignmentObjective) -> None:
         self.objective = objective
         self.schedule = objective
-        self._sum: torch.Tensor | None = None
-        self._n = 0
+        self.loss_mean = RunningMean()
 
     def extra_loss(self, model: torch.nn.Module, step: int) -> torch.Tensor | None:
         if self.objective.kind(step) == "translation":
             return None
         loss = self.objective.loss(model, step)
-        self._sum = loss.detach() if self._sum is None else self._sum + loss.detach()
-        self._n += 1
+        self.loss_mean.add(loss)
         return self.objective.weight * loss
 
     def logged(self) -> dict[str, float]:
-        if not self._n:
-            return {}
-        mean = (self._sum / self._n).item()
-        self._sum, self._n = None, 0
-        return {"align_loss": mean}
+        mean = self.loss_mean.pop()
+        return {} if mean is None else {"align_loss": mean}
 
 
 class Alignment(Mitigation):

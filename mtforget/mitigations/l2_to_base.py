@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from mtforget.mitigations.base import Mitigation
-from mtforget.train.callbacks import TrainCallback
+from mtforget.train.callbacks import RunningMean, TrainCallback
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +28,7 @@ class L2Penalty(TrainCallback):
     def __init__(self, weight: float) -> None:
         self.weight = weight
         self.start: dict[str, torch.Tensor] = {}
-        self._sum: torch.Tensor | None = None
-        self._n = 0
+        self.drift_mean = RunningMean()
 
     def on_train_start(self, model: torch.nn.Module) -> None:
         self.start = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -37,16 +36,12 @@ class L2Penalty(TrainCallback):
     def extra_loss(self, model: torch.nn.Module, step: int) -> torch.Tensor:
         drift = sum(((p - self.start[name]) ** 2).sum() for name, p in model.named_parameters()
                     if name in self.start)
-        self._sum = drift.detach() if self._sum is None else self._sum + drift.detach()
-        self._n += 1
+        self.drift_mean.add(drift)
         return self.weight * drift
 
     def logged(self) -> dict[str, float]:
-        if not self._n:
-            return {}
-        mean = (self._sum / self._n).item()
-        self._sum, self._n = None, 0
-        return {"l2_drift": mean}
+        mean = self.drift_mean.pop()
+        return {} if mean is None else {"l2_drift": mean}
 
 
 class L2ToBase(Mitigation):

@@ -17,13 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mtforget.data.languages import (
-    default_script,
-    iso639_3,
-    mbart_code,
-    nllb_code,
-    split_code,
-)
+from mtforget.data.languages import default_script, iso639_3, mbart_code, nllb_code, split_code
 from mtforget.data.splits import Example
 
 CONVENTIONS = ("m2m", "nllb", "mbart", "marian")

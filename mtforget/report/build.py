@@ -17,18 +17,9 @@ import yaml
 from mtforget.data.categories import CATEGORIES
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
-from mtforget.report.tables import (
-    axis_comparisons,
-    base_quality,
-    category_table,
-    controlled_contrasts,
-    direction_matrix,
-    flagged_directions,
-    gate_failures,
-    interpolation_curves,
-    layer_series,
-    trial_summaries,
-)
+from mtforget.report.tables import (axis_comparisons, base_quality, category_table, controlled_contrasts,
+                                    direction_matrix, flagged_directions, gate_failures, interpolation_curves,
+                                    layer_series, trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, ResultStore
 
 MAX_HEATMAPS = 12

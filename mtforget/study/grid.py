@@ -9,13 +9,7 @@ from pathlib import Path
 from mtforget.bases.specs import tiny_recipe
 from mtforget.cache import content_fingerprint, fingerprint
 from mtforget.mitigations import MITIGATIONS, settings_of
-from mtforget.study.config import (
-    EXECUTION_KEYS,
-    StudyConfig,
-    grid_combinations,
-    set_dotted,
-    study_to_dict,
-)
+from mtforget.study.config import EXECUTION_KEYS, StudyConfig, grid_combinations, set_dotted, study_to_dict
 
 
 @dataclass(frozen=True)

@@ -27,39 +27,17 @@ from accelerate import PartialState
 
 import mtforget
 from mtforget.bases.tiny import tiny_base
-from mtforget.cache import (
-    cached_dir,
-    content_fingerprint,
-    fingerprint,
-    write_json_atomic,
-)
-from mtforget.data.bitext import (
-    BitextSample,
-    BitextSource,
-    cached_sample,
-    held_out_texts,
-)
+from mtforget.cache import cached_dir, content_fingerprint, fingerprint, write_json_atomic
+from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.languages import normalize_code
 from mtforget.data.loaders import load_corpus
-from mtforget.data.splits import (
-    Example,
-    Splits,
-    direction_examples,
-    pivot_language,
-    sample_directions,
-    split_by_id,
-)
+from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
-from mtforget.evaluate.forgetting import (
-    BaseGate,
-    EvalSettings,
-    evaluate_directions,
-    forgetting_rows,
-)
+from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import all_metrics, signatures
 from mtforget.evaluate.representations import layerwise_retrieval
@@ -68,12 +46,7 @@ from mtforget.mitigations import MITIGATIONS, active_mitigations
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
 from mtforget.models.control import Control
 from mtforget.models.hidden import resolve_layer
-from mtforget.models.loading import (
-    count_parameters,
-    default_device,
-    load_model,
-    make_control,
-)
+from mtforget.models.loading import count_parameters, default_device, load_model, make_control
 from mtforget.models.lora import apply_lora, merge_lora
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial

@@ -90,3 +90,25 @@ def step_schedule(callbacks: list[TrainCallback]) -> StepSchedule:
         raise ValueError(f"{len(owners)} callbacks interleave steps of their own; at most one can "
                          f"({', '.join(type(c).__name__ for c in owners)})")
     return owners[0].schedule if owners else TranslationOnly()
+
+
+class RunningMean:
+    """The mean of the values added since the last :meth:`pop`, kept on the device: a callback's
+    ``logged`` syncs with the device only at log points."""
+
+    def __init__(self) -> None:
+        self._sum: torch.Tensor | None = None
+        self._n = 0
+
+    def add(self, value: torch.Tensor) -> None:
+        """Add a detached copy of ``value``."""
+        self._sum = value.detach() if self._sum is None else self._sum + value.detach()
+        self._n += 1
+
+    def pop(self) -> float | None:
+        """The mean since the last call (None when nothing was added), and start again."""
+        if not self._n:
+            return None
+        mean = (self._sum / self._n).item()
+        self._sum, self._n = None, 0
+        return mean

@@ -23,15 +23,8 @@ import transformers
 
 from mtforget.cache import cached_dir, fingerprint
 from mtforget.errors import UsageError
-from mtforget.evaluate.engines.base import (
-    DEFAULT_MAX_BATCH_TOKENS,
-    EngineOptions,
-    EngineSpec,
-    EngineUnavailable,
-    GenerationEngine,
-    error_line,
-    probe_sentence,
-)
+from mtforget.evaluate.engines.base import (DEFAULT_MAX_BATCH_TOKENS, EngineOptions, EngineSpec, EngineUnavailable,
+                                            GenerationEngine, error_line, probe_sentence)
 from mtforget.evaluate.generate import Job
 from mtforget.models.control import Control
 

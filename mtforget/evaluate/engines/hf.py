@@ -13,12 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtforget.evaluate.engines.base import (
-    DEFAULT_MAX_BATCH_TOKENS,
-    EngineOptions,
-    EngineSpec,
-    GenerationEngine,
-)
+from mtforget.evaluate.engines.base import DEFAULT_MAX_BATCH_TOKENS, EngineOptions, EngineSpec, GenerationEngine
 from mtforget.evaluate.generate import Job, translate_jobs
 from mtforget.models.control import Control
 

@@ -8,24 +8,10 @@ report under the same signatures.
 
 from __future__ import annotations
 
-from mtforget.evaluate.metrics.base import (
-    Judges,
-    Metric,
-    Outputs,
-    corpus_score,
-    resampled_totals,
-    totals,
-)
+from mtforget.evaluate.metrics.base import Judges, Metric, Outputs, corpus_score, resampled_totals, totals
 from mtforget.evaluate.metrics.bleu import bleu_tokenizer
-from mtforget.evaluate.metrics.registry import (
-    REGISTRY,
-    UnknownMetricError,
-    active,
-    all_metrics,
-    get_metric,
-    optional_names,
-    register,
-)
+from mtforget.evaluate.metrics.registry import (REGISTRY, UnknownMetricError, active, all_metrics, get_metric,
+                                                optional_names, register)
 
 __all__ = ["REGISTRY", "Judges", "Metric", "Outputs", "UnknownMetricError", "active", "all_metrics",
            "bleu_tokenizer", "corpus_score", "get_metric", "optional_names", "register", "resampled_totals",
