@@ -70,7 +70,7 @@ def test_callbacks_see_every_step_and_at_most_one_may_own_steps(world):
     ended = []
 
     class Watch(TrainCallback):
-        def on_step_end(self, step, model):
+        def on_step_end(self, step, model, state):
             ended.append(step)
 
     train(_model(tokenizer), LanguageTokens(tokenizer), examples, TrainSettings(lr=1e-3, batch_size=8, max_steps=5),

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from mtforget.mitigations.alignment import Alignment
 from mtforget.mitigations.base import Mitigation, settings_of
+from mtforget.mitigations.forgetting_budget import ForgettingBudget
 from mtforget.mitigations.interpolation import Interpolation
 from mtforget.mitigations.l2_to_base import L2ToBase
 from mtforget.mitigations.replay import Replay
 
 # In this order they prepare, add examples and callbacks, and appear in labels and columns.
-MITIGATIONS: dict[str, type[Mitigation]] = {m.name: m for m in (Alignment, Replay, Interpolation, L2ToBase)}
+MITIGATIONS: dict[str, type[Mitigation]] = {m.name: m for m in (Alignment, Replay, Interpolation, L2ToBase,
+                                                                  ForgettingBudget)}
 
 
 def active_mitigations(config) -> list[Mitigation]:

@@ -30,6 +30,7 @@ from mtforget.data.splits import Example
 if TYPE_CHECKING:  # at run time only annotations name them: the registry loads without PyTorch
     import torch
 
+    from mtforget.evaluate.during_training import ForgettingProbe
     from mtforget.train.callbacks import TrainCallback
     from mtforget.train.loop import TrainOutcome
 
@@ -49,6 +50,10 @@ class TrialContext:
     max_length: int  # finetune.max_length
     seed: int
     is_main: bool  # the process that evaluates (the only one, unless under ``accelerate launch``)
+    # Scores a fixed sample of directions on the model as it trains (None when the trial does not
+    # sample, e.g. under a multi-process launch): see mtforget.evaluate.during_training.
+    forgetting_probe: ForgettingProbe | None = None
+    check_every: int = 0  # steps between sampled checks: eval.during_training.every, else finetune.eval_every
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class Mitigation:
     # Whether its settings enter a trial's identity while it is off. A mitigation added later
     # leaves them out, so adding it to mtforget keeps every finished trial.
     identity_when_off: ClassVar[bool] = False
+    # Whether it reads the forgetting sampled during training (``TrialContext.forgetting_probe``):
+    # the trial then samples even when ``eval.during_training.every`` is 0.
+    needs_forgetting_probe: ClassVar[bool] = False
 
     @classmethod
     def enabled(cls, settings: Any) -> bool:

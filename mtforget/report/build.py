@@ -17,12 +17,15 @@ import yaml
 from mtforget.data.categories import CATEGORIES
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
+from mtforget.report.forecast import forecast
 from mtforget.report.tables import (axis_comparisons, base_quality, category_table, controlled_contrasts,
-                                    direction_matrix, flagged_directions, gate_failures, interpolation_curves,
-                                    layer_series, trial_summaries)
+                                    direction_matrix, flagged_directions, forgetting_curves, gate_failures,
+                                    interpolation_curves, layer_series, trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, ResultStore
 
 MAX_HEATMAPS = 12
+# Forecast budget (chrF points) when the study sets no finetune.forgetting_budget.max_drop.
+FORECAST_BUDGET = 1.0
 EXAMPLES_PER_CATEGORY = 2
 
 
@@ -30,11 +33,12 @@ def build_report(out: Path) -> Path:
     """Write ``out/report/`` and ``out/results.parquet`` from ``out/results.sqlite``; returns the HTML path."""
     report = out / "report"
     report.mkdir(exist_ok=True)
-    resamples, include_flagged = 2000, False
+    resamples, include_flagged, budget = 2000, False, FORECAST_BUDGET
     if (out / "study.yaml").is_file():
         study = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8")) or {}
         resamples = study.get("eval", {}).get("bootstrap_resamples", resamples)
         include_flagged = bool(study.get("eval", {}).get("base_gate", {}).get("include_flagged", False))
+        budget = (study.get("finetune", {}).get("forgetting_budget") or {}).get("max_drop") or budget
     store = ResultStore(out / "results.sqlite")
     try:
         trials, all_rows, meta = store.trials(), store.rows(), store.meta()
@@ -63,11 +67,14 @@ def build_report(out: Path) -> Path:
     curves, layers = interpolation_curves(summaries), layer_series(summaries)
     figures["interpolation"] = plots.interpolation_curves(curves, report / "interpolation.png")
     figures["layers"] = plots.layer_accuracy(layers, report / "layer_retrieval.png")
+    during = forgetting_curves(summaries)
+    figures["forgetting_curves"] = plots.forgetting_curves(during, report / "forgetting_curves.png")
 
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
                "examples": examples, "contrasts": controlled_contrasts(trials, rows), "interpolation": curves,
                "layers": layers, "base_quality": base_quality(all_rows), "flagged": flagged_directions(all_rows),
-               "gate_failures": gate_failures(all_rows), "include_flagged": include_flagged}
+               "gate_failures": gate_failures(all_rows), "include_flagged": include_flagged,
+               "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, budget)}
     (report / "summary.md").write_text(render_markdown(context), encoding="utf-8")
     html_path = report / "index.html"
     html_path.write_text(render_html(context, figures), encoding="utf-8")

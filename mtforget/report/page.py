@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import json
+
+import numpy as np
 from collections import defaultdict
 
 from mtforget.data.categories import CATEGORIES
@@ -187,6 +189,55 @@ def _gate_lines(context: dict) -> list[str]:
     return lines
 
 
+CURVES_INTRO = ("Forgetting sampled while each trial fine-tuned (eval.during_training): per category, the mean "
+                "chrF change since step 0 over a fixed, seeded sample of directions and sentences. The proxy is "
+                "the teacher-forced loss on the unseen directions' dev pairs; r is its correlation with the mean "
+                "sampled change on unseen directions (negative when the loss rises as chrF falls).")
+CURVES_HEADER = ["trial", "checks", "last step", "unseen change at the end", "stopped by the budget at", "kept",
+                 "proxy r"]
+FORECAST_HEADER = ["category", "chrF change per decade", "tokens/parameter within budget", "largest size per model",
+                   "held-out error"]
+
+
+def _curve_rows(context: dict) -> list[list[str]]:
+    rows = []
+    for c in context.get("forgetting_curves", []):
+        last = c["points"][-1]
+        unseen = [last[k] for k in ("unseen_source", "unseen_target", "unseen_both") if k in last]
+        rows.append([c["trial_id"], str(len(c["points"])), str(last["step"]),
+                     f"{sum(unseen) / len(unseen):+.1f}" if unseen else "–",
+                     str(c["stopped_at"]) if c["stopped_at"] is not None else "–", c["kept"] or "–",
+                     f"{c['correlation']:+.2f}" if c["correlation"] is not None else "–"])
+    return rows
+
+
+def _forecast_intro(forecast: dict) -> str:
+    return (f"Forgetting fitted against log10(fine-tuning tokens per parameter) over {forecast['trials']} "
+            f"{forecast['method']} trials without a mitigation; the largest ratio, and data size per model, whose "
+            f"fitted change stays above −{forecast['budget']:g} chrF (95% interval from refitting on resampled "
+            "trials). Held-out error: each model's largest size predicted from the other trials, minus what it "
+            "measured.")
+
+
+def _forecast_rows(context: dict) -> list[list[str]]:
+    forecast = context.get("forecast")
+    rows = []
+    for c in (forecast or {}).get("categories", []):
+        slope = f"{c['slope_per_decade']:+.2f}" if c["slope_per_decade"] is not None else "–"
+        limit = (f"{c['tokens_per_parameter']:.3g} [{c['low']:.3g}, {c['high']:.3g}]"
+                 + (" (extrapolated)" if c["extrapolated"] else "")
+                 if np.isfinite(c["tokens_per_parameter"]) else "no limit (no forgetting trend)")
+        sizes = "; ".join(f"{m}: {_size(v['size'])} (tried ≤ {v['largest_tried']:,})" for m, v in c["sizes"].items()
+                          if np.isfinite(v["size"]))
+        held = "; ".join(f"{h['model']} n={h['size']}: {h['error']:+.1f}" for h in c["held_out"])
+        rows.append([c["category"], slope, limit, sizes or "–", held or "–"])
+    return rows
+
+
+def _size(size: float) -> str:
+    return f"{size:,.0f}" if size >= 1 else "< 1"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -219,6 +270,12 @@ def render_markdown(context: dict) -> str:
     if context.get("layers"):
         lines += ["## Layer-wise cross-lingual retrieval", "", LAYERS_INTRO, ""]
         lines += _md_table(LAYERS_HEADER, _layer_rows(context)) + [""]
+    if context.get("forgetting_curves"):
+        lines += ["## Forgetting during training", "", CURVES_INTRO, ""]
+        lines += _md_table(CURVES_HEADER, _curve_rows(context)) + [""]
+    if context.get("forecast"):
+        lines += ["## Forecast: how much data within a forgetting budget", "", _forecast_intro(context["forecast"]), ""]
+        lines += _md_table(FORECAST_HEADER, _forecast_rows(context)) + [""]
     paired = _paired_rows(context)
     if paired:
         lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
@@ -330,10 +387,14 @@ def _html_analyses(context: dict, figures: dict) -> list[str]:
     """Weight interpolation, layer-wise retrieval and the per-direction heatmaps."""
     e = html.escape
     parts = []
+    forecast_intro = _forecast_intro(context["forecast"]) if context.get("forecast") else ""
     for key, title, intro, header, rows in (
             ("interpolation", "Weight interpolation with the base", INTERPOLATION_INTRO, INTERPOLATION_HEADER,
              _interpolation_rows(context)),
-            ("layers", "Layer-wise cross-lingual retrieval", LAYERS_INTRO, LAYERS_HEADER, _layer_rows(context))):
+            ("layers", "Layer-wise cross-lingual retrieval", LAYERS_INTRO, LAYERS_HEADER, _layer_rows(context)),
+            ("forgetting_curves", "Forgetting during training", CURVES_INTRO, CURVES_HEADER, _curve_rows(context)),
+            ("forecast", "Forecast: how much data within a forgetting budget", forecast_intro, FORECAST_HEADER,
+             _forecast_rows(context))):
         if not rows:
             continue
         parts.append(f"<h2>{e(title)}</h2><p class='muted'>{e(intro)}</p>"

@@ -163,3 +163,31 @@ def layer_accuracy(series: list[dict], path: Path) -> Path | None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, path)
+
+
+MAX_CURVE_TRIALS = 6
+
+
+def forgetting_curves(curves: list[dict], path: Path) -> Path | None:
+    """Sampled chrF change per category while each trial fine-tunes, against steps (left) and
+    fine-tuning tokens (right); a dotted line where a forgetting budget stopped training."""
+    if not curves:
+        return None
+    shown = curves[:MAX_CURVE_TRIALS]
+    fig, axes = plt.subplots(len(shown), 2, figsize=(9, 2.6 * len(shown)), squeeze=False)
+    for (by_step, by_tokens), curve in zip(axes, shown):
+        points = curve["points"]
+        categories = [c for c in CATEGORIES if c in points[0]]
+        for category in categories:
+            ys = [p[category] for p in points]
+            by_step.plot([p["step"] for p in points], ys, marker=".", label=category)
+            by_tokens.plot([p["tokens"] for p in points], ys, marker=".", label=category)
+        for ax, x_label in ((by_step, "step"), (by_tokens, "fine-tuning tokens")):
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel("chrF change")
+        if curve["stopped_at"] is not None:
+            by_step.axvline(curve["stopped_at"], color="black", ls=":", lw=1)
+        by_step.set_title(curve["condition"], fontsize=8, loc="left")
+        by_tokens.legend(fontsize=6, loc="lower left")
+    return _save(fig, path)

@@ -296,3 +296,18 @@ def gate_failures(rows: list[dict]) -> list[str]:
         if row["metric"] == "chrf":
             flags[row["model"]].append(bool(row.get("base_flag")))
     return [model for model, flagged in flags.items() if flagged and all(flagged)]
+
+
+def forgetting_curves(summaries: list[TrialSummary]) -> list[dict]:
+    """Per trial that sampled forgetting during training: its curve, where a forgetting budget
+    stopped it (if one did) and how well the proxy loss followed the sampled change."""
+    out = []
+    for s in summaries:
+        if not s.result or not s.result.forgetting_curve:
+            continue
+        budget = s.result.mitigations.get("forgetting_budget") or {}
+        proxy = s.result.forgetting_proxy or {}
+        out.append({"trial_id": s.trial_id, "condition": s.condition, "points": s.result.forgetting_curve,
+                    "stopped_at": budget.get("stopped_at"), "kept": budget.get("kept"),
+                    "correlation": proxy.get("correlation_with_unseen_chrf")})
+    return out

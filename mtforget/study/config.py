@@ -174,6 +174,16 @@ class BaseGateConfig(_Strict):
     include_flagged: bool = False
 
 
+class DuringTrainingConfig(_Strict):
+    """Forgetting sampled while a trial fine-tunes: a fixed, seeded sample of ``directions``
+    directions per category and ``sentences`` test sentences each, translated at step 0 and every
+    ``every`` steps (0 = off)."""
+
+    every: int = Field(0, ge=0)
+    sentences: int = Field(10, ge=1)
+    directions: int = Field(2, ge=1)  # per direction category
+
+
 class _EvalCore(_Strict):
     """How every direction is evaluated (greedy decoding); analyses after training join these
     (EvalConfig)."""
@@ -196,6 +206,7 @@ class _EvalCore(_Strict):
     representations: bool = True  # layer-wise cross-lingual retrieval, base and fine-tuned
     representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
     base_gate: BaseGateConfig = BaseGateConfig()
+    during_training: DuringTrainingConfig = DuringTrainingConfig()
 
     @field_validator("metrics")
     @classmethod

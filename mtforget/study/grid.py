@@ -99,7 +99,10 @@ def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, 
 
 def _leave_out_mitigations_that_are_off(identity: dict, config: StudyConfig) -> None:
     """A mitigation that is off changes nothing a trial computes, so its settings stay out of the
-    trial's identity (see ``Mitigation.identity_when_off``)."""
+    trial's identity (see ``Mitigation.identity_when_off``); so do those of sampling forgetting
+    during training when it is off, which came later."""
+    if not config.eval.during_training.every:
+        identity["eval"].pop("during_training", None)
     for m in MITIGATIONS.values():
         if not m.identity_when_off and not m.enabled(settings_of(config, m.key)):
             *parents, last = m.key.split(".")

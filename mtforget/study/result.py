@@ -46,6 +46,10 @@ class TrialResult:
     finetune_data: dict | None = None  # sources and available pairs when finetune.data is set
     mitigations: dict[str, dict] = field(default_factory=dict)  # each mitigation that is on: what it kept
     representations: dict | None = None  # layer-wise retrieval, base and fine-tuned
+    # Sampled during training (eval.during_training): {"step", "tokens", <category>: chrF change}
+    # from step 0, and the proxy loss on unseen dev pairs with its correlation to that change.
+    forgetting_curve: list[dict] | None = None
+    forgetting_proxy: dict | None = None
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""

@@ -36,6 +36,8 @@ from mtforget.data.loaders import load_corpus
 from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
+from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, curve_of, draw_sample, proxy_of,
+                                               unseen_dev_pairs)
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
@@ -119,7 +121,7 @@ def base_failure_marker(out: Path, cfg: StudyConfig) -> Path:
     settings and the input length; what is analysed after fine-tuning does not matter.
     """
     after = ("representations", "representation_sentences", "paired_resamples", "bootstrap_resamples",
-             "base_gate", *(m.key.split(".", 1)[1] for m in MITIGATIONS.values() if m.key.startswith("eval.")))
+             "base_gate", "during_training", *(m.key.split(".", 1)[1] for m in MITIGATIONS.values() if m.key.startswith("eval.")))
     eval_settings = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in after}
     key = fingerprint([cfg.model.model_dump(mode="json"), cfg.corpus.model_dump(mode="json"), eval_settings,
                        cfg.finetune.max_length])  # the language control cuts evaluation inputs to it
@@ -145,7 +147,7 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
             base_representations = _base_representations(base, data, run.cfg.eval.representation_sentences,
                                                          shared)
     with run.stage("finetune"):
-        tuned = finetune(run, data, base)
+        tuned = finetune(run, data, base, base_eval)
     if not run.main:
         return None
     with run.stage("finetuned_eval"):
@@ -289,14 +291,17 @@ def evaluate_base(run: TrialRun, data: TrialData, base: LoadedBase) -> dict | No
     return scores
 
 
-def finetune(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetuned:
-    """Fine-tune the base in place on the trial's examples, with every mitigation that is on;
-    returns the fine-tuned model with adapters merged."""
+def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict | None) -> Finetuned:
+    """Fine-tune the base in place on the trial's examples, with every mitigation that is on (and
+    forgetting sampled as it trains when asked); returns the fine-tuned model with adapters merged."""
     cfg, ft = run.cfg, run.cfg.finetune
     examples, dev, overlap_dropped, finetune_data = _finetune_examples(cfg, data)
     mitigations = active_mitigations(cfg)
+    probe = _forgetting_probe(run, data, base, base_eval, mitigations)
+    every = cfg.eval.during_training.every
     context = TrialContext(base.model, base.tokenizer, data.splits.train, data.languages, data.pivot,
-                           data.directions, examples, ft.batch_size, ft.max_length, cfg.seed, run.main)
+                           data.directions, examples, ft.batch_size, ft.max_length, cfg.seed, run.main,
+                           probe, every or ft.eval_every)
     for mitigation in mitigations:
         mitigation.prepare(context)
     model = base.model
@@ -314,13 +319,35 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetuned:
     outcome = train(model, base.control, examples + extra, settings, dev=dev, desc=f"fine-tune {run.trial.id}",
                     progress=run.progress, checkpoint_dir=run.dir / "checkpoint",
                     log_dir=run.dir / "tensorboard" if cfg.tensorboard else None,
-                    callbacks=[c for m in mitigations for c in m.callbacks()])
+                    callbacks=[c for m in mitigations for c in m.callbacks()]
+                    + ([ForgettingCurve(probe, every)] if probe and every else []))
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
              f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
     # Evaluate a plain model: adapters folded into the weights.
     return Finetuned(merge_lora(model), outcome, len(examples), trainable, overlap_dropped, finetune_data,
                      mitigations)
+
+
+def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict | None,
+                      mitigations: list[Mitigation]) -> ForgettingProbe | None:
+    """The sampled evaluation during training, when ``eval.during_training.every`` or a mitigation
+    asks for it. It translates with Hugging Face generate: a converting engine would convert the
+    weights again at every check."""
+    sampled = run.cfg.eval.during_training
+    if not sampled.every and not any(m.needs_forgetting_probe for m in mitigations):
+        return None
+    if PartialState().num_processes > 1:
+        raise UsageError("eval.during_training: forgetting is sampled during training in a single process only "
+                         "(set eval.during_training.every: 0 and no finetune.forgetting_budget under a "
+                         "multi-process launch)")
+    sample = draw_sample(base_eval, data.directions, run.gate, sampled.directions, sampled.sentences, run.cfg.seed)
+    dev_pairs = unseen_dev_pairs(data.splits.dev, sample, sampled.sentences)
+
+    def engine(model: torch.nn.Module) -> GenerationEngine:
+        return _engine("hf", model, base.control, run.cfg.eval.compute_type, base.settings, False, None)
+
+    return ForgettingProbe(sample, engine, base.control, dev_pairs)
 
 
 def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example], list[Example], int, dict | None]:
@@ -369,6 +396,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
                   category_ci: dict, mitigations: dict[str, dict], analyses: dict) -> TrialResult:
     """What the trial records about itself."""
     cfg, model, outcome = run.cfg, tuned.model, tuned.outcome
+    curve = curve_of(outcome.history)
     return TrialResult(
         model=run.trial.model_label, base_dir=str(base.dir), parameters=count_parameters(model),
         trainable_parameters=tuned.trainable, method=cfg.finetune.method,
@@ -387,6 +415,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
         timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
         mitigations=mitigations, representations=analyses.get("representations"),
+        forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
     )
 
 

@@ -11,7 +11,16 @@ needs:
   penalty), already weighted; :meth:`TrainCallback.logged` says what to log about it;
 - :meth:`TrainCallback.on_loss` sees the step's whole loss before it is checked and
   back-propagated, and may replace it (fault injection);
-- :meth:`TrainCallback.on_step_end` runs after the optimizer step.
+- :meth:`TrainCallback.on_steps_start` sees the model once the run is ready (resumed or not),
+  before its first step;
+- :meth:`TrainCallback.on_step_end` runs after the optimizer step, and may stop the run
+  (:meth:`TrainState.stop`);
+- :meth:`TrainCallback.on_dev_check` sees each dev-loss check;
+- :meth:`TrainCallback.on_train_end` sees the final model, after the best dev weights are back.
+
+Hooks from ``on_steps_start`` on get the run's :class:`TrainState`: its outcome (whose history is
+saved with every checkpoint, so what a callback records there survives a resume) and the tokens
+trained on so far.
 
 A callback may also own optimizer steps of its own, interleaved with the translation steps (the
 alternating schedule of cross-lingual alignment): it then provides a :class:`StepSchedule`. At
@@ -20,7 +29,9 @@ most one callback of a run may do so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # mitigations subclass TrainCallback in processes that never load PyTorch
     import torch
@@ -40,6 +51,25 @@ class StepSchedule(Protocol):
 
     def kind(self, step: int) -> StepKind:
         """What optimizer step ``step`` (1-based) trains on."""
+
+
+@dataclass
+class TrainState:
+    """What callbacks see of a run between steps."""
+
+    outcome: Any  # the run's TrainOutcome (steps so far, history, best dev step)
+    total_steps: int
+    count_tokens: Callable[[], int] = field(repr=False)
+    stop_reason: str | None = None
+
+    def tokens(self) -> int:
+        """Source and target tokens of the translation batches so far (padding excluded); it
+        waits for the device, so call it at checks, not every step."""
+        return self.count_tokens()
+
+    def stop(self, reason: str) -> None:
+        """End the run after this step; ``reason`` is kept in the outcome."""
+        self.stop_reason = reason
 
 
 class TrainCallback:
@@ -66,8 +96,18 @@ class TrainCallback:
         """The loss of step ``step`` to check and back-propagate (the same one by default)."""
         return loss
 
-    def on_step_end(self, step: int, model: torch.nn.Module) -> None:
-        """Called after the optimizer step of ``step``."""
+    def on_steps_start(self, model: torch.nn.Module, state: TrainState) -> None:
+        """Called once before the first step of this call (``state.outcome.steps`` is 0 unless the
+        run resumed), with the unwrapped model."""
+
+    def on_step_end(self, step: int, model: torch.nn.Module, state: TrainState) -> None:
+        """Called after the optimizer step of ``step``, with the unwrapped model."""
+
+    def on_dev_check(self, step: int, model: torch.nn.Module, dev_loss: float, state: TrainState) -> None:
+        """Called after each dev-loss check."""
+
+    def on_train_end(self, model: torch.nn.Module, state: TrainState) -> None:
+        """Called once training ends, with the final weights in ``model`` (unwrapped)."""
 
 
 class TranslationOnly:

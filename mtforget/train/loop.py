@@ -44,7 +44,7 @@ from transformers import get_scheduler
 from mtforget.data.splits import Example
 from mtforget.errors import TrialDiverged
 from mtforget.models.control import BatchEncoder
-from mtforget.train.callbacks import StepSchedule, TrainCallback, step_schedule
+from mtforget.train.callbacks import StepSchedule, TrainCallback, TrainState, step_schedule
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ class TrainOutcome:
     train_loss: float
     best_dev_loss: float | None = None
     best_step: int | None = None
-    stopped_early: bool = False
+    stopped_early: bool = False  # dev loss stopped improving (patience)
+    stop_reason: str | None = None  # why training ended before its last step (patience, a callback)
     resumed_from: int | None = None
     tokens: int = 0  # source + target tokens of translation batches (padding excluded), all processes
     precision: str = "fp32"  # the arithmetic of training (see training_precision)
@@ -186,6 +187,9 @@ def train(
     for callback in callbacks:
         callback.on_train_start(model)
     run = _start(model, control, examples, settings, desc, log_dir, checkpoint_dir, list(callbacks))
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    for callback in callbacks:
+        callback.on_steps_start(unwrapped, run.state)
     dev_batches = [control.batch(dev[i : i + 64]) for i in range(0, len(dev), 64)] if dev else []
     bar = tqdm(total=run.total, initial=run.outcome.steps, desc=desc, unit="step", leave=False,
                disable=not progress or not run.accelerator.is_main_process)
@@ -195,11 +199,17 @@ def train(
             _train_step(run, step)
             bar.update(1)
             run.outcome.steps = step
+            for callback in callbacks:
+                callback.on_step_end(step, unwrapped, run.state)
             if step % settings.log_every == 0 or step == run.total:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in _log_point(run, step).items()})
+            if run.state.stop_reason:
+                run.outcome.stop_reason = run.state.stop_reason
+                break
             dev_check = dev_batches and settings.eval_every and (step % settings.eval_every == 0 or step == run.total)
             if dev_check and _dev_check(run, step, dev_batches, checkpoint_dir):
                 run.outcome.stopped_early = True
+                run.outcome.stop_reason = f"dev loss did not improve in {settings.patience} checks"
                 break
             if (checkpoint_dir and settings.checkpoint_every and step % settings.checkpoint_every == 0
                     and step < run.total):
@@ -234,6 +244,7 @@ class _Run:
     running: torch.Tensor | None = None
     running_n: int = 0
     tokens: torch.Tensor | None = None
+    state: TrainState | None = None
 
 
 def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example], settings: TrainSettings,
@@ -274,9 +285,11 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
                            settings.pad_to_multiple_of)))
     first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
     zero = torch.zeros((), device=accelerator.device)
-    return _Run(accelerator, model, optimizer, scheduler, iter(loader), schedule, callbacks, settings, outcome,
-                progress, total, first_label, log_dir, start=time.perf_counter() - progress["elapsed"],
-                running=zero.clone(), tokens=torch.zeros((), dtype=torch.long, device=accelerator.device))
+    run = _Run(accelerator, model, optimizer, scheduler, iter(loader), schedule, callbacks, settings, outcome,
+               progress, total, first_label, log_dir, start=time.perf_counter() - progress["elapsed"],
+               running=zero.clone(), tokens=torch.zeros((), dtype=torch.long, device=accelerator.device))
+    run.state = TrainState(outcome, total, lambda: outcome.tokens + int(accelerator.reduce(run.tokens, "sum")))
+    return run
 
 
 def _check_distribution(accelerator: Accelerator, settings: TrainSettings, callbacks: list[TrainCallback]) -> None:
@@ -342,8 +355,6 @@ def _train_step(run: _Run, step: int) -> None:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    for callback in run.callbacks:
-        callback.on_step_end(step, run.model)
 
 
 def _log_point(run: _Run, step: int) -> dict[str, float]:
@@ -370,6 +381,8 @@ def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Pa
     outcome.history.append({"step": step, "dev_loss": round(dev_loss, 5)})
     if run.log_dir:
         accelerator.log({"dev_loss": dev_loss}, step=step)
+    for callback in run.callbacks:
+        callback.on_dev_check(step, accelerator.unwrap_model(run.model), dev_loss, run.state)
     if outcome.best_dev_loss is None or dev_loss < outcome.best_dev_loss:
         outcome.best_dev_loss, outcome.best_step = dev_loss, step
         run.progress["evals_without_gain"] = 0
@@ -392,11 +405,14 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
     for callback in run.callbacks:
         outcome.extra_losses.update(callback.logged())
     outcome.tokens += int(accelerator.reduce(run.tokens, "sum"))
+    run.tokens.zero_()
     unwrapped = accelerator.unwrap_model(run.model)
     if outcome.best_step is not None:
         best = run.best if run.best is not None else load_file(checkpoint_dir / "best.safetensors")
         unwrapped.load_state_dict(best)  # from disk when resumed after the best step
     unwrapped.eval()
+    for callback in run.callbacks:
+        callback.on_train_end(unwrapped, run.state)
     outcome.seconds = time.perf_counter() - run.start
     accelerator.wait_for_everyone()
     if run.log_dir:

@@ -1,0 +1,142 @@
+"""Forgetting while it happens: the sampled curve, the forgetting budget, the forecast."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from mtforget.cli import main
+from mtforget.evaluate.during_training import correlation, draw_sample, unseen_mean
+from mtforget.evaluate.forgetting import BaseGate
+from mtforget.report.forecast import forecast
+from mtforget.report.tables import TrialSummary
+from mtforget.study.result import TrialResult
+from tests.conftest import tiny_study
+
+
+def _scores(chrf: float, n: int = 30) -> dict:
+    return {"chrf": chrf, "off_target": 0.0, "n": n, "hypotheses": [f"h{i}" for i in range(n)], "off_flags": [0.0] * n,
+            "sources": [f"s{i}" for i in range(n)], "references": [f"r{i}" for i in range(n)]}
+
+
+def test_the_sample_takes_directions_per_category_by_seed_and_skips_flagged_bases():
+    languages = ["en", "xa", "xb", "xc"]
+    base_eval = {f"{s}-{t}": _scores(50.0) for s in languages for t in languages if s != t}
+    base_eval["xb-xc"] = _scores(2.0)  # fails the gate's chrF floor
+    directions = [("en", "xa"), ("xa", "en")]
+    sample = draw_sample(base_eval, directions, BaseGate(), 1, 3, seed=0)
+    assert [d.category for d in sample] == ["supervised", "unseen_source", "unseen_target", "unseen_both"]
+    assert all(len(d.sources) == len(d.references) == 3 for d in sample)
+    assert draw_sample(base_eval, directions, BaseGate(), 1, 3, seed=0) == sample
+    both = draw_sample(base_eval, directions, BaseGate(), 5, 3, seed=0)
+    assert {(d.src, d.tgt) for d in both if d.category == "unseen_both"} == {("xc", "xb")}
+    assert len(draw_sample(base_eval, directions, BaseGate(include_flagged=True), 5, 3, seed=0)) == len(both) + 1
+    assert {draw_sample(base_eval, directions, BaseGate(), 1, 3, seed=s)[1] for s in range(8)} != {sample[1]}
+
+
+def test_correlation_and_unseen_mean():
+    assert correlation([1, 2, 3], [2, 4, 6]) == pytest.approx(1)
+    assert correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+    assert correlation([1, 2], [1, 2]) is None and correlation([1, 1, 1], [1, 2, 3]) is None
+    assert unseen_mean({"supervised": 5, "unseen_source": -1, "unseen_both": -3}) == -2
+
+
+def _run(tmp_path, raw, name="s"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / name
+    code = main(["run", str(path), "--out", str(out), "--no-progress"])
+    return code, out
+
+
+def _forgetting_study(**grid):
+    raw = tiny_study(**grid)
+    raw["model"]["pretrain_steps"] = 150
+    raw["finetune"].update({"size": 32, "epochs": 4, "lr": 3e-3, "patience": 0})
+    raw["eval"]["during_training"] = {"every": 2, "sentences": 6, "directions": 2}
+    return raw
+
+
+def _infos(out):
+    return {d.name: json.loads((d / "result.json").read_text())["info"] for d in (out / "trials").iterdir()}
+
+
+def test_a_study_samples_forgetting_curves_from_step_0_and_reports_them(tmp_path):
+    code, out = _run(tmp_path, _forgetting_study(**{"finetune.size": [32]}))
+    assert code == 0
+    (info,) = _infos(out).values()
+    curve = TrialResult.from_dict(info).forgetting_curve
+    assert len(curve) >= 3 and curve[0]["step"] == 0 and curve[0]["tokens"] == 0
+    assert all(v == 0.0 for k, v in curve[0].items() if k not in ("step", "tokens"))
+    assert [p["step"] for p in curve] == sorted({p["step"] for p in curve}) and curve[-1]["step"] == info["train"]["steps"]
+    assert all(a["tokens"] < b["tokens"] for a, b in zip(curve, curve[1:]))
+    assert {"supervised", "unseen_source", "unseen_target", "unseen_both"} <= set(curve[1])
+    proxy = info["forgetting_proxy"]
+    assert len(proxy["points"]) >= len(curve) and all(p["unseen_dev_loss"] > 0 for p in proxy["points"])
+    assert proxy["correlation_with_unseen_chrf"] is not None
+    assert (out / "report" / "forgetting_curves.png").is_file()
+    assert "## Forgetting during training" in (out / "report" / "summary.md").read_text()
+
+
+def test_a_forgetting_budget_stops_earlier_and_loses_less_than_its_unconstrained_twin(tmp_path):
+    code, out = _run(tmp_path, _forgetting_study(**{"finetune.forgetting_budget.max_drop": [None, 0.5]}))
+    assert code == 0
+    infos = _infos(out)
+    (free_id,) = [t for t in infos if "budget" not in t]
+    (kept_id,) = [t for t in infos if "-budget-0.5-" in t]
+    free, kept = infos[free_id], infos[kept_id]
+    budget = kept["mitigations"]["forgetting_budget"]
+    assert budget["stopped"] and kept["train"]["stop_reason"].startswith("forgetting budget:")
+    assert kept["train"]["steps"] < free["train"]["steps"] and free["train"]["stop_reason"] is None
+    assert "within the budget" in budget["kept"] or "best dev" in budget["kept"]
+    with (out / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "chrf" and r["category"].startswith("unseen")]
+
+    def unseen(trial_id):
+        values = [float(r["delta"]) for r in rows if r["trial_id"] == trial_id]
+        return sum(values) / len(values)
+
+    assert unseen(kept_id) > unseen(free_id)
+    assert {r["forgetting_budget"] for r in rows} == {"none", "0.5"}
+
+
+def test_a_budget_on_a_category_the_sample_lacks_is_exit_2_naming_the_key(tmp_path, capsys):
+    raw = _forgetting_study()
+    raw["finetune"]["forgetting_budget"] = {"max_drop": 1.0, "category": "zero_shot_seen"}
+    code, _ = _run(tmp_path, raw)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: finetune.forgetting_budget.category:")
+
+
+def _summary(trial_id, model, size, params, delta_fn):
+    tokens = size * 20
+    result = TrialResult.from_dict({"parameters": params, "train": {"tokens": tokens}})
+    return TrialSummary(trial_id, trial_id, model, "full", size, 0, {}, result, 0.0, 0.0), delta_fn(tokens / params)
+
+
+def test_the_forecast_recovers_a_known_trend_and_predicts_a_held_out_size():
+    def truth(tpp):  # one chrF point lost per decade of tokens per parameter, from 0 at 0.01
+        return -1.0 * (np.log10(tpp) + 2)
+
+    made = [_summary(f"{m}-{n}", m, n, p, truth) for m, p in (("small", 1e6), ("big", 4e6)) for n in (50, 500, 5000)]
+    summaries = [s for s, _ in made]
+    trials = [{"trial_id": s.trial_id, "status": "done", "mitigations": json.dumps({"alignment": "none"})}
+              for s in summaries]
+    rows = [{"trial_id": s.trial_id, "metric": "chrf", "category": c, "delta": d}
+            for s, d in made for c in ("unseen_source", "unseen_target", "unseen_both")]
+    result = forecast(summaries, trials, rows, budget=2.0, resamples=200)
+    mean = next(c for c in result["categories"] if c["category"] == "unseen (mean)")
+    assert mean["slope_per_decade"] == pytest.approx(-1.0)
+    assert mean["tokens_per_parameter"] == pytest.approx(1.0)  # −2 points at 10^0
+    assert mean["sizes"]["small"]["size"] == pytest.approx(1e6 / 20)
+    assert mean["sizes"]["big"]["size"] == pytest.approx(4e6 / 20)
+    assert mean["extrapolated"]  # the largest ratio tried is 0.1
+    assert {h["model"] for h in mean["held_out"]} == {"small", "big"}
+    assert all(abs(h["error"]) < 1e-9 for h in mean["held_out"])
+    # Trials with a mitigation that changes training stay out of the fit.
+    trials[0]["mitigations"] = json.dumps({"alignment": "mid-alternate"})
+    assert forecast(summaries, trials, rows, budget=2.0, resamples=50)["trials"] == 5
