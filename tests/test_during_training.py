@@ -140,3 +140,27 @@ def test_the_forecast_recovers_a_known_trend_and_predicts_a_held_out_size():
     # Trials with a mitigation that changes training stay out of the fit.
     trials[0]["mitigations"] = json.dumps({"alignment": "mid-alternate"})
     assert forecast(summaries, trials, rows, budget=2.0, resamples=50)["trials"] == 5
+
+
+def test_a_killed_trial_resumes_its_curve_where_it_stopped(tmp_path, monkeypatch):
+    from mtforget.study.config import parse_study
+    from mtforget.study.runner import run_study
+    from tests.conftest import Kill, watch_trials
+
+    raw = _forgetting_study(**{"finetune.size": [32]})
+    raw["finetune"]["checkpoint_every"] = 2
+    study = parse_study(raw, "t")
+    assert run_study(study, tmp_path / "whole", progress=False) == 0
+
+    def kill_at_5(trial_id, step, loss):
+        if step == 5:
+            raise Kill()
+        return loss
+
+    with monkeypatch.context() as patch, pytest.raises(Kill):
+        watch_trials(patch, kill_at_5)
+        run_study(study, tmp_path / "killed", progress=False)
+    assert run_study(study, tmp_path / "killed", progress=False) == 0
+    (whole,), (resumed,) = _infos(tmp_path / "whole").values(), _infos(tmp_path / "killed").values()
+    assert resumed["train"]["resumed_from"] == 4
+    assert resumed["forgetting_curve"] == whole["forgetting_curve"]
