@@ -164,3 +164,22 @@ def test_a_killed_trial_resumes_its_curve_where_it_stopped(tmp_path, monkeypatch
     (whole,), (resumed,) = _infos(tmp_path / "whole").values(), _infos(tmp_path / "killed").values()
     assert resumed["train"]["resumed_from"] == 4
     assert resumed["forgetting_curve"] == whole["forgetting_curve"]
+
+
+def test_sampling_settings_enter_trial_ids_only_when_something_samples():
+    from mtforget.study.config import parse_study
+    from mtforget.study.grid import expand
+
+    def ids(**during):
+        raw = tiny_study()
+        raw["eval"]["during_training"] = {"sentences": 7, **during}
+        return [t.id for t in expand(parse_study(raw, "t"))]
+
+    plain = [t.id for t in expand(parse_study(tiny_study(), "t"))]
+    assert ids() == plain  # off: its settings leave finished trials as they were
+    assert set(ids(every=5)).isdisjoint(plain)
+    raw = tiny_study()
+    raw["finetune"]["forgetting_budget"] = {"max_drop": 1.0}
+    with_budget = [t.id for t in expand(parse_study(raw, "t"))]
+    raw["eval"]["during_training"] = {"sentences": 7}
+    assert [t.id for t in expand(parse_study(raw, "t"))] != with_budget  # the budget reads the sample

@@ -180,7 +180,7 @@ class DuringTrainingConfig(_Strict):
     ``every`` steps (0 = off)."""
 
     every: int = Field(0, ge=0)
-    sentences: int = Field(10, ge=1)
+    sentences: int = Field(5, ge=1)
     directions: int = Field(2, ge=1)  # per direction category
 
 

@@ -100,8 +100,10 @@ def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, 
 def _leave_out_mitigations_that_are_off(identity: dict, config: StudyConfig) -> None:
     """A mitigation that is off changes nothing a trial computes, so its settings stay out of the
     trial's identity (see ``Mitigation.identity_when_off``); so do those of sampling forgetting
-    during training when it is off, which came later."""
-    if not config.eval.during_training.every:
+    during training when nothing samples, which came later."""
+    sampled = config.eval.during_training.every or any(
+        m.needs_forgetting_probe and m.enabled(settings_of(config, m.key)) for m in MITIGATIONS.values())
+    if not sampled:
         identity["eval"].pop("during_training", None)
     for m in MITIGATIONS.values():
         if not m.identity_when_off and not m.enabled(settings_of(config, m.key)):
