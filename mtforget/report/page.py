@@ -193,7 +193,7 @@ CURVES_INTRO = ("Forgetting sampled while each trial fine-tuned (eval.during_tra
                 "chrF change since step 0 over a fixed, seeded sample of directions and sentences. The proxy is "
                 "the teacher-forced loss on the unseen directions' dev pairs; r is its correlation with the mean "
                 "sampled change on unseen directions (negative when the loss rises as chrF falls).")
-CURVES_HEADER = ["trial", "checks", "last step", "unseen change at the end", "stopped by the budget at", "kept",
+CURVES_HEADER = ["trial", "checks", "last step", "unseen change at the last check", "stopped by the budget at", "kept",
                  "proxy r"]
 FORECAST_HEADER = ["category", "chrF change per decade", "tokens/parameter within budget", "largest size per model",
                    "held-out error"]

@@ -298,10 +298,10 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
     examples, dev, overlap_dropped, finetune_data = _finetune_examples(cfg, data)
     mitigations = active_mitigations(cfg)
     probe = _forgetting_probe(run, data, base, base_eval, mitigations)
-    every = cfg.eval.during_training.every
+    # A budget without eval.during_training checks at the dev checks; the curve records its checks.
     context = TrialContext(base.model, base.tokenizer, data.splits.train, data.languages, data.pivot,
                            data.directions, examples, ft.batch_size, ft.max_length, cfg.seed, run.main,
-                           probe, every or ft.eval_every)
+                           probe, cfg.eval.during_training.every or ft.eval_every)
     for mitigation in mitigations:
         mitigation.prepare(context)
     model = base.model
@@ -320,7 +320,7 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
                     progress=run.progress, checkpoint_dir=run.dir / "checkpoint",
                     log_dir=run.dir / "tensorboard" if cfg.tensorboard else None,
                     callbacks=[c for m in mitigations for c in m.callbacks()]
-                    + ([ForgettingCurve(probe, every)] if probe and every else []))
+                    + ([ForgettingCurve(probe, context.check_every)] if probe else []))
     log.info("fine-tuned %d steps in %.1fs (best dev loss %s at step %s%s%s)", outcome.steps, outcome.seconds,
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
              f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
