@@ -26,7 +26,7 @@ LARGEST = 5000
 # whose fine-tuning reached the lowest dev loss on the fine-tuning directions (a choice that does
 # not look at what the other directions lose).
 FULL_LR = 3e-4
-LORA_LR = 3e-3
+LORA_LR = 1e-3
 FULL_SEEDS = [0, 1, 2]
 
 
