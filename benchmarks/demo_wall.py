@@ -2,6 +2,7 @@
 
     python benchmarks/demo_wall.py            # mtforget demo
     python benchmarks/demo_wall.py --quick    # mtforget demo --quick
+    python benchmarks/demo_wall.py --full     # mtforget demo --full (--from-scratch: no shipped bases)
     python benchmarks/demo_wall.py --set model.pretrain_steps=300   # with overrides
 
 Runs ``mtforget demo`` as a subprocess on an empty temporary cache and output folder and prints:
@@ -55,6 +56,9 @@ def tree_memory_mb(pid: int, per_process: dict[int, float], now: dict[int, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--full", action="store_true", help="mtforget demo --full (3 seeds)")
+    parser.add_argument("--from-scratch", action="store_true", help="pre-train the bases instead of loading "
+                        "the shipped ones")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override passed on to mtforget demo (repeatable)")
     args = parser.parse_args()
@@ -62,6 +66,8 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="mtforget-demo-")) / "demo"
     command = [sys.executable, "-m", "mtforget.cli", "demo", "--no-progress", "--out", str(out)]
     command += ["--quick"] if args.quick else []
+    command += ["--full"] if args.full else []
+    command += ["--from-scratch"] if args.from_scratch else []
     command += [arg for override in args.set for arg in ("--set", override)]
 
     start = time.perf_counter()
@@ -98,13 +104,16 @@ def main() -> None:
         for stage, seconds in info["timings_s"].items():
             if stage != "base_model":  # pre-training is counted once per base, below
                 stages[stage] += seconds
+    shipped = sorted(Path(b).name for b in bases if not Path(b).is_relative_to(cache))
     for base in sorted(bases):
-        meta = json.loads((Path(base) / "mtforget_base.json").read_text())
-        stages[f"pre-train tiny:{meta['tiny']}"] = meta["train_seconds"]
+        if Path(base).is_relative_to(cache):  # pre-trained in this run (a shipped base costs nothing here)
+            meta = json.loads((Path(base) / "mtforget_base.json").read_text())
+            stages[f"pre-train tiny:{meta['tiny']}"] = meta["train_seconds"]
     base_evals = [d for d in (cache / "base_evals").iterdir() if d.is_dir()] if (cache / "base_evals").is_dir() else []
 
     print(f"\n{' '.join(command[2:4])}{' --quick' if args.quick else ''}: {trials} trials, {len(bases)} bases, "
-          f"fresh cache, exit code {code}\n")
+          f"fresh cache, exit code {code}")
+    print(f"shipped bases loaded: {', '.join(shipped) or 'none'}\n")
     print(f"{'stage (summed over trials and workers)':<40} {'seconds':>9}")
     for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"{stage:<40} {seconds:>9.1f}")

@@ -1,4 +1,5 @@
-"""Command line: ``mtforget demo``, ``mtforget run STUDY.yaml``, ``mtforget report DIR``.
+"""Command line: ``mtforget demo``, ``mtforget run STUDY.yaml``, ``mtforget report DIR``,
+``mtforget bases build``, ``mtforget data build-gettext``.
 
 Exit codes: 0 every trial done; 1 some trials failed (recorded with their reasons); 2 bad usage,
 config or input, with one ``error:`` line on stderr naming the key, file or line at fault.
@@ -39,12 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the built-in study on the synthetic world")
     demo.add_argument("--quick", action="store_true", help="the small, CI-sized variant")
+    demo.add_argument("--full", action="store_true", help="the same contrasts over 3 seeds (intervals over seeds "
+                      "and directions)")
+    demo.add_argument("--from-scratch", action="store_true", help="pre-train the tiny bases here instead of "
+                      "loading the ones shipped in the package")
     common(demo)
     run = sub.add_parser("run", help="run or resume a study")
     run.add_argument("study", type=Path, help="study YAML file")
     common(run)
     report = sub.add_parser("report", help="rebuild the report of a study directory")
     report.add_argument("dir", type=Path)
+    bases = sub.add_parser("bases", help="the demo's pretrained tiny bases shipped in the package")
+    bases_sub = bases.add_subparsers(dest="bases_command", required=True, parser_class=_Parser)
+    build = bases_sub.add_parser("build", help="pre-train, export (float16), score the demo's bases and write "
+                                 "their manifest")
+    build.add_argument("--out", type=Path, help="directory to write (default: the package's mtforget/bases/prebuilt)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
     data = sub.add_parser("data", help="build corpora")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     gettext = data_sub.add_parser("build-gettext", help="a multi-parallel corpus of real translations from the "
@@ -81,6 +92,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         for lang, n in counts.most_common():
             print(f"{lang:>10} {n}")
         return 0
+    if args.command == "bases":
+        return _build_bases(args.out, progress=not args.no_progress)
     if args.command == "report":
         # Imported here only: a study's process should not hold the plotting libraries while it runs.
         from mtforget.report.build import build_report
@@ -91,12 +104,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report: {path}")
         return 0
     if args.command == "demo":
-        study = parse_study(apply_overrides(demo_study(args.quick), args.overrides), "demo")
-        out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
+        if args.quick and args.full:
+            raise UsageError("demo: --quick and --full exclude each other")
+        overrides = (["model.prebuilt=false"] if args.from_scratch else []) + args.overrides
+        study = parse_study(apply_overrides(demo_study(args.quick, args.full), overrides), "demo")
+        out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo-full" if args.full else "runs/demo")
     else:
         study = load_study(args.study, args.overrides)
         out = args.out or Path("runs") / args.study.stem
     return _run(study, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+
+
+def _build_bases(out: Path | None, progress: bool) -> int:
+    """``mtforget bases build``: write the shipped bases and print their manifest's table."""
+    from mtforget.study.prebuilt import build_prebuilt_bases
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    manifest = build_prebuilt_bases(out, progress) if out else build_prebuilt_bases(progress=progress)
+    print("| base | parameters | mean chrF | steps | pre-training s |\n|---|---|---|---|---|")
+    for name, e in manifest["bases"].items():
+        steps = f"tiny:lm + {e['instruct_steps']}" if "builds_on" in e else e["steps"]
+        print(f"| tiny:{name} | {e['parameters']:,} | {e['mean_chrf']:.1f} | {steps} | {e['pretrain_seconds']} |")
+    return 0
 
 
 def _run(study: StudyConfig, out: Path, progress: bool, retry_failed: bool) -> int:

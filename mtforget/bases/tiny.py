@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mtforget.bases.prebuilt import prebuilt_base
 from mtforget.bases.specs import TINY_SPECS
 from mtforget.bases.tiny_decoder import tiny_decoder_base
 from mtforget.bases.tiny_seq2seq import tiny_seq2seq_base
@@ -21,12 +22,19 @@ def tiny_base(
     steps: int | None = None,
     progress: bool = True,
     names: dict[str, str] | None = None,
+    prebuilt: bool = True,
 ) -> Path:
-    """The directory of the tiny base ``name`` trained on ``corpus`` (built and cached if missing).
+    """The directory of the tiny base ``name`` trained on ``corpus``: the one shipped in the
+    package when ``prebuilt`` and its manifest matches (:mod:`mtforget.bases.prebuilt`), else
+    pre-trained here (and cached).
 
     ``steps`` overrides the recipe's pre-training budget. ``lm`` and ``lm-instruct`` are the
     decoder-only bases; ``names`` are the language names their prompts use.
     """
+    if prebuilt:
+        shipped = prebuilt_base(name, corpus, splits, seed, steps, names)
+        if shipped is not None:
+            return shipped
     if name in TINY_SPECS:
         return tiny_seq2seq_base(name, corpus, splits, seed, steps, progress)
     return tiny_decoder_base(name, corpus, splits, seed, names or {}, steps, progress)

@@ -21,7 +21,8 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mtforget.bases.pretraining import PIECES, Precision, pretraining_precision
-from mtforget.bases.specs import DECODER_RECIPE_VERSION, DECODER_SPEC, DECODER_STYLES, DecoderSpec
+from mtforget.bases.specs import (DECODER_RECIPE_VERSION, DECODER_SPEC, DECODER_STYLES, DecoderSpec,
+                                  plain_decoder_recipe)
 from mtforget.cache import cached_dir, fingerprint
 from mtforget.data.corpus import Corpus, Segment
 from mtforget.data.languages import language_name
@@ -132,14 +133,17 @@ def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, name
     precision = pretraining_precision()
     languages = list(corpus.languages)
     names = {lang: language_name(lang, names) for lang in languages}
-    key = fingerprint({
-        "recipe": DECODER_RECIPE_VERSION, "spec": asdict(spec), "steps": steps, "corpus": corpus.fingerprint(),
-        "train_ids": fingerprint([s.id for s in splits.train]), "languages": languages, "names": names,
-        "seed": seed, "precision": asdict(precision), "torch": torch.__version__, "transformers": transformers.__version__,
-    })
+    facts = {
+        "recipe": DECODER_RECIPE_VERSION, "spec": plain_decoder_recipe(spec), "steps": steps,
+        "corpus": corpus.fingerprint(), "train_ids": fingerprint([s.id for s in splits.train]), "languages": languages,
+        "names": names, "seed": seed, "precision": asdict(precision), "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    key = fingerprint(facts)
     if name == "lm-instruct":
         plain_dir = tiny_decoder_base("lm", corpus, splits, seed, names, steps, progress)
-        return cached_dir("bases", f"tiny-lm-instruct-{key}",
+        tuned_key = fingerprint({**facts, "spec": asdict(spec)})
+        return cached_dir("bases", f"tiny-lm-instruct-{tuned_key}",
                           lambda out: _instruction_tune(plain_dir, out, spec, steps, splits, languages, names, seed,
                                                         progress, precision))
 

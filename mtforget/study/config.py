@@ -44,6 +44,9 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = False  # trade compute for memory on large models
     seed: int = Field(0, ge=0)  # initialisation and pre-training order of a tiny base
     pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
+    # Start from the base shipped in the package when its manifest matches this corpus and recipe
+    # (mtforget.bases.prebuilt); false pre-trains it here (`mtforget demo --from-scratch`).
+    prebuilt: bool = True
 
     @model_validator(mode="after")
     def _has_a_base(self) -> ModelConfig:

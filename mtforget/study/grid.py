@@ -70,6 +70,7 @@ def expand(study: StudyConfig) -> list[Trial]:
             # A checkpoint replaces the built-in sizes: trials differing only in size collapse.
             raw["model"]["tiny"] = None
             raw["model"]["pretrain_steps"] = None
+            raw["model"]["prebuilt"] = True
             chosen.pop("model.tiny", None)
         config = StudyConfig.model_validate({**raw, "grid": {}})
         identity = {k: v for k, v in study_to_dict(config).items() if k not in EXECUTION_KEYS}

@@ -504,7 +504,7 @@ def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool
     if cfg.model.path:
         return cfg.model.path
     return tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
-                     progress=progress, names=_language_names(cfg.corpus))
+                     progress=progress, names=_language_names(cfg.corpus), prebuilt=cfg.model.prebuilt)
 
 
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:

@@ -1,0 +1,116 @@
+"""``mtforget bases build``: pre-train the demo's bases on the demo's synthetic world, store them in
+half precision with their tokenizers, score them, and write the manifest the demo checks
+(:mod:`mtforget.bases.prebuilt`).
+
+It lives with the studies because it needs the demo study's world and evaluation settings; the
+bases themselves come from the same cached builder every study uses, so running it twice reuses
+the first run's pre-training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import safetensors
+import tokenizers
+import torch
+import transformers
+
+from mtforget.bases.prebuilt import (MANIFEST_FORMAT, MANIFEST_NAME, MAX_BYTES, PREBUILT_DIR, file_digest,
+                                     normalized_recipe, world_fingerprint)
+from mtforget.bases.specs import TINY_NAMES
+from mtforget.bases.tiny import tiny_base
+from mtforget.cache import write_json_atomic
+from mtforget.evaluate.engines.base import make_engine
+from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
+from mtforget.evaluate.lid import make_identifier
+from mtforget.models.loading import count_parameters, load_model, make_control
+from mtforget.study.config import StudyConfig, parse_study
+from mtforget.study.demo import demo_study
+from mtforget.study.trial import TrialMemo, _corpus_and_splits, _language_names
+
+log = logging.getLogger("mtforget")
+
+
+def library_versions() -> dict[str, str]:
+    """The versions that decide a base's weights and files, recorded in the manifest."""
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "safetensors": safetensors.__version__}
+
+
+def export_half(src: Path, out: Path) -> None:
+    """Copy the base in ``src`` to ``out`` with float16 weights (tokenizer, chat template and
+    metadata files as they are)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_model(src)
+    model.to(torch.float16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    shutil.copy2(src / "mtforget_base.json", out / "mtforget_base.json")
+
+
+def mean_chrf(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> tuple[float, str]:
+    """Mean chrF of a base over every direction of the study's languages, scored as the demo
+    scores a base (its test split, sentence cap, engine and decoding settings); with the
+    engine's name."""
+    languages = list(corpus.languages)
+    model, tokenizer = load_model(base_dir)
+    control, _ = make_control(model, tokenizer, languages, _language_names(study.corpus), study.finetune.max_length)
+    settings = EvalSettings(study.eval.max_sentences, study.eval.batch_size, study.eval.max_new_tokens)
+    directions = [(s, t) for s in languages for t in languages if s != t]
+    with make_engine(study.eval.engine, model, control, study.eval.max_new_tokens, study.eval.compute_type,
+                     max_batch_sentences=study.eval.batch_size, cache_conversion=False) as engine:
+        scores = evaluate_directions(engine, splits.test, directions, lid, settings, desc=f"score {base_dir.name}",
+                                     progress=False)
+        name = engine.name
+    return sum(r["chrf"] for r in scores.values()) / len(scores), name
+
+
+def build_prebuilt_bases(out: Path = PREBUILT_DIR, progress: bool = True) -> dict:
+    """Build, export and score every built-in base for the demo's world into ``out``; returns the
+    manifest it wrote. Bases already in the cache are reused (the cache key covers everything
+    that decides their weights)."""
+    study = parse_study(demo_study(), "demo")
+    corpus, splits = _corpus_and_splits(study.corpus, TrialMemo())
+    names = _language_names(study.corpus)
+    lid = make_identifier(splits.train, list(corpus.languages))
+    world = world_fingerprint(corpus, splits, names)
+    bases = {}
+    for name in TINY_NAMES:
+        started = time.perf_counter()
+        built = tiny_base(name, corpus, splits, study.model.seed, progress=progress, names=names, prebuilt=False)
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        export_half(built, target)
+        meta = json.loads((built / "mtforget_base.json").read_text(encoding="utf-8"))
+        chrf, engine = mean_chrf(target, study, corpus, splits, lid)
+        model, _ = load_model(target)
+        bases[name] = {
+            "recipe": normalized_recipe(name), "world": world, "seed": study.model.seed,
+            "parameters": count_parameters(model), "mean_chrf": round(chrf, 2), "engine": engine,
+            "steps": meta.get("steps"), "pretrain_seconds": meta.get("train_seconds"),
+            **({"builds_on": "lm", "instruct_steps": meta["instruct_steps"]} if "instruct_steps" in meta else {}),
+            "precision": meta.get("precision"),
+            "dtype": "float16", "files": {f.name: file_digest(f) for f in sorted(target.iterdir()) if f.is_file()},
+        }
+        log.info("tiny:%s: %d parameters, mean chrF %.2f (%.0f s)", name, bases[name]["parameters"], chrf,
+                 time.perf_counter() - started)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "world": {"synthetic": study.corpus.synthetic.model_dump(), "dev_size": study.corpus.dev_size,
+                  "test_size": study.corpus.test_size, "languages": list(corpus.languages)},
+        "scored_on": {"directions": len(corpus.languages) * (len(corpus.languages) - 1),
+                      "sentences_per_direction": study.eval.max_sentences},
+        "versions": library_versions(),
+        "bases": bases,
+    }
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    if total > MAX_BYTES:
+        log.warning("the shipped bases take %d bytes, over the budget of %d", total, MAX_BYTES)
+    return manifest

@@ -1,0 +1,113 @@
+"""The demo's bases shipped in the package: the manifest must describe today's synthetic world and
+recipes (a change to either fails here until `mtforget bases build` is run again), the bases must
+meet the demo's quality and size targets, and any mismatch must pre-train instead of loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+from mtforget.bases import prebuilt, tiny
+from mtforget.bases.prebuilt import (MAX_BYTES, PREBUILT_DIR, load_manifest, mismatch, normalized_recipe,
+                                     prebuilt_base, world_fingerprint)
+from mtforget.bases.specs import TINY_NAMES, TINY_SPECS
+from mtforget.study.config import parse_study
+from mtforget.study.demo import demo_study
+from mtforget.study.trial import TrialMemo, _corpus_and_splits, _language_names
+from tests.conftest import tiny_study
+
+REBUILD = "the shipped bases are stale: run `mtforget bases build` and commit mtforget/bases/prebuilt"
+
+
+@pytest.fixture(scope="module")
+def demo_world():
+    study = parse_study(demo_study(), "demo")
+    corpus, splits = _corpus_and_splits(study.corpus, TrialMemo())
+    return study, corpus, splits, _language_names(study.corpus)
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    found = load_manifest()
+    assert found is not None, f"no {PREBUILT_DIR}/manifest.json ({REBUILD})"
+    return found
+
+
+def test_manifest_matches_the_demo_world_and_recipes(demo_world, manifest):
+    """Every shipped base is the one the demo would pre-train: same recipe, world, seed, files."""
+    study, corpus, splits, names = demo_world
+    world = world_fingerprint(corpus, splits, names)
+    assert set(manifest["bases"]) == set(TINY_NAMES)
+    for name in TINY_NAMES:
+        reason = mismatch(name, manifest["bases"][name], world, study.model.seed)
+        assert reason is None, f"tiny:{name}: {reason}; {REBUILD}"
+        assert prebuilt_base(name, corpus, splits, study.model.seed, None, names) == PREBUILT_DIR / name
+
+
+def test_shipped_bases_meet_the_demo_targets(manifest):
+    """Strong, matched and small: the targets the demo's contrasts rely on."""
+    bases = manifest["bases"]
+    assert all(b["mean_chrf"] >= 85 for b in bases.values()), {n: b["mean_chrf"] for n, b in bases.items()}
+    small, base = bases["small"], bases["base"]
+    assert base["parameters"] >= 4 * small["parameters"]
+    assert abs(base["mean_chrf"] - small["mean_chrf"]) <= 5
+    for name in ("lm", "lm-instruct"):
+        assert 0.8 <= bases[name]["parameters"] / small["parameters"] <= 1.2
+    total = sum(f.stat().st_size for f in PREBUILT_DIR.rglob("*") if f.is_file())
+    assert total <= MAX_BYTES
+    assert sorted(p.name for p in PREBUILT_DIR.rglob("*.safetensors")) == ["model.safetensors"] * len(TINY_NAMES)
+    instruct = json.loads((PREBUILT_DIR / "lm-instruct" / "mtforget_base.json").read_text())
+    assert instruct["style"] == "chat template" and (PREBUILT_DIR / "lm-instruct" / "chat_template.jinja").is_file()
+
+
+def _fake_shipped(tmp_path, corpus, splits, name="small", seed=0):
+    """A manifest under ``tmp_path`` that declares a one-file base ``name`` built for ``corpus``."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text("{}")
+    entry = {"recipe": normalized_recipe(name), "world": world_fingerprint(corpus, splits, None), "seed": seed,
+             "files": {"config.json": prebuilt.file_digest(tmp_path / name / "config.json")}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": prebuilt.MANIFEST_FORMAT, "bases": {name: entry}}))
+    return tmp_path / name
+
+
+def test_any_mismatch_pretrains_instead(tmp_path, monkeypatch):
+    """A matching manifest is used; a changed recipe, world, seed, step budget or file is not,
+    and then tiny_base pre-trains as before (as it does with prebuilt=False)."""
+    cfg = parse_study(tiny_study(), "x")
+    corpus, splits = _corpus_and_splits(cfg.corpus, TrialMemo())
+    shipped = _fake_shipped(tmp_path, corpus, splits)
+    assert prebuilt_base("small", corpus, splits, 0, None, None, tmp_path) == shipped
+    assert prebuilt_base("small", corpus, splits, 1, None, None, tmp_path) is None  # seed
+    assert prebuilt_base("small", corpus, splits, 0, 40, None, tmp_path) is None  # a budget of its own
+    other = parse_study({**tiny_study(), "corpus": {**tiny_study()["corpus"], "split_seed": 7}}, "x")
+    assert prebuilt_base("small", *_corpus_and_splits(other.corpus, TrialMemo()), 0, None, None, tmp_path) is None
+    monkeypatch.setitem(TINY_SPECS, "small", dataclasses.replace(TINY_SPECS["small"], lr=1e-3))  # recipe
+    assert prebuilt_base("small", corpus, splits, 0, None, None, tmp_path) is None
+    monkeypatch.undo()
+    (shipped / "config.json").write_text('{"damaged": true}')
+    assert prebuilt_base("small", corpus, splits, 0, None, None, tmp_path) is None
+    shutil.rmtree(shipped)
+    assert prebuilt_base("small", corpus, splits, 0, None, None, tmp_path) is None
+
+    built = []
+    monkeypatch.setattr(tiny, "prebuilt_base", lambda *a, **k: None)
+    monkeypatch.setattr(tiny, "tiny_seq2seq_base", lambda name, *a: built.append(name) or tmp_path / "built")
+    assert tiny.tiny_base("small", corpus, splits, 0) == tmp_path / "built" and built == ["small"]
+    monkeypatch.setattr(tiny, "prebuilt_base", lambda *a, **k: pytest.fail("prebuilt=False must not look"))
+    assert tiny.tiny_base("small", corpus, splits, 0, prebuilt=False) == tmp_path / "built"
+
+
+def test_cli_from_scratch_and_full(monkeypatch, tmp_path):
+    """--from-scratch turns the shipped bases off; --full runs every part over three seeds."""
+    from mtforget import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_run", lambda study, out, **k: seen.update(study=study, out=out) or 0)
+    assert cli.main(["demo", "--from-scratch", "--out", str(tmp_path)]) == 0
+    assert seen["study"].model.prebuilt is False
+    assert cli.main(["demo", "--full"]) == 0
+    assert seen["study"].model.prebuilt is True and seen["out"].name == "demo-full"
+    assert all(part["seed"] == [0, 1, 2] for part in seen["study"].grid)
