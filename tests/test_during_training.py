@@ -183,3 +183,19 @@ def test_sampling_settings_enter_trial_ids_only_when_something_samples():
     with_budget = [t.id for t in expand(parse_study(raw, "t"))]
     raw["eval"]["during_training"] = {"sentences": 7}
     assert [t.id for t in expand(parse_study(raw, "t"))] != with_budget  # the budget reads the sample
+
+
+def test_the_held_out_size_leaves_every_seed_of_it_out_of_the_fit():
+    def truth(tpp):
+        return -1.0 * (np.log10(tpp) + 2)
+
+    made = [_summary(f"small-{n}-{seed}", "small", n, 1e6, truth) for n in (50, 500, 5000) for seed in (0, 1)]
+    made += [_summary(f"big-{n}", "big", n, 4e6, truth) for n in (50, 500)]
+    summaries = [s for s, _ in made]
+    trials = [{"trial_id": s.trial_id, "status": "done", "mitigations": "{}"} for s in summaries]
+    rows = [{"trial_id": s.trial_id, "metric": "chrf", "category": "unseen_both",
+             "delta": d + (5.0 if s.trial_id.startswith("small-5000") else 0.0)} for s, d in made]
+    held = forecast(summaries, trials, rows, budget=2.0, resamples=50)["categories"][0]["held_out"]
+    small = next(h for h in held if h["model"] == "small")
+    # Both seeds at 5,000 are off the trend by +5: left out together, the fit predicts the trend.
+    assert small["trials"] == 2 and small["error"] == pytest.approx(-5.0)

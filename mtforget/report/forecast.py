@@ -6,8 +6,8 @@ nothing else, each unseen category's mean chrF change is fitted against log10(to
 parameter) by least squares; the fit's crossing of ``-budget`` gives the largest ratio within
 the budget, and, per model, the largest ``finetune.size`` (tokens per parameter grow in
 proportion to the data size at fixed epochs). Intervals come from refitting on trials drawn with
-replacement. The forecast is checked by leaving each model's largest size out, fitting the rest
-and predicting it: the prediction error is reported beside the forecast.
+replacement. The forecast is checked by leaving each model's largest size out (all its seeds),
+fitting the rest and predicting it: the prediction error is reported beside the forecast.
 """
 
 from __future__ import annotations
@@ -112,19 +112,22 @@ def _category_forecast(category: str, points: list[dict], budget: float, resampl
 
 
 def _held_out(points: list[dict], category: str) -> list[dict]:
-    """Each model's largest size, predicted by a fit on every other point, beside what it was."""
+    """Each model's largest size (every seed of it), predicted by a fit on every other point,
+    beside the mean it measured."""
     out = []
     for model in sorted({p["model"] for p in points}):
         mine = [p for p in points if p["model"] == model]
         if len({p["size"] for p in mine}) < 2:
             continue
-        largest = max(mine, key=lambda p: p["size"])
-        rest = [p for p in points if p is not largest]
+        largest = max(p["size"] for p in mine)
+        held = [p for p in mine if p["size"] == largest]
+        rest = [p for p in points if not (p["model"] == model and p["size"] == largest)]
         fit = _fit(np.array([p["tokens_per_parameter"] for p in rest]), np.array([p["deltas"][category] for p in rest]))
         if fit is None:
             continue
-        predicted = fit[0] + fit[1] * np.log10(largest["tokens_per_parameter"])
-        observed = largest["deltas"][category]
-        out.append({"model": model, "size": largest["size"], "predicted": float(predicted), "observed": observed,
-                    "error": float(predicted - observed)})
+        ratio = float(np.mean([p["tokens_per_parameter"] for p in held]))
+        predicted = fit[0] + fit[1] * np.log10(ratio)
+        observed = float(np.mean([p["deltas"][category] for p in held]))
+        out.append({"model": model, "size": largest, "trials": len(held), "predicted": float(predicted),
+                    "observed": observed, "error": float(predicted - observed)})
     return out
