@@ -114,3 +114,19 @@ def test_report_records_tokens_per_parameter(tmp_path):
     for info in infos:
         assert info["train"]["tokens"] > 0 and info["parameters"] > 0
     assert "forgetting_vs_scale.png" in (out / "report" / "index.html").read_text()
+
+
+def test_a_method_at_its_own_learning_rate_is_one_contrast():
+    from mtforget.report.tables import _contrast_groups
+
+    def flat(method, lr, size=100):
+        return {"finetune.method": json.dumps(method), "finetune.lr": json.dumps(lr), "finetune.size": json.dumps(size)}
+
+    groups = dict(_contrast_groups({"full": flat("full", 3e-4), "lora": flat("lora", 1e-3),
+                                    "lora-same-lr": flat("lora", 3e-4), "bigger": flat("full", 3e-4, 200)}))
+    assert groups["finetune.method+finetune.lr"] == {"full": "method full at lr 0.0003",
+                                                     "lora": "method lora at lr 0.001",
+                                                     "lora-same-lr": "method lora at lr 0.0003"}
+    assert groups["finetune.method"] == {"full": "full", "lora-same-lr": "lora"}  # one key: not tied
+    assert groups["finetune.lr"] == {"lora": 0.001, "lora-same-lr": 0.0003}
+    assert groups["finetune.size"] == {"full": 100, "bigger": 200}

@@ -148,7 +148,9 @@ def log_fit(xs: list[float], ys: list[float], seed: int = 0, resamples: int = 10
 _NOT_CONDITIONS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard")
 # Analyses added after evaluation: they do not change a trial's scores, so trials that differ
 # only in them (and in one condition) still form a controlled contrast.
-_ANALYSES = ("eval.interpolation", "eval.representations", "eval.representation_sentences")
+_ANALYSES = ("eval.interpolation", "eval.representations", "eval.representation_sentences", "eval.during_training.")
+# Keys a study may vary together as one condition: a fine-tuning method at its own learning rate.
+TIED_AXES = (("finetune.method", "finetune.lr"),)
 CONTRAST_CATEGORIES = ("supervised", "unseen_source", "unseen_target", "unseen_both")
 
 
@@ -164,42 +166,55 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _contrast_groups(flat: dict[str, dict[str, str]]) -> list[tuple[str, dict[str, object]]]:
+    """Groups of trials whose configs differ in exactly one key (or one tied pair of keys, which
+    must then both vary): the axis and each member's value on it, in a stable order."""
+    groups: dict[tuple[str, tuple], list[str]] = defaultdict(list)
+    for trial_id, config in flat.items():
+        for axis in [(key,) for key in config] + [pair for pair in TIED_AXES if set(pair) <= set(config)]:
+            rest = tuple(sorted((k, v) for k, v in config.items() if k not in axis))
+            groups[(axis, rest)].append(trial_id)
+    out = []
+    for (axis, _), members in sorted(groups.items(), key=lambda g: (g[0][0], sorted(g[1]))):
+        if any(len({flat[m][key] for m in members}) < 2 for key in axis):
+            continue
+        values = {m: (json.loads(flat[m][axis[0]]) if len(axis) == 1
+                      else " at ".join(f"{key.split('.')[-1]} {json.loads(flat[m][key])}" for key in axis))
+                  for m in members}
+        out.append(("+".join(axis), values))
+    return out
+
+
 def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
     """Groups of done trials whose configs differ in exactly one key, one row per trial.
 
     This is how a mixed grid is read: ``model.tiny`` small vs lm at the same data size is the
-    encoder-decoder vs decoder-only contrast, ``finetune.method`` full vs lora the LoRA one, and so
-    on, with everything else held equal. Each row has the trial's parameter counts and its mean
+    encoder-decoder vs decoder-only contrast, ``finetune.method`` full vs lora the LoRA one (or
+    ``finetune.method+finetune.lr`` when each method runs at its own learning rate), and so on,
+    with everything else held equal. Each row has the trial's parameter counts and its mean
     chrF delta per category with the paired-bootstrap interval, and the unseen-target off-target
     delta in percentage points.
     """
     done = [t for t in trials if t["status"] == "done"]
-    flat = {t["trial_id"]: {k: v for k, v in _flatten(json.loads(t["config"])).items() if k not in _ANALYSES}
-            for t in done}
-    groups: dict[tuple[str, tuple], list[str]] = defaultdict(list)
-    for trial_id, config in flat.items():
-        for key in config:
-            rest = tuple(sorted((k, v) for k, v in config.items() if k != key))
-            groups[(key, rest)].append(trial_id)
+    flat = {t["trial_id"]: {k: v for k, v in _flatten(json.loads(t["config"])).items()
+                            if not k.startswith(_ANALYSES)} for t in done}
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in rows:
         means[(row["trial_id"], row["metric"], row["category"])].append(row["delta"])
     by_id = {t["trial_id"]: t for t in done}
     out = []
-    for number, ((key, _), members) in enumerate(sorted(groups.items(), key=lambda g: (g[0][0], sorted(g[1])))):
-        if len({flat[m][key] for m in members}) < 2:
-            continue
-        for trial_id in sorted(members, key=lambda m: flat[m][key]):
+    for number, (key, values) in enumerate(_contrast_groups(flat)):
+        for trial_id in sorted(values, key=lambda m: json.dumps(values[m], sort_keys=True)):
             result = TrialResult.from_json(by_id[trial_id]["info"])
             ci = (result.category_ci or {}).get("chrf", {})
             cells = {}
             for category in CONTRAST_CATEGORIES:
-                values = means.get((trial_id, "chrf", category))
-                if values:
+                deltas = means.get((trial_id, "chrf", category))
+                if deltas:
                     low, high = ci.get(category, (float("nan"), float("nan")))
-                    cells[category] = (float(np.mean(values)), low, high)
+                    cells[category] = (float(np.mean(deltas)), low, high)
             off = means.get((trial_id, "off_target", "unseen_target"))
-            out.append({"group": number, "axis": key, "value": json.loads(flat[trial_id][key]),
+            out.append({"group": number, "axis": key, "value": values[trial_id],
                         "trial_id": trial_id, "condition": by_id[trial_id]["condition"],
                         "architecture": result.architecture or "", "control": result.language_control or "",
                         "parameters": result.parameters, "trainable": result.trainable_parameters,
