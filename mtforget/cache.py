@@ -100,10 +100,10 @@ def content_fingerprint(path: str | Path) -> str | None:
         files = sorted((f.relative_to(root).as_posix(), f) for f in root.rglob("*")
                        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)
                        and not f.name.endswith(_UNREAD_SUFFIXES))
-    return fingerprint([[name, _file_digest(f)] for name, f in files])
+    return fingerprint([[name, file_digest(f)] for name, f in files])
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, remembered under its resolved path, size and mtime."""
     stat = path.stat()
     memo = cache_root() / "file_digests" / fingerprint([str(path.resolve()), stat.st_size, stat.st_mtime_ns])

@@ -16,13 +16,12 @@ compared: they change the weights' last bits, not what the base is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 from mtforget.bases.specs import DECODER_SPEC, TINY_SPECS, tiny_recipe
-from mtforget.cache import fingerprint
+from mtforget.cache import file_digest, fingerprint
 from mtforget.data.corpus import Corpus
 from mtforget.data.languages import language_name
 from mtforget.data.splits import Splits
@@ -56,11 +55,6 @@ def normalized_recipe(name: str) -> list:
 def default_steps(name: str) -> int:
     """The recipe's own pre-training budget of base ``name``."""
     return TINY_SPECS[name].steps if name in TINY_SPECS else DECODER_SPEC.steps
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_manifest(root: Path = PREBUILT_DIR) -> dict | None:

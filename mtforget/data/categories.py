@@ -7,6 +7,7 @@ of the corpus is *unseen*.
 from __future__ import annotations
 
 CATEGORIES = ("supervised", "zero_shot_seen", "unseen_source", "unseen_target", "unseen_both")
+UNSEEN = ("unseen_source", "unseen_target", "unseen_both")  # the categories with an unseen language
 
 
 def seen_languages(directions: list[tuple[str, str]]) -> set[str]:

@@ -13,16 +13,17 @@ the unseen directions; :func:`correlation` says how well it follows the sampled 
 
 from __future__ import annotations
 
-import math
 import random
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mtforget.data.categories import CATEGORIES, categorize
+from mtforget.data.categories import CATEGORIES, UNSEEN, categorize
 from mtforget.data.splits import Example, direction_examples
 from mtforget.evaluate.metrics import Outputs, corpus_score, get_metric
 from mtforget.train.callbacks import TrainCallback, TrainState
+from mtforget.train.loop import mean_token_loss
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from mtforget.evaluate.forgetting import BaseGate
     from mtforget.models.control import Control
 
-UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class ForgettingProbe:
                  metric: str = "chrf") -> None:
         if not sample:
             raise ValueError("no direction to sample forgetting on")
-        self.sample, self.make_engine, self.control, self.dev_pairs = sample, make_engine, control, dev_pairs
+        self.sample, self.make_engine = sample, make_engine
+        self.dev_batches = [control.batch(dev_pairs[i : i + 32]) for i in range(0, len(dev_pairs), 32)]
         self.metric = get_metric(metric)
         self.reference: dict[str, float] | None = None
         self._last: tuple[int, dict[str, float]] | None = None
@@ -138,22 +139,9 @@ class ForgettingProbe:
 
     def proxy_loss(self, model: torch.nn.Module) -> float | None:
         """Token-weighted teacher-forced loss on the unseen directions' dev pairs (None without any)."""
-        import torch
-
-        if not self.dev_pairs:
+        if not self.dev_batches:
             return None
-        was_training = model.training
-        model.eval()
-        total, tokens = 0.0, 0
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            for i in range(0, len(self.dev_pairs), 32):
-                batch = {k: v.to(device) for k, v in self.control.batch(self.dev_pairs[i : i + 32]).items()}
-                n = int((batch["labels"] != -100).sum())
-                total += model(**batch).loss.item() * n
-                tokens += n
-        model.train(was_training)
-        return total / max(tokens, 1)
+        return mean_token_loss(model, self.dev_batches, next(model.parameters()).device)
 
 
 def unseen_mean(point: dict[str, float]) -> float | None:
@@ -166,12 +154,10 @@ def correlation(xs: list[float], ys: list[float]) -> float | None:
     """Pearson's r of two series (None with fewer than three points or no variation)."""
     if len(xs) < 3 or len(xs) != len(ys):
         return None
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    if sxx == 0 or syy == 0:
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # a constant series
         return None
-    return sxy / math.sqrt(sxx * syy)
 
 
 class ForgettingCurve(TrainCallback):
@@ -180,6 +166,7 @@ class ForgettingCurve(TrainCallback):
 
     def __init__(self, probe: ForgettingProbe, every: int) -> None:
         self.probe, self.every = probe, every
+        self._recorded: int | None = None  # the step of the last curve point
 
     def on_steps_start(self, model: torch.nn.Module, state: TrainState) -> None:
         self.probe.start(model, state)
@@ -191,11 +178,12 @@ class ForgettingCurve(TrainCallback):
             self._record(model, step, state)
 
     def on_dev_check(self, step: int, model: torch.nn.Module, dev_loss: float, state: TrainState) -> None:
-        if not any(h.get("step") == step and "forgetting" in h for h in state.outcome.history[-3:]):
+        if step != self._recorded:  # a curve point at this step holds the proxy already
             state.outcome.history.append({"step": step, "tokens": state.tokens(),
                                           "unseen_dev_loss": self.probe.proxy_loss(model)})
 
     def _record(self, model: torch.nn.Module, step: int, state: TrainState) -> None:
+        self._recorded = step
         state.outcome.history.append({"step": step, "tokens": state.tokens() if step else 0,
                                       "forgetting": self.probe.deltas(model, step),
                                       "unseen_dev_loss": self.probe.proxy_loss(model)})
@@ -212,6 +200,7 @@ def proxy_of(history: list[dict]) -> dict:
     points = [{"step": h["step"], "tokens": h["tokens"], "unseen_dev_loss": h["unseen_dev_loss"]}
               for h in history if h.get("unseen_dev_loss") is not None]
     at_curve = [(h["unseen_dev_loss"], unseen_mean(h["forgetting"])) for h in history
-                if "forgetting" in h and h.get("unseen_dev_loss") is not None and unseen_mean(h["forgetting"]) is not None]
+                if "forgetting" in h and h.get("unseen_dev_loss") is not None]
+    at_curve = [(loss, change) for loss, change in at_curve if change is not None]
     r = correlation([x for x, _ in at_curve], [y for _, y in at_curve])
     return {"points": points, "correlation_with_unseen_chrf": r}

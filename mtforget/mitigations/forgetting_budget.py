@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtforget.data.categories import CATEGORIES
+from mtforget.data.categories import CATEGORIES, UNSEEN
 from mtforget.errors import UsageError
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
 from mtforget.train.callbacks import TrainCallback, TrainState
@@ -24,9 +24,6 @@ if TYPE_CHECKING:
 
     from mtforget.evaluate.during_training import ForgettingProbe
     from mtforget.train.loop import TrainOutcome
-
-UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
-
 
 class BudgetConfig(BaseModel):
     """How much forgetting a trial may afford before training stops."""

@@ -17,8 +17,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from mtforget.data.categories import UNSEEN
 from mtforget.mitigations import MITIGATIONS
-from mtforget.report.tables import UNSEEN, TrialSummary
+from mtforget.report.tables import TrialSummary
 
 UNSEEN_MEAN = "unseen (mean)"
 

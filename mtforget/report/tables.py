@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtforget.data.categories import CATEGORIES
+from mtforget.data.categories import CATEGORIES, UNSEEN
 from mtforget.evaluate.metrics import all_metrics
 from mtforget.report.stats import bootstrap_mean_ci
 from mtforget.study.result import TrialResult
 
-UNSEEN = ("unseen_source", "unseen_target", "unseen_both")
 @dataclass
 class TrialSummary:
     """One done trial: its condition and mean chrF deltas on supervised and unseen directions."""

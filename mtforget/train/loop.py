@@ -377,7 +377,7 @@ def _log_point(run: _Run, step: int) -> dict[str, float]:
 def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Path | None) -> bool:
     """Evaluate the dev loss, keep the best weights; returns True when patience ran out."""
     outcome, accelerator = run.outcome, run.accelerator
-    dev_loss = _dev_loss(run.model, dev_batches, accelerator)
+    dev_loss = mean_token_loss(run.model, dev_batches, accelerator.device)
     outcome.history.append({"step": step, "dev_loss": round(dev_loss, 5)})
     if run.log_dir:
         accelerator.log({"dev_loss": dev_loss}, step=step)
@@ -513,14 +513,16 @@ def _sorted_pieces(control: BatchEncoder, pieces: int, multiple: int,
 
 
 @torch.no_grad()
-def _dev_loss(model: torch.nn.Module, batches: list[dict], accelerator: Accelerator) -> float:
-    """Token-weighted mean loss over the dev batches."""
+def mean_token_loss(model: torch.nn.Module, batches: list[dict], device: torch.device) -> float:
+    """Token-weighted mean teacher-forced loss over ``batches`` (in eval mode; the model is left in
+    the mode it was in)."""
+    was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for batch in batches:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in batch.items()}
         n = int((batch["labels"] != -100).sum())
         total += model(**batch).loss.item() * n
         tokens += n
-    model.train()
+    model.train(was_training)
     return total / max(tokens, 1)
