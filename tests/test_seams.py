@@ -18,6 +18,7 @@ from mtforget.models.language import LanguageTokens
 from mtforget.study.config import parse_study, valid_keys
 from mtforget.study.grid import expand
 from mtforget.study.result import TrialResult
+from mtforget.study.store import CSV_COLUMNS
 from mtforget.train.callbacks import TrainCallback, step_schedule
 from mtforget.train.loop import TrainSettings, train
 from tests.conftest import tiny_study, tiny_world
@@ -87,7 +88,7 @@ def test_callbacks_see_every_step_and_at_most_one_may_own_steps(world):
 def test_every_mitigation_has_a_study_key_and_a_results_column():
     keys = valid_keys()
     for name, m in MITIGATIONS.items():
-        assert m.key in keys, name
+        assert m.key in keys and name in CSV_COLUMNS, name
         assert m.label(m.default) == "none" and not m.enabled(m.default), name
 
 
