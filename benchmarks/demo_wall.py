@@ -100,7 +100,8 @@ def main() -> None:
         trials += 1
         trial_of_pid.setdefault(info.get("pid", -1), f"worker: {path.parent.name[:44]}")
         bases.add(info["base_dir"])
-        interpolated += max(0, len(info.get("interpolation", [])) - 2)  # α=0 and α=1 are evaluated anyway
+        points = info.get("mitigations", {}).get("interpolation", {}).get("points", [])
+        interpolated += max(0, len(points) - 2)  # α=0 and α=1 are evaluated anyway
         for stage, seconds in info["timings_s"].items():
             if stage != "base_model":  # pre-training is counted once per base, below
                 stages[stage] += seconds
