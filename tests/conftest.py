@@ -29,6 +29,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# Accumulation, batching and splitting over processes change the order in which a gradient is
+# summed, never its value. In float32 that order shows at the level of the kernels' rounding, which
+# differs between CPU kernel sets, and Adam magnifies it where gradients are near zero; so these
+# equivalences are checked in float64, where that rounding sits about nine orders of magnitude lower.
+# The tolerance is far above float64 rounding carried through a few Adam steps, and far below what a
+# real error moves (an example counted twice, a piece weighted wrongly, a float32 ratio in the weights).
+EQUIVALENCE_ATOL = 1e-9
+
+
 class Kill(BaseException):
     """Stands for a kill signal in the middle of training (not an Exception, so nothing catches it)."""
 

@@ -82,7 +82,15 @@ def _encoder_decoder(family, records, languages):
     added = add_language_tokens(model, control, languages)
     with torch.no_grad():  # added tokens start equal (their mean); tell the languages apart
         model.get_input_embeddings().weight[[control.token_id(c) for c in added]] += SCALE * torch.randn(len(added), 32)
-    return model.eval(), control
+    return _for_exact_comparison(model), control
+
+
+def _for_exact_comparison(model):
+    """The model in float64, in eval mode. Batching rows differently changes the order of the sums
+    behind each logit; in float32 that noise differs between CPU kernel sets and could, rarely, flip
+    a near-tie between the top two tokens. In float64 it sits far below any logit gap these models
+    produce, so "the same tokens" is a claim about the code, not about the machine."""
+    return model.to(torch.float64).eval()
 
 
 def _decoder_only(family, records, names):
@@ -99,7 +107,7 @@ def _decoder_only(family, records, names):
         model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **shape, **_ids(tok)))
     control = InstructionControl(tok, names=names)
     assert control.use_chat is (family == "qwen2-chat")
-    return model.eval(), control
+    return _for_exact_comparison(model), control
 
 
 def _jobs(records, languages):

@@ -152,5 +152,8 @@ def layer_states(model: torch.nn.Module, batch: SentenceBatch, layers: list[int]
             stack.layerdrop = layerdrop
     if deepest not in captured:
         raise RuntimeError(f"layer {deepest} of {type(stack).__name__} did not run")
-    mask = batch.pool_mask.to(device).unsqueeze(-1).float()
-    return {i: (captured[i].float() * mask).sum(1) / mask.sum(1).clamp(min=1) for i in layers}
+    # Pooled in at least float32 (bf16 sums lose the small differences InfoNCE compares), and never
+    # below the model's own precision.
+    dtype = torch.promote_types(captured[deepest].dtype, torch.float32)
+    mask = batch.pool_mask.to(device).unsqueeze(-1).to(dtype)
+    return {i: (captured[i].to(dtype) * mask).sum(1) / mask.sum(1).clamp(min=1) for i in layers}

@@ -486,7 +486,9 @@ def _translation_loss(model: torch.nn.Module, pieces: list[dict[str, torch.Tenso
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         if total_targets is None:
             return model(**pieces[0]).loss
-        return sum(model(**piece).loss * (n / total_targets) for piece, n in zip(pieces, targets))
+        # Multiplied and divided in the loss's own dtype: a float32 ratio would round the weights of a
+        # float64 run, and the pieces would no longer add up to the whole batch's mean.
+        return sum(model(**piece).loss * n / total_targets for piece, n in zip(pieces, targets))
 
 
 def _step_micro_batches(control: BatchEncoder, accumulation: int, pieces: int, multiple: int,
