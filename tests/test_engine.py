@@ -115,7 +115,10 @@ def _compare(model, control, cases) -> tuple[float, float, float]:
         # All directions in one call, as a study evaluates: their rows share batches.
         jobs = [(texts, src, tgt) for texts, _, src, tgt in cases]
         ct2_mixed = [h for hyps in engine.translate_many(jobs) for h in hyps]
-    assert [h for hyps in hf.translate_many(jobs) for h in hyps] == hf_hyps
+    # Both engines' mixed batches sum in another order than their per-direction ones: the same share
+    # of exact matches as between engines (test_mixed_batching checks exact equality in float64).
+    hf_mixed = [h for hyps in hf.translate_many(jobs) for h in hyps]
+    assert sum(a == b for a, b in zip(hf_mixed, hf_hyps)) / len(hf_hyps) >= MIN_EXACT_MATCH
     assert sum(a == b for a, b in zip(ct2_mixed, ct2_hyps)) / len(ct2_hyps) >= MIN_EXACT_MATCH
     assert len(set(hf_hyps)) > len(hf_hyps) // 2  # outputs vary with the input, so order matters
     exact = sum(a == b for a, b in zip(hf_hyps, ct2_hyps)) / len(hf_hyps)
