@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.quick and args.full:
             raise UsageError("demo: --quick and --full exclude each other")
         overrides = (["model.prebuilt=false"] if args.from_scratch else []) + args.overrides
-        study = parse_study(apply_overrides(demo_study(args.quick, args.full), overrides), "demo")
+        study = parse_study(apply_overrides(demo_study(args.quick, args.full), overrides), "demo", overrides)
         out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo-full" if args.full else "runs/demo")
     else:
         study = load_study(args.study, args.overrides)

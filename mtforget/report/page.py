@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 import numpy as np
 from collections import defaultdict
@@ -243,9 +244,18 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _md(text: object) -> str:
-    """``text`` from the study (labels, ids, reasons) as Markdown that shows it as written: markup
-    escaped as in the HTML page, and neither a table cell nor a list item broken by it."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|").replace("`", "\\`")
+    """``text`` from the study (labels, ids, reasons) as Markdown that shows it as written: what a
+    renderer would take for HTML (a tag, an entity) or for code is backslash-escaped, and a ``|``
+    or a line break cannot end a table cell or a list item early."""
+    text = " ".join(str(text).split())
+    text = _MD_ESCAPED.sub(r"\\\g<0>", text)
+    return _MD_ACTIVE.sub(lambda m: "\\" + m.group(0), text)
+
+
+# A backslash that would escape what follows it; then "<" opening a tag, comment or autolink,
+# "&" opening an entity, a table's "|" and a code span's backtick.
+_MD_ESCAPED = re.compile(r"\\(?=[!-/:-@\[-`{-~])")
+_MD_ACTIVE = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?\w+;)|[|`]")
 
 
 def _md_row(cells: list[str]) -> str:

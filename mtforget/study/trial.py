@@ -492,12 +492,17 @@ def _language_names(cfg: CorpusConfig) -> dict[str, str]:
 
 def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
     if not cfg.languages:
+        if len(corpus.languages) < 2:
+            raise UsageError(f"{corpus.source}: the corpus has {len(corpus.languages)} language "
+                             f"({', '.join(corpus.languages)}); a study needs at least two")
         return list(corpus.languages)
-    chosen = [normalize_code(lang) for lang in cfg.languages]
+    chosen = list(dict.fromkeys(normalize_code(lang) for lang in cfg.languages))
     for lang in chosen:
         if lang not in corpus.languages:
             raise UsageError(f"corpus.languages: {lang!r} is not in {corpus.source} "
                              f"(it has {', '.join(corpus.languages)})")
+    if len(chosen) < 2:
+        raise UsageError(f"corpus.languages: {', '.join(chosen)}: a study needs at least two languages")
     return chosen
 
 
