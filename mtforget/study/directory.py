@@ -69,23 +69,23 @@ def claim_study_dir(out: Path) -> StudyLock:
     user's non-empty folder, or a study directory another run holds.
     """
     if out.exists() and not out.is_dir():
-        raise StudyDirRefused(f"{out}: is a file, not a study directory; give --out a new or empty folder")
+        raise StudyDirRefused(f"--out {out}: is a file, not a study directory; give --out a new or empty folder")
     if out.is_dir() and not is_study_dir(out) and any(out.iterdir()):
-        raise StudyDirRefused(f"{out}: the folder is not empty and is not an mtforget study directory (it has no "
+        raise StudyDirRefused(f"--out {out}: the folder is not empty and is not an mtforget study directory (it has no "
                               f"{MARKER}); mtforget writes only into new, empty or its own folders: give --out "
                               "a new folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StudyDirRefused(f"{out}: cannot write the study directory there ({exc.strerror or exc})") from None
+        raise StudyDirRefused(f"--out {out}: cannot write the study directory there ({exc.strerror or exc})") from None
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise StudyDirRefused(f"{out}: another mtforget run (pid {holder}) is writing this study directory; "
+            raise StudyDirRefused(f"--out {out}: another mtforget run (pid {holder}) is writing this study directory; "
                                   "wait for it to end, or give another --out") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
