@@ -49,9 +49,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp = Path(name)
     try:
+        os.close(fd)
         yield tmp
         fsync_path(tmp)
         os.replace(tmp, path)

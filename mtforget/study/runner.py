@@ -30,7 +30,7 @@ from mtforget.study.config import StudyConfig, study_to_dict
 from mtforget.study.executors import run_trials
 from mtforget.study.grid import Trial, expand
 from mtforget.study.directory import claim_study_dir
-from mtforget.study.store import ResultStore, clear_base_failures, open_store_for_run
+from mtforget.study.store import ResultStore, clear_base_failures, open_store_for_run, warn
 
 log = logging.getLogger("mtforget")
 
@@ -205,7 +205,7 @@ def _recover_result(store: ResultStore, out: Path, trial: Trial) -> None:
             result = json.loads(path.read_text(encoding="utf-8"))
             rows, info = result["rows"], result["info"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("warning: %s cannot be read (%s); the trial runs again", path, exc)
+            warn(f"{path} cannot be read ({exc}); the trial runs again")
             return
         store.finish(trial.id, rows, info)
 

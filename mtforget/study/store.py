@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +19,10 @@ from mtforget.atomic import atomic_path
 from mtforget.errors import UsageError
 from mtforget.mitigations import MITIGATIONS
 
-log = logging.getLogger("mtforget")
+
+def warn(message: str) -> None:
+    """A warning for the user of a run, on stderr whatever logging is set up."""
+    sys.stderr.write(f"warning: {message}\n")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -259,8 +262,8 @@ def open_store_for_run(out: Path) -> ResultStore:
             part = path.with_name(path.name + suffix)
             if part.exists():
                 part.replace(aside.with_name(aside.name + suffix))
-        log.warning("warning: %s; moved it to %s and rebuilding the store from %s", exc, aside.name,
-                    out / "trials" / "*" / "result.json")
+        warn(f"{exc}; moved it to {aside.name} and rebuilding the store from "
+             f"{out / 'trials' / '*' / 'result.json'}")
         return ResultStore(path)
 
 
