@@ -43,7 +43,9 @@ def finished(tmp_path_factory, one_thread):
     """A finished one-trial study: its study file, its directory and its result rows."""
     root = tmp_path_factory.mktemp("finished")
     study = root / "study.yaml"
-    study.write_text(yaml.safe_dump(tiny_study(**{"finetune.size": [16]})))
+    raw = tiny_study(**{"finetune.size": [32]})
+    raw["finetune"].update(batch_size=8, checkpoint_every=1)  # 4 steps, a checkpoint after each of the first 3
+    study.write_text(yaml.safe_dump(raw))
     out = root / "out"
     assert main(["run", str(study), "--out", str(out), "--no-progress"]) == 0
     return study, out, _rows(out)
@@ -261,6 +263,38 @@ def test_a_kill_around_the_swap_of_result_json_resumes_to_the_same_results(finis
             assert main(["run", str(study), "--out", str(out), "--no-progress"]) == 0
         assert bool(trained) is not after  # after the swap the result is recovered, not recomputed
         assert _rows(out) == rows
+
+
+@pytest.mark.parametrize("where", ["before the pointer swap", "before the old state is deleted"])
+def test_the_same_command_after_a_kill_in_a_checkpoint_save_gives_the_same_results(finished, tmp_path, monkeypatch,
+                                                                                     where):
+    study, _, rows = finished
+    out = tmp_path / "s"
+    replace, rmtree = os.replace, shutil.rmtree
+    swaps = []
+
+    def killing_replace(src, dst, *args, **kwargs):
+        if Path(dst).name == "checkpoint.json":
+            swaps.append(dst)
+            if where == "before the pointer swap" and len(swaps) == 2:
+                raise Kill(where)
+        return replace(src, dst, *args, **kwargs)
+
+    def killing_rmtree(path, *args, **kwargs):
+        if where == "before the old state is deleted" and Path(path).name.startswith("state-"):
+            raise Kill(where)
+        return rmtree(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(Kill):
+        patch.setattr(os, "replace", killing_replace)
+        patch.setattr(shutil, "rmtree", killing_rmtree)
+        main(["run", str(study), "--out", str(out), "--no-progress"])
+    [trial] = (out / "trials").iterdir()
+    assert (trial / "checkpoint" / "checkpoint.json").is_file()
+    assert main(["run", str(study), "--out", str(out), "--no-progress"]) == 0
+    assert _rows(out) == rows
+    result = yaml.safe_load((trial / "result.json").read_text())
+    assert result["info"]["train"]["resumed_from"] in (1, 2)
 
 
 @pytest.mark.parametrize("step", range(4))
