@@ -17,6 +17,9 @@ from typing import Any
 
 from filelock import FileLock
 
+from mtforget.atomic import write_json_atomic  # noqa: F401 - where callers have imported it from
+from mtforget.errors import UsageError
+
 
 def cache_root() -> Path:
     """``$MTFORGET_CACHE``, else ``$XDG_CACHE_HOME/mtforget``, else ``~/.cache/mtforget``."""
@@ -68,16 +71,6 @@ def _build(final: Path, key: str, build: Callable[[Path], None]) -> Path:
     return final
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 # Files in a checkpoint directory that nothing here reads (weights are loaded from safetensors
 # only): hashing a multi-gigabyte pickle would cost time and decide nothing.
 _UNREAD_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".md")
@@ -110,9 +103,12 @@ def file_digest(path: Path) -> str:
     if memo.is_file():
         return memo.read_text(encoding="utf-8").strip()
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:  # a user's file (corpus, checkpoint) that cannot be read: theirs to fix
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     value = digest.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{memo.name}.", dir=memo.parent)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,11 +108,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.quick and args.full:
             raise UsageError("demo: --quick and --full exclude each other")
         overrides = (["model.prebuilt=false"] if args.from_scratch else []) + args.overrides
-        study = parse_study(apply_overrides(demo_study(args.quick, args.full), overrides), "demo")
+        study = parse_study(apply_overrides(demo_study(args.quick, args.full), overrides), "demo", overrides)
         out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo-full" if args.full else "runs/demo")
     else:
         study = load_study(args.study, args.overrides)
-        out = args.out or Path("runs") / args.study.stem
+        out = args.out or default_out(args.study)
     return _run(study, out, progress=not args.no_progress, retry_failed=args.retry_failed)
 
 
@@ -137,8 +138,12 @@ def _run(study: StudyConfig, out: Path, progress: bool, retry_failed: bool) -> i
     """
     from mtforget.study.runner import is_main_process, run_study
 
+    from mtforget.study.directory import StudyDirRefused
+
     try:
         code = run_study(study, out, progress=progress, retry_failed=retry_failed)
+    except StudyDirRefused:
+        raise  # nothing was written: the directory is not this run's
     except BaseException:
         if is_main_process() and (out / "results.sqlite").is_file():
             _report_after_failure(out)
@@ -154,7 +159,28 @@ def _run(study: StudyConfig, out: Path, progress: bool, retry_failed: bool) -> i
     print((out / "report" / "summary.md").read_text(encoding="utf-8"))
     for line in gate_warnings(out):
         sys.stderr.write(line + "\n")
+    for line in failed_trial_lines(out):
+        sys.stderr.write(line + "\n")
     return code
+
+
+def failed_trial_lines(out: Path) -> list[str]:
+    """One ``error:`` line per failed trial of study directory ``out``, with its reason."""
+    from mtforget.study.store import open_store_for_report
+
+    store = open_store_for_report(out)
+    try:
+        failed = [t for t in store.trials() if t["status"] == "failed"]
+    finally:
+        store.close()
+    return [f"error: trial {t['trial_id']} failed: {' '.join(str(t['reason']).split())}" for t in failed]
+
+
+def default_out(study: Path) -> Path:
+    """The study directory of ``mtforget run STUDY.yaml`` without ``--out``: a folder of ``runs/``
+    named after the study file (``runs/study`` when that name is no folder name, such as ``..``)."""
+    name = re.sub(r"[^\w.+-]", "_", study.stem).strip(".")
+    return Path("runs") / (name or "study")
 
 
 def _report_after_failure(out: Path) -> None:

@@ -107,7 +107,7 @@ def test_a_mitigation_that_is_off_leaves_trial_ids_as_they_were():
 def test_a_negative_l2_weight_is_exit_2_naming_the_key(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "o"), "--set", "finetune.l2_to_base=-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: demo: finetune.l2_to_base:")
+    assert len(err) == 1 and err[0].startswith("error: --set finetune.l2_to_base=-1: finetune.l2_to_base:")
 
 
 def test_a_study_with_the_l2_mitigation_records_it_in_rows_and_result(tmp_path):

@@ -152,7 +152,7 @@ def test_resumed_training_equals_uninterrupted(setup, tmp_path):
     with pytest.raises(Kill):
         train(interrupted, LanguageTokens(tokenizer), examples[16:], settings, dev=dev, progress=False,
               callbacks=[OnLoss(kill_at_7)], checkpoint_dir=tmp_path / "ckpt")
-    assert (tmp_path / "ckpt" / "progress.json").is_file()
+    assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
 
     seen = []
     resumed = _model(tokenizer)  # fresh weights: everything must come from the checkpoint

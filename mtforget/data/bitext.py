@@ -24,6 +24,7 @@ from mtforget.data.corpus import Segment, numbered_records, parse_segment
 from mtforget.data.languages import normalize_code
 from mtforget.data.loaders import FLORES_FILE, flores_files, tsv_rows
 from mtforget.data.splits import Example
+from mtforget.data.textfile import text_lines
 from mtforget.errors import UsageError
 
 SAMPLE_FORMAT = 1  # what a cached sample holds; bump when that changes
@@ -151,6 +152,8 @@ def _unknown(source: BitextSource) -> Iterator[Segment]:
 
 def _local(source: BitextSource) -> Path:
     path = Path(source.path)
+    if path.is_dir():
+        raise UsageError(f"finetune.data: {path}: is a directory, not a file")
     if not path.exists():
         raise UsageError(f"finetune.data: {path}: file not found")
     return path
@@ -176,16 +179,16 @@ def _tsv(source: BitextSource) -> Iterator[Segment]:
 def _flores(source: BitextSource) -> Iterator[Segment]:
     for split_dir, files in flores_files(source.path, list(source.flores_splits or ()) or None):
         codes = [normalize_code(FLORES_FILE.match(p.name).group(1)) for p in files]
-        handles = [p.open(encoding="utf-8") for p in files]
+        readers = [text_lines(p) for p in files]  # lines split on "\n" only, as wc -l counts
         try:
-            for i, lines in enumerate(zip(*handles, strict=True)):
-                texts = {c: normalize_text(t) for c, t in zip(codes, lines) if t.strip()}
+            for i, lines in enumerate(zip(*readers, strict=True)):
+                texts = {c: normalize_text(t) for c, (_, t) in zip(codes, lines) if t.strip()}
                 yield Segment(f"{split_dir.name}-{i}", texts)
         except ValueError:
             raise UsageError(f"{split_dir}: FLORES files must be line-aligned") from None
         finally:
-            for h in handles:
-                h.close()
+            for reader in readers:
+                reader.close()
 
 
 def _hf(source: BitextSource) -> Iterator[Segment]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mtforget.cache import fingerprint
 from mtforget.data.languages import normalize_code
+from mtforget.data.textfile import check_file, text_lines
 from mtforget.errors import UsageError
 
 # BCP-47-like with "_" between subtags ("pt_BR", "zh_Hans"); "-" separates the two sides of a direction.
@@ -69,9 +70,7 @@ def corpus_from_records(records: list[dict], source: str) -> Corpus:
 
 def read_jsonl(path: str | Path) -> Corpus:
     """Read a JSON-lines corpus. Any malformed line is a :class:`UsageError` naming ``FILE:LINE``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: corpus file not found")
+    path = check_file(Path(path), "corpus file")
     return _build(numbered_records(path), str(path))
 
 
@@ -81,17 +80,16 @@ def numbered_records(path: Path) -> Iterator[tuple[int, dict]]:
     # One record at a time: holding every parsed line until the corpus is built leaves the
     # process larger for good (parsed JSON takes several times the file's size), in every worker
     # that reads it.
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"{path}:{lineno}: expected a JSON object with a 'translation' field")
-            yield lineno, record
+    for lineno, line in text_lines(path, "corpus file"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}:{lineno}: expected a JSON object with a 'translation' field")
+        yield lineno, record
 
 
 def _build(numbered: Iterable[tuple[int, dict]], source: str) -> Corpus:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mtforget.data.corpus import Corpus, corpus_from_records, read_jsonl
+from mtforget.data.textfile import check_file, text_lines
 from mtforget.errors import UsageError
 
 FLORES_FILE = re.compile(r"^([a-z]{3}_[A-Z][a-z]{3})(\.[a-z]+)?$")
@@ -33,7 +34,7 @@ def read_flores(directory: str | Path, splits: list[str] | None = None) -> Corpu
         lengths = {}
         for path in files:
             code = FLORES_FILE.match(path.name).group(1)
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = [line for _, line in text_lines(path)]  # split on "\n" only, as wc -l counts
             lengths[path.name] = len(lines)
             for i, line in enumerate(lines):
                 rec = records.setdefault(f"{split_dir.name}-{i}", {"id": f"{split_dir.name}-{i}", "translation": {}})
@@ -49,6 +50,8 @@ def flores_files(directory: str | Path, splits: list[str] | None = None) -> list
     """Each split folder of a FLORES directory (the given ones, default all) with its language
     files; a missing directory, split folder or language file is a :class:`UsageError`."""
     root = Path(directory)
+    if root.is_file():
+        raise UsageError(f"{root}: is a file, not a FLORES directory (<dir>/<split>/<code>.<split>)")
     if not root.is_dir():
         raise UsageError(f"{root}: FLORES directory not found")
     split_dirs = [root / s for s in splits] if splits else sorted(p for p in root.iterdir() if p.is_dir())
@@ -65,9 +68,7 @@ def flores_files(directory: str | Path, splits: list[str] | None = None) -> list
 
 def read_tsv(path: str | Path, languages: list[str]) -> Corpus:
     """Bitext with one ``source<TAB>target`` pair per line, in ``languages[0]`` and ``languages[1]``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: corpus file not found")
+    path = check_file(Path(path), "corpus file")
     if not languages or len(languages) != 2:
         raise UsageError("corpus.tsv_languages: give the two languages of the columns, e.g. [en, de]")
     records = [{"id": f"line{lineno}", "translation": dict(zip(languages, fields))} for lineno, fields in tsv_rows(path)]
@@ -77,15 +78,13 @@ def read_tsv(path: str | Path, languages: list[str]) -> Corpus:
 def tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """The two columns of each non-empty line with its line number, one line at a time; a line
     without exactly two columns is a :class:`UsageError` naming ``FILE:LINE``."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise UsageError(f"{path}:{lineno}: expected 2 tab-separated columns, found {len(fields)}")
-            yield lineno, fields
+    for lineno, line in text_lines(path, "corpus file"):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise UsageError(f"{path}:{lineno}: expected 2 tab-separated columns, found {len(fields)}")
+        yield lineno, fields
 
 
 def read_hf_dataset(name: str, config: str | None = None, split: str = "train",

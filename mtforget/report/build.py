@@ -14,14 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from mtforget.atomic import atomic_path, write_text_atomic
 from mtforget.data.categories import CATEGORIES
+from mtforget.errors import UsageError
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
 from mtforget.report.forecast import forecast
 from mtforget.report.tables import (axis_comparisons, base_quality, category_table, controlled_contrasts,
                                     direction_matrix, flagged_directions, forgetting_curves, gate_failures,
                                     interpolation_curves, layer_series, trial_summaries)
-from mtforget.study.store import CSV_COLUMNS, ResultStore
+from mtforget.study.store import CSV_COLUMNS, open_store_for_report
 
 MAX_HEATMAPS = 12
 # Forecast budget (chrF points) when the study sets no finetune.forgetting_budget.max_drop.
@@ -30,20 +32,34 @@ EXAMPLES_PER_CATEGORY = 2
 
 
 def build_report(out: Path) -> Path:
-    """Write ``out/report/`` and ``out/results.parquet`` from ``out/results.sqlite``; returns the HTML path."""
+    """Write ``out/report/`` and ``out/results.parquet`` from ``out/results.sqlite``; returns the HTML path.
+
+    The store is only read (a ``run`` may be writing it). A damaged store, or a report that
+    cannot be written, is a :class:`UsageError` saying what to do or where writing failed.
+    """
+    try:
+        return _build_report(out)
+    except OSError as exc:
+        # The folder: a file's own name may be the hidden temporary one it was being written to.
+        where = Path(exc.filename).parent if exc.filename else out / "report"
+        raise UsageError(f"{where}: cannot write the report there ({exc.strerror or exc}); the results "
+                         f"themselves are in {out / 'results.sqlite'}") from None
+
+
+def _build_report(out: Path) -> Path:
     report = out / "report"
-    report.mkdir(exist_ok=True)
     resamples, include_flagged, budget = 2000, False, FORECAST_BUDGET
     if (out / "study.yaml").is_file():
         study = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8")) or {}
         resamples = study.get("eval", {}).get("bootstrap_resamples", resamples)
         include_flagged = bool(study.get("eval", {}).get("base_gate", {}).get("include_flagged", False))
         budget = (study.get("finetune", {}).get("forgetting_budget") or {}).get("max_drop") or budget
-    store = ResultStore(out / "results.sqlite")
+    store = open_store_for_report(out)
     try:
         trials, all_rows, meta = store.trials(), store.rows(), store.meta()
     finally:
         store.close()
+    report.mkdir(exist_ok=True)
     _write_parquet(all_rows, out / "results.parquet")
     # Directions the base cannot translate give deltas that mean nothing: every mean below is
     # over the others, unless the study opted in (the files above keep every row, with its flag).
@@ -75,15 +91,15 @@ def build_report(out: Path) -> Path:
                "layers": layers, "base_quality": base_quality(all_rows), "flagged": flagged_directions(all_rows),
                "gate_failures": gate_failures(all_rows), "include_flagged": include_flagged,
                "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, budget)}
-    (report / "summary.md").write_text(render_markdown(context), encoding="utf-8")
+    write_text_atomic(report / "summary.md", render_markdown(context))
     html_path = report / "index.html"
-    html_path.write_text(render_html(context, figures), encoding="utf-8")
+    write_text_atomic(html_path, render_html(context, figures))
     return html_path
 
 
 def gate_warnings(out: Path) -> list[str]:
     """One line per base model that the base-quality gate flagged on every direction of ``out``."""
-    store = ResultStore(out / "results.sqlite")
+    store = open_store_for_report(out)
     try:
         rows = store.rows()
     finally:
@@ -95,9 +111,8 @@ def gate_warnings(out: Path) -> list[str]:
 
 def _write_parquet(rows: list[dict], path: Path) -> None:
     columns = {c: [r[c] for r in rows] for c in CSV_COLUMNS}
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.table(columns), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(columns), tmp)
 
 
 def _examples(out: Path, summaries, rows: list[dict]) -> list[dict]:

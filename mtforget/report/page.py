@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 import numpy as np
 from collections import defaultdict
@@ -239,7 +240,26 @@ def _size(size: float) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [_md_row(r) for r in rows]
+
+
+def _md(text: object) -> str:
+    """``text`` from the study (labels, ids, reasons) as Markdown that shows it as written: what a
+    renderer would take for HTML (a tag, an entity) or for code is backslash-escaped, and a ``|``
+    or a line break cannot end a table cell or a list item early."""
+    text = " ".join(str(text).split())
+    text = _MD_ESCAPED.sub(r"\\\g<0>", text)
+    return _MD_ACTIVE.sub(lambda m: "\\" + m.group(0), text)
+
+
+# A backslash that would escape what follows it; then "<" opening a tag, comment or autolink,
+# "&" opening an entity, a table's "|" and a code span's backtick.
+_MD_ESCAPED = re.compile(r"\\(?=[!-/:-@\[-`{-~])")
+_MD_ACTIVE = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?\w+;)|[|`]")
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(_md(c) for c in cells) + " |"
 
 
 def render_markdown(context: dict) -> str:
@@ -247,12 +267,12 @@ def render_markdown(context: dict) -> str:
     trials = context["trials"]
     done = sum(t["status"] == "done" for t in trials)
     lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {_intro(context)}", ""]
-    lines += [f"**{line}**" for line in _gate_lines(context) if line.startswith("Warning")]
+    lines += [f"**{_md(line)}**" for line in _gate_lines(context) if line.startswith("Warning")]
     lines += [""] if context.get("gate_failures") else []
     for title, conditions, cells in _metric_sections(context):
         lines += [f"## {title}", "", "| condition | " + " | ".join(CATEGORIES) + " |",
                   "|---|" + "---|" * len(CATEGORIES)]
-        lines += [f"| {c} | " + " | ".join(cells[c].get(k, "–") for k in CATEGORIES) + " |" for c in conditions]
+        lines += [_md_row([c, *(cells[c].get(k, "–") for k in CATEGORIES)]) for c in conditions]
         lines.append("")
     if context["fit"]:
         fit = context["fit"]
@@ -263,7 +283,7 @@ def render_markdown(context: dict) -> str:
     if contrasts:
         lines += ["## Controlled contrasts", "", CONTRAST_INTRO, "", "| " + " | ".join(CONTRAST_HEADER) + " |",
                   "|---" * len(CONTRAST_HEADER) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in contrasts] + [""]
+        lines += [_md_row(r) for r in contrasts] + [""]
     if context.get("interpolation"):
         lines += ["## Weight interpolation with the base", "", INTERPOLATION_INTRO, ""]
         lines += _md_table(INTERPOLATION_HEADER, _interpolation_rows(context)) + [""]
@@ -280,15 +300,15 @@ def render_markdown(context: dict) -> str:
     if paired:
         lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
                   "| trial | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
-        lines += ["| " + " | ".join(r) + " |" for r in paired] + [""]
+        lines += [_md_row(r) for r in paired] + [""]
     if context.get("base_quality"):
         lines += ["## Base model quality", "", BASE_INTRO, ""] + _md_table(BASE_HEADER, _base_rows(context)) + [""]
-        lines += [f"- {line}" for line in _gate_lines(context) if not line.startswith("Warning")] + [""]
+        lines += [f"- {_md(line)}" for line in _gate_lines(context) if not line.startswith("Warning")] + [""]
     failed = [t for t in trials if t["status"] == "failed"]
     if failed:
-        lines += ["## Failed trials", ""] + [f"- `{t['trial_id']}`: {t['reason']}" for t in failed] + [""]
+        lines += ["## Failed trials", ""] + [f"- {_md(t['trial_id'])}: {_md(t['reason'])}" for t in failed] + [""]
     lines += ["## Trials", "", "| " + " | ".join(TRIAL_HEADER) + " |", "|---" * len(TRIAL_HEADER) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _trial_rows(context)] + [""]
+    lines += [_md_row(r) for r in _trial_rows(context)] + [""]
     meta = context["meta"]
     if "metric_signatures" in meta:
         lines += ["## Metrics", ""] + [f"- {k}: `{v}`" for k, v in meta["metric_signatures"].items()] + [""]

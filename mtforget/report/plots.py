@@ -11,14 +11,18 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mtforget.atomic import atomic_path
 from mtforget.data.categories import CATEGORIES
 from mtforget.evaluate.metrics import get_metric
 from mtforget.report.tables import TrialSummary, log_fit
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

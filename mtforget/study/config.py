@@ -13,14 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from mtforget.data.categories import parse_direction
+from mtforget.data.textfile import read_text
 from mtforget.errors import UsageError
 from mtforget.evaluate.engines.registry import describe_choices, engine_choices
 from mtforget.evaluate.metrics import REGISTRY, optional_names
 from mtforget.mitigations import MITIGATIONS
+from mtforget.study.yamlfile import parse_yaml
 
 # Learning-rate schedules of transformers.get_scheduler that need nothing beyond warm-up and total
 # steps (the others take extra arguments or a metric at every step, which the loop does not give).
@@ -323,13 +324,16 @@ def valid_keys(model: type[BaseModel] = StudyConfig, prefix: str = "") -> list[s
 
 
 def _unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, [k for k in valid_keys() if k != key], n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown key '{key}'{hint}"
 
 
 def _check_key(key: str, where: str) -> None:
-    if key not in valid_keys() or key == "grid":
+    """``key`` must be a study key that a grid axis or ``--set`` can name."""
+    if key == "grid" or key.startswith("grid."):
+        raise UsageError(f"{where}: a grid axis is a study key such as finetune.size; 'grid' itself cannot be one")
+    if key not in valid_keys():
         raise UsageError(f"{where}: {_unknown_key_message(key)}")
 
 
@@ -419,16 +423,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key = key.strip()
         if not sep or not key:
             raise UsageError(f"--set {item}: expected KEY=VALUE, e.g. --set finetune.size=1000")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise UsageError(f"--set {item}: the value is not valid YAML") from None
+        value = parse_yaml(text, f"--set {item}", lines=False) if text.strip() else None
         if key == "grid":
             # The whole grid replaced (None or {} removes it); parse_study checks its shape.
             raw["grid"] = resolve_paths({**raw, "grid": value}, Path.cwd())["grid"] if value is not None else {}
         elif key.startswith("grid."):
             axis = key.removeprefix("grid.")
-            _check_key(axis, "--set")
+            _check_key(axis, f"--set {item}")
             # Paths typed on the command line are relative to the working directory.
             values = [resolve_value(axis, v, Path.cwd(), raw) for v in (value if isinstance(value, list) else [value])]
             parts = grid_parts(raw.get("grid"))
@@ -438,7 +439,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             for part in parts:
                 part[axis] = values
         else:
-            _check_key(key, "--set")
+            _check_key(key, f"--set {item}")
             set_dotted(raw, key, resolve_value(key, value, Path.cwd(), raw))
             # A value set on the command line replaces the grid axis of the same key.
             for part in grid_parts(raw.get("grid")):
@@ -446,8 +447,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def parse_study(raw: dict, source: str) -> StudyConfig:
-    """Validate a raw mapping; every problem is a :class:`UsageError` naming the key."""
+def parse_study(raw: dict, source: str, overrides: list[str] | None = None) -> StudyConfig:
+    """Validate a raw mapping; every problem is a :class:`UsageError` naming the key, and the
+    ``--set`` item (of ``overrides``) that gave its value rather than ``source`` when one did."""
     if not isinstance(raw, dict):
         raise UsageError(f"{source}: a study file must be a YAML mapping of keys to values")
     grid = raw.get("grid") or {}
@@ -456,13 +458,14 @@ def parse_study(raw: dict, source: str) -> StudyConfig:
                          "(or a list of such mappings)")
     for part in grid_parts(grid):
         for axis, values in part.items():
-            _check_key(str(axis), f"{source}: grid")
+            where = _blame(source, f"grid.{axis}", overrides)
+            _check_key(str(axis), where if where != source else f"{source}: grid")
             if not isinstance(values, list) or not values:
-                raise UsageError(f"{source}: grid.{axis}: expected a non-empty list of values")
+                raise UsageError(f"{where}: grid.{axis}: expected a non-empty list of values")
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UsageError(f"{source}: {_describe(exc)}") from None
+        raise UsageError(f"{_blame(source, _error_key(exc), overrides)}: {_describe(exc)}") from None
     # Every trial the grid makes must be a valid config too (values can conflict only in
     # combination): check them all before any trial runs.
     for chosen in grid_combinations(grid):
@@ -474,8 +477,24 @@ def parse_study(raw: dict, source: str) -> StudyConfig:
             StudyConfig.model_validate(probe)
         except ValidationError as exc:
             where = ", ".join(f"{axis}={value!r}" for axis, value in chosen.items())
-            raise UsageError(f"{source}: grid ({where}): {_describe(exc)}") from None
+            blamed = next((b for b in (_blame(source, f"grid.{axis}", overrides) for axis in chosen) if b != source),
+                          _blame(source, _error_key(exc), overrides))
+            raise UsageError(f"{blamed}: grid ({where}): {_describe(exc)}") from None
     return study
+
+
+def _blame(source: str, key: str, overrides: list[str] | None) -> str:
+    """Who gave the value of dotted ``key``: the last ``--set`` item that set it (or a block or a
+    key inside it), else ``source``."""
+    for item in reversed(overrides or []):
+        given = item.partition("=")[0].strip()
+        if key == given or key.startswith(given + ".") or given.startswith(key + ".") and key:
+            return f"--set {item}"
+    return source
+
+
+def _error_key(exc: ValidationError) -> str:
+    return ".".join(str(p) for p in exc.errors()[0]["loc"])
 
 
 def grid_combinations(grid: Any) -> list[dict[str, Any]]:
@@ -486,21 +505,14 @@ def grid_combinations(grid: Any) -> list[dict[str, Any]]:
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """Read a study YAML file, apply ``--set`` overrides and validate."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: study file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}{line}: not valid YAML") from None
+    raw = parse_yaml(read_text(path, "study file"), str(path))
     if raw is None or raw == {}:
         # Every key has a default, so an empty file would silently run the default study.
         raise UsageError(f"{path}: the study file is empty; give at least one key (e.g. model.tiny or "
                          "model.path), or run the built-in study with 'mtforget demo'")
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: a study file must be a YAML mapping of keys to values")
-    return parse_study(apply_overrides(resolve_paths(raw, path.parent), overrides or []), str(path))
+    return parse_study(apply_overrides(resolve_paths(raw, path.parent), overrides or []), str(path), overrides)
 
 
 def study_to_dict(study: StudyConfig) -> dict:

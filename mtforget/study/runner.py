@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 import mtforget
+from mtforget.atomic import write_text_atomic
 from mtforget.cache import cache_root
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.evaluate.metrics import signatures
@@ -29,7 +29,8 @@ from mtforget.mitigations import mitigation_labels
 from mtforget.study.config import StudyConfig, study_to_dict
 from mtforget.study.executors import run_trials
 from mtforget.study.grid import Trial, expand
-from mtforget.study.store import BASE_FAILURES, ResultStore
+from mtforget.study.directory import claim_study_dir
+from mtforget.study.store import ResultStore, clear_base_failures, open_store_for_run, warn
 
 log = logging.getLogger("mtforget")
 
@@ -47,6 +48,17 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, retry_failed
     state = _launched_state()
     main = state is None or state.is_main_process
     trials = expand(study)
+    # The main process locks the directory before it writes anything, until the run ends.
+    lock = claim_study_dir(out) if main else None
+    try:
+        return _run_locked(study, out, trials, state, main, progress, retry_failed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(study: StudyConfig, out: Path, trials: list[Trial], state, main: bool, progress: bool,
+                retry_failed: bool) -> int:
     store, todo = _register(study, out, trials, retry_failed) if main else (None, [])
     if state is not None:
         from accelerate.utils import broadcast_object_list
@@ -76,15 +88,14 @@ def _register(study: StudyConfig, out: Path, trials: list[Trial],
     """Write ``study.yaml``, open the store and register every trial in it; the open store and the
     trials still to run."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "study.yaml").write_text(yaml.safe_dump(study_to_dict(study), sort_keys=False,
-                                                       allow_unicode=True))
+        write_text_atomic(out / "study.yaml", yaml.safe_dump(study_to_dict(study), sort_keys=False,
+                                                             allow_unicode=True))
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write the study directory there "
                          f"({exc.strerror or exc})") from None
     # A base that failed in an earlier run gets another try (the user may have fixed it).
-    shutil.rmtree(out / BASE_FAILURES, ignore_errors=True)
-    store = ResultStore(out / "results.sqlite")
+    clear_base_failures(out)
+    store = open_store_for_run(out)
     dropped = store.keep_only({t.id for t in trials})
     if dropped:
         log.info("%d trial(s) of an earlier version of this study left out of its results (their "
@@ -190,8 +201,13 @@ def _recover_result(store: ResultStore, out: Path, trial: Trial) -> None:
     """Record a trial whose ``result.json`` was written but whose store update was lost to a kill."""
     path = out / "trials" / trial.id / "result.json"
     if store.status(trial.id) != "done" and path.is_file():
-        result = json.loads(path.read_text(encoding="utf-8"))
-        store.finish(trial.id, result["rows"], result["info"])
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            rows, info = result["rows"], result["info"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warn(f"{path} cannot be read ({exc}); the trial runs again")
+            return
+        store.finish(trial.id, rows, info)
 
 
 def _environment() -> dict[str, object]:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
+from mtforget.atomic import atomic_path
+from mtforget.errors import UsageError
 from mtforget.mitigations import MITIGATIONS
+
+
+def warn(message: str) -> None:
+    """A warning for the user of a run, on stderr whatever logging is set up."""
+    sys.stderr.write(f"warning: {message}\n")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -61,13 +70,26 @@ CSV_COLUMNS = ["trial_id", "model", "method", *MITIGATIONS, "finetune_size", "se
                "delta_low", "delta_high", "source_copy", "base_flag"]
 
 
-class ResultStore:
-    """Read and write a study's ``results.sqlite``."""
+class StoreUnusable(Exception):
+    """``results.sqlite`` is damaged or is not mtforget's store."""
 
-    def __init__(self, path: Path) -> None:
+
+class ResultStore:
+    """Read and write a study's ``results.sqlite``; with ``readonly``, only read it (nothing is
+    migrated or created, and the study directory may be read-only)."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60)
+        self.readonly = readonly
+        try:
+            self.db = _connect_readonly(path) if readonly else sqlite3.connect(path, timeout=60)
+            _check_store(self.db)
+        except sqlite3.Error as exc:
+            raise StoreUnusable(f"{path}: {exc}") from None
         self.db.row_factory = sqlite3.Row
+        if readonly:
+            self.columns = {r["name"] for r in self.db.execute("PRAGMA table_info(results)")}
+            return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         # Stores written before the interval, copy-baseline and base-gate columns existed gain them.
@@ -84,6 +106,7 @@ class ResultStore:
             self.db.execute("ALTER TABLE trials ADD COLUMN condition TEXT")
         if "alignment" in have:
             self.db.execute("ALTER TABLE trials DROP COLUMN alignment")
+        self.columns = {r["name"] for r in self.db.execute("PRAGMA table_info(results)")}
 
     def close(self) -> None:
         """Close the connection."""
@@ -172,10 +195,14 @@ class ResultStore:
 
     def rows(self) -> list[dict]:
         """Result rows of done trials joined with their conditions (the ``results.csv`` table)."""
+        # A store of an earlier version read without migrating it lacks the later columns.
+        later = ", ".join(f"r.{c}" if c in self.columns else f"NULL AS {c}"
+                          for c in ("delta_low", "delta_high", "source_copy"))
+        flag = "COALESCE(r.base_flag, '')" if "base_flag" in self.columns else "''"
         cur = self.db.execute(
             "SELECT r.trial_id, t.model, t.method, t.mitigations, t.finetune_size, t.seed, r.src, r.tgt,"
-            " r.category, r.metric, r.base, r.finetuned, r.delta, r.delta_low, r.delta_high, r.source_copy,"
-            " COALESCE(r.base_flag, '') AS base_flag FROM results r JOIN trials t"
+            f" r.category, r.metric, r.base, r.finetuned, r.delta, {later},"
+            f" {flag} AS base_flag FROM results r JOIN trials t"
             " USING (trial_id) WHERE t.status = 'done' ORDER BY t.rowid, r.src, r.tgt, r.metric"
         )
         rows = []
@@ -187,9 +214,81 @@ class ResultStore:
 
     def export_csv(self, path: Path) -> None:
         """Write ``results.csv``: one row per trial × direction × metric."""
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows())
-        tmp.replace(path)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; in a folder this process cannot write (where SQLite cannot create
+    the shared-memory file of a WAL store) the file is read as immutable."""
+    if not path.is_file():
+        raise sqlite3.OperationalError("no such file")
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+
+def _check_store(db: sqlite3.Connection) -> None:
+    """Raise :class:`sqlite3.DatabaseError` unless ``db`` is intact and is mtforget's store (or empty)."""
+    if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        raise sqlite3.DatabaseError("the database is damaged (PRAGMA quick_check)")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return
+    if not {"trials", "results", "meta"} <= tables:
+        raise sqlite3.DatabaseError(f"not an mtforget results store (its tables: {', '.join(sorted(tables))})")
+    columns = {r[1] for r in db.execute("PRAGMA table_info(trials)")}
+    if not {"trial_id", "status", "config"} <= columns:
+        raise sqlite3.DatabaseError("not an mtforget results store (its trials table has other columns)")
+
+
+def open_store_for_run(out: Path) -> ResultStore:
+    """The store of study directory ``out`` for a run that records results. A damaged or foreign
+    ``results.sqlite`` is moved aside (kept, with the files SQLite keeps beside it) with a
+    warning, and a new store is started; the run then recovers every finished trial from its
+    ``trials/<id>/result.json``."""
+    path = out / "results.sqlite"
+    try:
+        return ResultStore(path)
+    except StoreUnusable as exc:
+        aside = path.with_name(f"results.sqlite.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            part = path.with_name(path.name + suffix)
+            if part.exists():
+                part.replace(aside.with_name(aside.name + suffix))
+        warn(f"{exc}; moved it to {aside.name} and rebuilding the store from "
+             f"{out / 'trials' / '*' / 'result.json'}")
+        return ResultStore(path)
+
+
+def open_store_for_report(out: Path) -> ResultStore:
+    """The store of study directory ``out``, read-only; a damaged or foreign one is a
+    :class:`UsageError` that says how to rebuild it."""
+    try:
+        return ResultStore(out / "results.sqlite", readonly=True)
+    except StoreUnusable as exc:
+        raise UsageError(f"{exc}; run 'mtforget run' on this study again (same --out): it keeps this file aside "
+                         "and rebuilds the store from trials/*/result.json") from None
+
+
+# The name of a base-failure record (see BASE_FAILURES): a fingerprint.
+_BASE_FAILURE = re.compile(r"^[0-9a-f]{16}\.json$")
+
+
+def clear_base_failures(out: Path) -> None:
+    """Forget the bases that failed in an earlier run of ``out`` (the user may have fixed them):
+    the records mtforget wrote there go, anything else stays."""
+    folder = out / BASE_FAILURES
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _BASE_FAILURE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()

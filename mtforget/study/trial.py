@@ -26,6 +26,7 @@ import transformers
 from accelerate import PartialState
 
 import mtforget
+from mtforget.atomic import atomic_path
 from mtforget.bases.tiny import tiny_base
 from mtforget.cache import cached_dir, content_fingerprint, fingerprint, write_json_atomic
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
@@ -491,12 +492,17 @@ def _language_names(cfg: CorpusConfig) -> dict[str, str]:
 
 def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
     if not cfg.languages:
+        if len(corpus.languages) < 2:
+            raise UsageError(f"{corpus.source}: the corpus has {len(corpus.languages)} language "
+                             f"({', '.join(corpus.languages)}); a study needs at least two")
         return list(corpus.languages)
-    chosen = [normalize_code(lang) for lang in cfg.languages]
+    chosen = list(dict.fromkeys(normalize_code(lang) for lang in cfg.languages))
     for lang in chosen:
         if lang not in corpus.languages:
             raise UsageError(f"corpus.languages: {lang!r} is not in {corpus.source} "
                              f"(it has {', '.join(corpus.languages)})")
+    if len(chosen) < 2:
+        raise UsageError(f"corpus.languages: {', '.join(chosen)}: a study needs at least two languages")
     return chosen
 
 
@@ -616,7 +622,7 @@ def _model_fingerprint(base_dir: Path | str) -> str:
 
 def _write_outputs(trial_dir: Path, base_eval: dict, ft_eval: dict) -> None:
     """Every test translation of the trial, base beside fine-tuned, as JSON lines."""
-    with (trial_dir / "outputs.jsonl").open("w", encoding="utf-8") as f:
+    with atomic_path(trial_dir / "outputs.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
         for key, ft in ft_eval.items():
             src, tgt = key.split("-")
             base = base_eval[key]

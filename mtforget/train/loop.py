@@ -25,9 +25,7 @@ schedule), checks after each step.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -36,7 +34,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -45,6 +42,7 @@ from mtforget.data.splits import Example
 from mtforget.errors import TrialDiverged
 from mtforget.models.control import BatchEncoder
 from mtforget.train.callbacks import StepSchedule, TrainCallback, TrainState, step_schedule
+from mtforget.train.checkpoint import load_best, load_checkpoint, save_best, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -271,9 +269,8 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
     outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"),
                            precision=training_precision(model, "bf16" if settings.bf16 else launched))
     progress = {"evals_without_gain": 0, "elapsed": 0.0}
-    if checkpoint_dir and (checkpoint_dir / "progress.json").is_file():
-        saved = json.loads((checkpoint_dir / "progress.json").read_text())
-        accelerator.load_state(str(checkpoint_dir / "state"))
+    saved = load_checkpoint(accelerator, checkpoint_dir, model, optimizer, scheduler) if checkpoint_dir else None
+    if saved:
         outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision})
         outcome.resumed_from = outcome.steps
         progress = saved["progress"]
@@ -392,8 +389,7 @@ def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Pa
         if run.settings.patience and run.progress["evals_without_gain"] >= run.settings.patience:
             return True
     if checkpoint_dir and outcome.best_step == step and accelerator.is_main_process:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save_file(run.best, checkpoint_dir / "best.safetensors")
+        save_best(checkpoint_dir, step, run.best)
     return False
 
 
@@ -408,7 +404,7 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
     run.tokens.zero_()
     unwrapped = accelerator.unwrap_model(run.model)
     if outcome.best_step is not None:
-        best = run.best if run.best is not None else load_file(checkpoint_dir / "best.safetensors")
+        best = run.best if run.best is not None else load_best(checkpoint_dir, outcome.best_step)
         unwrapped.load_state_dict(best)  # from disk when resumed after the best step
     unwrapped.eval()
     for callback in run.callbacks:
@@ -422,16 +418,9 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
 
 
 def _save_checkpoint(accelerator: Accelerator, directory: Path, outcome: TrainOutcome, progress: dict) -> None:
-    """Replace the checkpoint in ``directory`` so a kill at any moment leaves a complete one."""
-    accelerator.wait_for_everyone()
-    tmp = directory / "state.tmp"
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
-        shutil.rmtree(directory / "state", ignore_errors=True)
-        tmp.rename(directory / "state")
-        (directory / "progress.json.tmp").write_text(json.dumps({"outcome": asdict(outcome), "progress": progress}))
-        (directory / "progress.json.tmp").replace(directory / "progress.json")
-    accelerator.wait_for_everyone()
+    """Make the training state at ``outcome.steps`` the checkpoint of ``directory``; a kill at any
+    moment leaves the previous checkpoint or this one (see :mod:`mtforget.train.checkpoint`)."""
+    save_checkpoint(accelerator, directory, outcome.steps, asdict(outcome), progress)
 
 
 @torch.no_grad()
