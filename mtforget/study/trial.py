@@ -259,7 +259,8 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
         raise BaseFailed(json.loads(marker.read_text(encoding="utf-8"))["reason"])
     run.shared.base_stage = marker if run.main else None
     base_dir = _base_model(cfg, data.corpus, data.splits, run.progress)
-    model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
+    model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing,
+                                  cfg.model.dtype)
     control, added = make_control(model, tokenizer, data.languages, _language_names(cfg.corpus),
                                   cfg.finetune.max_length)
     if added:
@@ -314,7 +315,7 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
                              seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
-                             grad_accumulation=ft.grad_accumulation)
+                             grad_accumulation=ft.grad_accumulation, precision=ft.precision)
     extra = [e for m in mitigations for e in m.extra_examples()]
     outcome = train(model, base.control, examples + extra, settings, dev=dev, desc=f"fine-tune {run.trial.id}",
                     progress=run.progress, checkpoint_dir=run.dir / "checkpoint",
@@ -404,7 +405,8 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         language_control=base.control.description,
         finetune_directions=[f"{s}-{t}" for s, t in data.directions], finetune_examples=tuned.examples,
         languages=data.languages, added_language_tokens=base.added, train=asdict(outcome),
-        precision=outcome.precision, grad_accumulation=cfg.finetune.grad_accumulation,
+        precision=outcome.precision_mode, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        grad_accumulation=cfg.finetune.grad_accumulation,
         effective_batch_size=cfg.finetune.batch_size * cfg.finetune.grad_accumulation,
         max_length=cfg.finetune.max_length, overlap_dropped=tuned.overlap_dropped,
         missing_directions=[f"{s}-{t}" for s, t in data.all_directions if f"{s}-{t}" not in base_eval],
