@@ -27,7 +27,7 @@ from accelerate import PartialState
 
 import mtforget
 from mtforget.bases.tiny import tiny_base
-from mtforget.cache import cached_dir, content_fingerprint, fingerprint, write_json_atomic
+from mtforget.cache import cache_root, cached_dir, content_fingerprint, fingerprint, write_json_atomic
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
@@ -41,6 +41,7 @@ from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe,
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
+from mtforget.evaluate.sharding import ALONE, EvalGroup, launch_group
 from mtforget.evaluate.metrics import all_metrics, signatures
 from mtforget.evaluate.representations import layerwise_retrieval
 from mtforget.memory import release_memory
@@ -132,9 +133,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
               progress: bool = True) -> tuple[list[dict], TrialResult] | None:
     """Run one trial; returns its forgetting rows and what it records about itself.
 
-    Under ``accelerate launch`` every process trains; only the main one evaluates and returns.
+    Under ``accelerate launch`` every process trains and translates its share of each
+    evaluation; only the main one scores, records and returns.
     """
-    run = TrialRun(trial, trial_dir, shared, progress, PartialState().is_main_process)
+    run = TrialRun(trial, trial_dir, shared, progress, PartialState().is_main_process, launch_group())
     with run.stage("corpus"):
         data = prepare_data(run)
     with run.stage("base_model"):
@@ -148,10 +150,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
                                                          shared)
     with run.stage("finetune"):
         tuned = finetune(run, data, base, base_eval)
+    with run.stage("finetuned_eval"):
+        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned", run.group)
     if not run.main:
         return None
-    with run.stage("finetuned_eval"):
-        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned")
     with run.stage("paired_bootstrap"):
         rows, category_ci = forgetting_rows(base_eval, ft_eval, data.directions, base.lid,
                                             run.cfg.eval.paired_resamples, run.cfg.seed, run.gate)
@@ -172,9 +174,11 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
 class TrialRun:
     """One trial's settings and bookkeeping: where it writes, and each stage's time and memory."""
 
-    def __init__(self, trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool, main: bool) -> None:
+    def __init__(self, trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool, main: bool,
+                 group: EvalGroup = ALONE) -> None:
         self.trial, self.cfg, self.dir, self.shared = trial, trial.config, trial_dir, shared
         self.progress, self.main = progress, main
+        self.group = group  # the processes that share each evaluation
         self.gate = BaseGate(**self.cfg.eval.base_gate.model_dump())
         self.timings: dict[str, float] = {}
         self.peak_rss: dict[str, float] = {}  # the process's peak resident memory (MB) after each stage
@@ -276,20 +280,42 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
 
 def evaluate_base(run: TrialRun, data: TrialData, base: LoadedBase) -> dict | None:
     """The base's scores on every direction (cached, shared by every trial of the base); picks the
-    engine the fine-tuned model will get too. None on processes that do not evaluate."""
-    if not run.main:
-        return None
-    base.lid, base.lid_accuracy = _identifier(data.corpus, data.splits, data.languages, run.shared)
+    engine the fine-tuned model will get too. Every process of a launch translates its share; the
+    others get None."""
+    if run.main:
+        base.lid, base.lid_accuracy = _identifier(data.corpus, data.splits, data.languages, run.shared)
     base.probe = _probe_sentence(data.splits.test, data.all_directions)
     # The base's conversion is cached (every trial on this base reuses it); the fine-tuned model
-    # then gets the same kind of engine, so base and fine-tuned scores are comparable.
-    with _engine(run.cfg.eval.engine, base.model, base.control, run.cfg.eval.compute_type, base.settings, True,
-                 base.probe) as engine:
+    # then gets the same kind of engine, so base and fine-tuned scores are comparable. The main
+    # process picks it ("auto" tries the fast one first); the others open the same kind.
+    with _picked_engine(run, base) as engine:
         base.engine_kind, base.engine_name, base.engine_fallback = engine.kind, engine.name, engine.fallback_reason
         scores = _base_evaluation(base.dir, data.corpus, data.splits, data.all_directions, engine, base.lid,
-                                  base.settings, run.shared, run.progress, base.added)
+                                  base.settings, run.shared, run.progress, base.added,
+                                  str(next(base.model.parameters()).dtype), run.group)
     run.shared.base_stage = None
     return scores
+
+
+def _picked_engine(run: TrialRun, base: LoadedBase) -> GenerationEngine:
+    """The base's engine of ``eval.engine``, of the kind the main process picked on every process."""
+    def opened(kind: str) -> GenerationEngine:
+        return _engine(kind, base.model, base.control, run.cfg.eval.compute_type, base.settings, True, base.probe)
+
+    if run.group.size == 1:
+        return opened(run.cfg.eval.engine)
+    if not run.main:
+        kind = run.group.broadcast(None)
+        if kind is None:
+            raise RuntimeError("the main process could not open a generation engine")
+        return opened(kind)
+    try:
+        engine = opened(run.cfg.eval.engine)
+    except BaseException:
+        run.group.broadcast(None)  # the others must not wait for a kind that will not come
+        raise
+    run.group.broadcast(engine.kind)
+    return engine
 
 
 def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict | None) -> Finetuned:
@@ -374,12 +400,14 @@ def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example]
     return examples, dev, dropped, facts
 
 
-def _evaluate(run: TrialRun, data: TrialData, base: LoadedBase, model: torch.nn.Module, desc: str) -> dict:
-    """Scores of ``model`` on every direction, with the engine the base was evaluated with."""
+def _evaluate(run: TrialRun, data: TrialData, base: LoadedBase, model: torch.nn.Module, desc: str,
+              group: EvalGroup = ALONE) -> dict | None:
+    """Scores of ``model`` on every direction, with the engine the base was evaluated with; the
+    processes of ``group`` share the translation, and the others than the main one get None."""
     with _engine(base.engine_kind, model, base.control, run.cfg.eval.compute_type, base.settings, False,
                  base.probe) as engine:
         return evaluate_directions(engine, data.splits.test, data.all_directions, base.lid, base.settings,
-                                   desc=desc, progress=run.progress)
+                                   desc=desc, progress=run.progress, group=group)
 
 
 def _representations(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finetuned,
@@ -414,7 +442,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         metric_signatures=signatures(data.languages, run.cfg.eval.metrics), device=str(base.device),
         gpu=torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None,
         engine=base.engine_name, engine_fallback_reason=base.engine_fallback,
-        processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
+        eval_processes=run.group.size, processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
         timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
         mitigations=mitigations, representations=analyses.get("representations"),
         forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
@@ -535,30 +563,45 @@ def _probe_sentence(test, directions: list[tuple[str, str]]) -> tuple[str, str, 
 
 
 def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings, shared,
-                     progress, added) -> dict:
-    """Scores of the base model on every direction, cached on disk under everything that decides them."""
-    key = fingerprint({
-        "base": _model_fingerprint(base_dir),
-        "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
-        "added_tokens": added,
-        "max_length": engine.control.max_length,  # the control cuts longer sources
-        "corpus": corpus.fingerprint(),
-        "test": [s.id for s in splits.test],
-        "directions": directions,
-        "settings": asdict(settings),
-        "format": 2,  # what an evaluation stores (sources, references, per-sentence flags)
-        "metrics": signatures(sorted({t for _, t in directions})),
-        "lid": type(lid).__name__,
-        "lid_train": len(splits.train),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    })
-    if key in shared.base_evals:
-        return shared.base_evals[key]
+                     progress, added, dtype: str, group: EvalGroup = ALONE) -> dict | None:
+    """Scores of the base model on every direction, cached on disk under everything that decides
+    them. The processes of ``group`` all call it: the main one looks the scores up and tells the
+    others whether they translate with it; it alone returns them."""
+    key = cached = None
+    if group.is_main:
+        key = fingerprint({
+            "base": _model_fingerprint(base_dir),
+            "dtype": dtype,  # model.dtype: the arithmetic of the translations
+            "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
+            "added_tokens": added,
+            "max_length": engine.control.max_length,  # the control cuts longer sources
+            "corpus": corpus.fingerprint(),
+            "test": [s.id for s in splits.test],
+            "directions": directions,
+            "settings": asdict(settings),
+            # What an evaluation stores (sources, references, per-sentence flags), and how it is
+            # batched (3: the engine's planned batches, whole, whatever the number of processes).
+            "format": 3,
+            "metrics": signatures(sorted({t for _, t in directions})),
+            "lid": type(lid).__name__,
+            "lid_train": len(splits.train),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        })
+        cached = shared.base_evals.get(key)
+        path = cache_root() / "base_evals" / key / "eval.json"
+        if cached is None and path.is_file():
+            cached = shared.base_evals[key] = json.loads(path.read_text(encoding="utf-8"))
+    if not group.broadcast(cached is None):
+        return cached
+    # Translated here rather than inside the cache's build, so that every process joins it
+    # whether or not the entry appears meanwhile.
+    result = evaluate_directions(engine, splits.test, directions, lid, settings, desc="evaluate base",
+                                 progress=progress, with_copy=True, group=group)
+    if not group.is_main:
+        return None
 
     def build(out: Path) -> None:
-        result = evaluate_directions(engine, splits.test, directions, lid, settings,
-                                     desc="evaluate base", progress=progress, with_copy=True)
         (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False))
 
     path = cached_dir("base_evals", key, build) / "eval.json"
