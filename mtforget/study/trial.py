@@ -360,21 +360,19 @@ def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eva
                       mitigations: list[Mitigation]) -> ForgettingProbe | None:
     """The sampled evaluation during training, when ``eval.during_training.every`` or a mitigation
     asks for it. It translates with Hugging Face generate: a converting engine would convert the
-    weights again at every check."""
+    weights again at every check. Under a launch, the main process draws the sample (it holds the
+    base's scores) and every process translates its share of each check."""
     sampled = run.cfg.eval.during_training
     if not sampled.every and not any(m.needs_forgetting_probe for m in mitigations):
         return None
-    if PartialState().num_processes > 1:
-        raise UsageError("eval.during_training: forgetting is sampled during training in a single process only "
-                         "(set eval.during_training.every: 0 and no finetune.forgetting_budget under a "
-                         "multi-process launch)")
-    sample = draw_sample(base_eval, data.directions, run.gate, sampled.directions, sampled.sentences, run.cfg.seed)
+    sample = run.group.broadcast(draw_sample(base_eval, data.directions, run.gate, sampled.directions,
+                                             sampled.sentences, run.cfg.seed) if run.main else None)
     dev_pairs = unseen_dev_pairs(data.splits.dev, sample, sampled.sentences)
 
     def engine(model: torch.nn.Module) -> GenerationEngine:
         return _engine("hf", model, base.control, run.cfg.eval.compute_type, base.settings, False, None)
 
-    return ForgettingProbe(sample, engine, base.control, dev_pairs)
+    return ForgettingProbe(sample, engine, base.control, dev_pairs, group=run.group)
 
 
 def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example], list[Example], int, dict | None]:
@@ -442,7 +440,8 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         metric_signatures=signatures(data.languages, run.cfg.eval.metrics), device=str(base.device),
         gpu=torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None,
         engine=base.engine_name, engine_fallback_reason=base.engine_fallback,
-        eval_processes=run.group.size, processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
+        eval_processes=run.group.size, processes=PartialState().num_processes, threads=torch.get_num_threads(),
+        pid=os.getpid(),
         timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
         mitigations=mitigations, representations=analyses.get("representations"),
         forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
