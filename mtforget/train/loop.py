@@ -197,11 +197,10 @@ def train(
     plan = plan_precision(model, settings.precision, settings.bf16)
     # Before a resumed run loads its checkpoint: the count is against the weights training started from.
     changes = WeightChanges(model)
-    dtypes = plan.apply(model)
     for callback in callbacks:
         callback.on_train_start(model)
     run = _start(model, control, examples, settings, desc, log_dir, checkpoint_dir, list(callbacks), plan)
-    run.changes, run.dtypes = changes, dtypes
+    run.changes = changes
     unwrapped = run.accelerator.unwrap_model(run.model)
     for callback in callbacks:
         callback.on_steps_start(unwrapped, run.state)
@@ -282,6 +281,7 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
     steps_per_epoch = math.ceil(len(examples) / step_size)
     translation_total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     total = schedule.total_steps(translation_total)
+    dtypes = plan.apply(model, uniform=accelerator.distributed_type == DistributedType.FSDP)
     optimizer = plan.optimizer(model.parameters(), settings.lr, settings.weight_decay)
     scheduler = get_scheduler(settings.schedule, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
@@ -308,7 +308,7 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
     first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
     zero = torch.zeros((), device=accelerator.device)
     run = _Run(accelerator, model, optimizer, scheduler, iter(loader), schedule, callbacks, settings, outcome,
-               progress, total, first_label, log_dir, plan, plan.scaler(accelerator.device),
+               progress, total, first_label, log_dir, plan, plan.scaler(accelerator.device), dtypes=dtypes,
                start=time.perf_counter() - progress["elapsed"],
                running=zero.clone(), tokens=torch.zeros((), dtype=torch.long, device=accelerator.device))
     run.state = TrainState(outcome, total, lambda: outcome.tokens + int(accelerator.reduce(run.tokens, "sum")))

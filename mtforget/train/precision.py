@@ -41,6 +41,12 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 CHANGE_SAMPLE = 65_536
 
 
+# Bytes each parameter holds between steps of full fine-tuning in each precision (weights,
+# gradients, AdamW's two moments, and Kahan's compensation), before activations; LoRA holds the
+# frozen weights as loaded (2 bytes in bfloat16) and these for its adapters only.
+STATE_BYTES = {"fp32": 4 + 4 + 8, "bf16": 2 + 2 + 4, "bf16-kahan": 2 + 2 + 4 + 2}
+
+
 def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
     """The dtype ``model.dtype`` names; ``auto`` is bfloat16 on a CUDA GPU that supports it
     (``device``, else whether CUDA is available), float32 elsewhere."""
@@ -79,11 +85,14 @@ class PrecisionPlan:
         with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             yield
 
-    def apply(self, model: torch.nn.Module) -> dict[str, torch.dtype]:
-        """Cast the trainable parameters to :attr:`weights`; returns each one's dtype before."""
+    def apply(self, model: torch.nn.Module, uniform: bool = False) -> dict[str, torch.dtype]:
+        """Cast the trainable parameters to :attr:`weights`, and with ``uniform`` the frozen ones
+        too (FSDP flattens a module's parameters into one tensor of one dtype; sharded, frozen
+        float32 weights cost 4 bytes per parameter over the number of processes). Returns each
+        cast parameter's dtype before."""
         before = {}
         for name, param in model.named_parameters():
-            if param.requires_grad and param.is_floating_point():
+            if (param.requires_grad or uniform) and param.is_floating_point():
                 before[name] = param.dtype
                 if param.dtype != self.weights:
                     param.data = param.data.to(self.weights)
