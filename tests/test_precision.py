@@ -109,3 +109,47 @@ def test_kahan_adamw_trains_to_the_loss_of_float32(setup):
     # and the weights as stored; the Kahan buffer keeps what each update's rounding dropped).
     assert kahan.train_loss == pytest.approx(fp32.train_loss, rel=0.02)
     assert kahan.weights_changed > pure.weights_changed
+
+
+def test_a_study_on_bf16_weights_records_dtype_precision_and_weights_changed(tmp_path):
+    import json
+
+    from mtforget.cli import main
+    from mtforget.study.config import parse_study
+    from mtforget.study.grid import expand
+    from tests.conftest import tiny_study
+    import yaml
+
+    raw = tiny_study(**{"finetune.precision": ["auto", "bf16"]})
+    raw["model"]["dtype"] = "bfloat16"
+    raw["finetune"].update(lr=1e-5, size=16, eval_every=100, patience=0)
+    raw["eval"]["representations"] = False
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    infos = {json.loads(p.read_text())["info"]["precision"]: json.loads(p.read_text())["info"]
+             for p in (tmp_path / "s" / "trials").glob("*/result.json")}
+    assert set(infos) == {"fp32", "bf16"}
+    assert all(info["dtype"] == "bfloat16" and info["eval_processes"] == 1 for info in infos.values())
+    assert infos["fp32"]["train"]["precision"] == "bf16 autocast" and infos["bf16"]["train"]["precision"] == "bf16"
+    assert infos["fp32"]["train"]["weights_changed"] > 2 * infos["bf16"]["train"]["weights_changed"]
+
+    # auto leaves a trial's id as it was before the keys existed; an explicit value is another trial.
+    plain = tiny_study(**{"finetune.size": [16]})
+    ids = [t.id for t in expand(parse_study(plain, "t"))]
+    assert [t.id for t in expand(parse_study({**plain, "model": {**plain["model"], "dtype": "auto"}}, "t"))] == ids
+    assert [t.id for t in expand(parse_study({**plain, "model": {**plain["model"], "dtype": "float32"}}, "t"))] != ids
+
+
+def test_a_bad_dtype_or_precision_names_the_key(tmp_path):
+    from mtforget.study.config import parse_study
+    from tests.conftest import tiny_study
+
+    raw = tiny_study()
+    raw["finetune"]["precision"] = "fp8"
+    with pytest.raises(UsageError, match=r"finetune\.precision"):
+        parse_study(raw, "t")
+    raw = tiny_study()
+    raw["model"]["dtype"] = "half"
+    with pytest.raises(UsageError, match=r"model\.dtype"):
+        parse_study(raw, "t")
