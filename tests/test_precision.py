@@ -111,6 +111,25 @@ def test_kahan_adamw_trains_to_the_loss_of_float32(setup):
     assert kahan.weights_changed > pure.weights_changed
 
 
+def test_kahan_bf16_weights_follow_float32_master_weights_where_pure_bf16_stalls(setup):
+    pytest.importorskip("optimi")
+    tokenizer, _ = setup
+
+    def flat(model):
+        return torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+
+    start = flat(_model(tokenizer, torch.bfloat16))
+    master = flat(_run(setup, torch.bfloat16, "auto")[0])  # float32 master weights, cast back to bf16
+    moved = master != start
+    assert moved.float().mean() > 0.1
+    kahan = flat(_run(setup, torch.bfloat16, "bf16-kahan")[0])
+    pure = flat(_run(setup, torch.bfloat16, "bf16")[0])
+    # At lr 1e-5, of the entries that master weights moved, Kahan summation lands on the same bf16
+    # value nearly everywhere; in-place bf16 updates leave most of them where they started.
+    assert (kahan[moved] == master[moved]).float().mean() > 0.9
+    assert (pure[moved] == master[moved]).float().mean() < 0.5
+
+
 def test_a_study_on_bf16_weights_records_dtype_precision_and_weights_changed(tmp_path):
     import json
 
