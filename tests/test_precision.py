@@ -1,6 +1,8 @@
 """The precision of fine-tuning: float32 master weights by default whatever the load dtype, pure
 bfloat16 only when asked (and recorded), Kahan-summed AdamW, and the weights-changed count."""
 
+import math
+
 import pytest
 import torch
 
@@ -172,3 +174,10 @@ def test_a_bad_dtype_or_precision_names_the_key(tmp_path):
     raw["model"]["dtype"] = "half"
     with pytest.raises(UsageError, match=r"model\.dtype"):
         parse_study(raw, "t")
+
+
+def test_fp16_loaded_weights_train_as_float32_master_weights_with_a_loss_scaler(setup):
+    model, outcome = _run(setup, torch.float16, "auto", lr=1e-5)
+    assert outcome.precision_mode == "fp32" and outcome.precision == "fp16 autocast"
+    assert all(p.dtype == torch.float16 for p in model.parameters())
+    assert math.isfinite(outcome.train_loss) and outcome.weights_changed > 0.5
