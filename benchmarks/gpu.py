@@ -345,13 +345,15 @@ class World:
 
 
 def setup(args) -> World:
+    """The world of ``args``: the same in the main process and in each launched worker (seeded)."""
     world = SyntheticWorld(seed=0, n_languages=args.languages)
     corpus = corpus_from_records(world.corpus(args.per_direction * 3 + 400, seed=0), "synthetic")
     languages = list(corpus.languages)
     directions = [(s, t) for s in languages for t in languages if s != t]
     jobs = [([e.src for e in direction_examples(corpus.segments, s, t)[: args.per_direction]], s, t)
             for s, t in directions]
-    examples = sample_all_directions(corpus.segments, languages, (args.train_steps + WARMUP_STEPS) * args.train_batch, 0)
+    examples = sample_all_directions(corpus.segments, languages,
+                                     (args.train_steps + WARMUP_STEPS) * args.train_batch, 0)
     return World(args, languages, {lang.code: lang.name for lang in world.languages},
                  [t for s in corpus.segments for t in s.translation.values()], jobs, examples)
 

@@ -41,9 +41,9 @@ from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe,
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
-from mtforget.evaluate.sharding import ALONE, EvalGroup, launch_group
 from mtforget.evaluate.metrics import all_metrics, signatures
 from mtforget.evaluate.representations import layerwise_retrieval
+from mtforget.evaluate.sharding import ALONE, EvalGroup, launch_group
 from mtforget.memory import release_memory
 from mtforget.mitigations import MITIGATIONS, active_mitigations
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
