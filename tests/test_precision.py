@@ -11,7 +11,8 @@ from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.errors import UsageError
 from mtforget.models.language import LanguageTokens
 from mtforget.train.loop import TrainSettings, train
-from mtforget.train.precision import WeightChanges, plan_precision, resolve_dtype
+from mtforget.models.dtypes import resolve_dtype
+from mtforget.train.precision import WeightChanges, plan_precision
 from tests.conftest import tiny_world
 
 SPEC = TinySpec(d_model=32, layers=1, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)

@@ -14,9 +14,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from mtforget.errors import UsageError
 from mtforget.hub import require_hub
 from mtforget.models.control import Control
+from mtforget.models.dtypes import resolve_dtype
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
-from mtforget.train.precision import resolve_dtype
 
 
 def default_device() -> torch.device:
@@ -30,7 +30,7 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
 
     Weights load from safetensors only (``use_safetensors=True``): a pickle checkpoint is refused,
     since unpickling runs arbitrary code. ``dtype`` is ``model.dtype``: ``auto`` is bfloat16 on a
-    GPU that supports it, float32 otherwise (see :func:`mtforget.train.precision.resolve_dtype`);
+    GPU that supports it, float32 otherwise (see :func:`mtforget.models.dtypes.resolve_dtype`);
     the model stays on the CPU and callers move it.
     """
     where = str(path)

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from mtforget.errors import UsageError
+from mtforget.models.dtypes import DTYPE_NAMES
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-kahan")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # Entries of a tensor compared one by one for the weights-changed count; a larger tensor is
 # compared on an evenly strided sample of this many entries (its standard error stays under 0.2%).
 CHANGE_SAMPLE = 65_536
@@ -45,15 +44,6 @@ CHANGE_SAMPLE = 65_536
 # gradients, AdamW's two moments, and Kahan's compensation), before activations; LoRA holds the
 # frozen weights as loaded (2 bytes in bfloat16) and these for its adapters only.
 STATE_BYTES = {"fp32": 4 + 4 + 8, "bf16": 2 + 2 + 4, "bf16-kahan": 2 + 2 + 4 + 2}
-
-
-def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
-    """The dtype ``model.dtype`` names; ``auto`` is bfloat16 on a CUDA GPU that supports it
-    (``device``, else whether CUDA is available), float32 elsewhere."""
-    if name != "auto":
-        return DTYPES[name]
-    cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
-    return torch.bfloat16 if cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
 @dataclass(frozen=True)
