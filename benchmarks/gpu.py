@@ -25,6 +25,14 @@ tokens, no padding). Peak memory: the most the device held during that row (CUDA
 ``max_memory_allocated``), or on a CPU the process's peak resident memory so far (it only grows,
 so on a CPU it reads as "by the end of this row").
 
+Precision rows fine-tune the first shape loaded in bfloat16 (as on a GPU, also on a CPU) in each
+``finetune.precision`` at lr 1e-5: tokens/s, peak memory, the ratio to float32 master weights,
+and (note) the share of weights the timed steps changed. Process rows evaluate that shape with
+Hugging Face ``generate`` through the evaluation's sharing (mtforget.evaluate.sharding) in this
+process and under ``accelerate launch`` with ``--processes`` processes (on a CPU each gets an
+equal share of ``--threads``): sentences/s, the ratio to one process, and the share of outputs
+identical to one process's (100 by construction).
+
 Models run as a study loads them: bfloat16 on a GPU that supports it, else float32. Not a test:
 numbers vary by machine and by what else runs on it.
 """
@@ -33,11 +41,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
+import json
 import os
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
@@ -50,6 +65,7 @@ from mtforget.errors import UsageError
 from mtforget.evaluate.engines.base import make_engine
 from mtforget.evaluate.engines.hf import batch_limits
 from mtforget.evaluate.generate import Job
+from mtforget.evaluate.sharding import ALONE, launch_group, translate_shared
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
@@ -211,6 +227,137 @@ def training_rows(label: str, model, control, examples, steps: int, batch_size: 
     return rows
 
 
+def precision_rows(label: str, make_model: Callable, control, examples, steps: int, batch_size: int,
+                   device: torch.device) -> list[Row]:
+    """Full fine-tuning of a model loaded in bfloat16, in each finetune.precision at lr 1e-5."""
+    rows, base = [], None
+    settings = TrainSettings(lr=1e-5, batch_size=batch_size, max_steps=steps, warmup_ratio=0.0, schedule="constant",
+                             seed=0, log_every=10**9)
+    for precision, method in (("fp32", "fp32 master weights, bf16 autocast"),
+                              ("bf16-kahan", "bf16 + Kahan AdamW (torch-optimi)"), ("bf16", "pure bf16")):
+        if precision == "bf16-kahan" and importlib.util.find_spec("optimi") is None:
+            rows.append(Row(label, "precision", method, None, "tok/s", note="torch-optimi is not installed"))
+            continue
+        model = make_model(torch.bfloat16)
+        reset_peak(device)
+        train(model, control, examples, replace(settings, max_steps=WARMUP_STEPS, precision=precision),
+              progress=False)
+        outcome = train(model, control, examples, replace(settings, precision=precision), progress=False)
+        rate = outcome.tokens / outcome.seconds
+        base = base or rate
+        rows.append(Row(label, "precision", method, rate, "tok/s", rate / base, None, peak_mb(device),
+                        f"weights changed {100 * outcome.weights_changed:.1f}% in {steps} steps"))
+        del model
+    return rows
+
+
+def process_rows(label: str, model, control, jobs: list[Job], args, device: torch.device) -> list[Row]:
+    """Evaluation shared by 1 and ``args.processes`` processes (HF generate, fixed output length)."""
+    with make_engine("hf", model, control, args.max_new_tokens, min_new_tokens=args.max_new_tokens) as engine:
+        translate_shared(engine, jobs[:2], ALONE)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        one = [h for hyps in translate_shared(engine, jobs, ALONE) for h in hyps]
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    sentences = len(one)
+    rows = [Row(label, "processes", "HF, shared by 1 process (baseline)", sentences / seconds, "sent/s",
+                1.0, 100.0, peak_mb(device))]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "shared.json"
+        command = [accelerate, "launch", "--multi_gpu", "--num_processes", str(args.processes), "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", __file__, "--eval-worker", str(out),
+                   *args.forwarded]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // args.processes))}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            rows.append(Row(label, "processes", f"HF, shared by {args.processes} processes", None, "sent/s",
+                            note=done.stderr.strip().splitlines()[-1][:80] if done.stderr.strip() else "failed"))
+            return rows
+        shared = json.loads(out.read_text())
+    same = 100 * sum(a == b for a, b in zip(shared["outputs"], one)) / sentences
+    rate = sentences / shared["seconds"]
+    rows.append(Row(label, "processes", f"HF, shared by {args.processes} processes", rate, "sent/s",
+                    rate / rows[0].rate, same, shared["peak_mb"], f"{shared['threads']} threads each"))
+    return rows
+
+
+def eval_worker(args, out: Path) -> None:
+    """One process of the launched evaluation: the first shape, evaluated through the sharing."""
+    group = launch_group()
+    if group.size > 1:
+        from accelerate import PartialState
+
+        device = PartialState().device
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(max(1, args.threads // max(1, group.size)))
+    world = setup(args)
+    model, control, _ = world.shape(PLANS[0][0], device, world.dtype(device))
+    with make_engine("hf", model, control, args.max_new_tokens, min_new_tokens=args.max_new_tokens) as engine:
+        translate_shared(engine, world.jobs[:2], group)
+        synchronize(device)
+        start = time.perf_counter()
+        outputs = [h for hyps in translate_shared(engine, world.jobs, group) for h in hyps]
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    if group.is_main:
+        out.write_text(json.dumps({"seconds": seconds, "outputs": outputs, "peak_mb": peak_mb(device),
+                                   "threads": torch.get_num_threads()}))
+
+
+PLANS = [("qwen2.5-0.5b", ("per-direction", "ctranslate2"), ("full", "lora")),
+         ("nllb-600m", ("per-direction", "ctranslate2"), ("full", "lora"))]
+
+
+@dataclass
+class World:
+    """The synthetic corpus, its evaluation jobs and fine-tuning examples, and the shapes to build."""
+
+    args: argparse.Namespace
+    languages: list[str]
+    names: dict[str, str]
+    texts: list[str]
+    jobs: list[Job]
+    examples: list
+
+    @staticmethod
+    def dtype(device: torch.device) -> torch.dtype:
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+    def shape(self, key: str, device: torch.device, dtype: torch.dtype):
+        """The model of ``key`` (random, seeded), its control and a builder for more copies."""
+        shape = (SMALL if self.args.scale == "small" else REAL)[key]
+        if shape.kind == "decoder":
+            instruction = ["Translate the following sentence from English to Wenufi. system user assistant"]
+            tokenizer = train_tokenizer(self.texts + instruction * 5, [], self.args.vocab, CHAT_MARKERS)
+            tokenizer.chat_template = CHAT_TEMPLATE
+            control = InstructionControl(tokenizer, names=self.names)
+        else:
+            tokenizer = train_tokenizer(self.texts, self.languages, self.args.vocab)
+            control = LanguageTokens.for_tokenizer(tokenizer)
+
+        def make(in_dtype: torch.dtype):
+            return build(shape, tokenizer, device, in_dtype)
+
+        return make(dtype), control, make
+
+
+def setup(args) -> World:
+    """The world of ``args``: the same in the main process and in each launched worker (seeded)."""
+    world = SyntheticWorld(seed=0, n_languages=args.languages)
+    corpus = corpus_from_records(world.corpus(args.per_direction * 3 + 400, seed=0), "synthetic")
+    languages = list(corpus.languages)
+    directions = [(s, t) for s in languages for t in languages if s != t]
+    jobs = [([e.src for e in direction_examples(corpus.segments, s, t)[: args.per_direction]], s, t)
+            for s, t in directions]
+    examples = sample_all_directions(corpus.segments, languages,
+                                     (args.train_steps + WARMUP_STEPS) * args.train_batch, 0)
+    return World(args, languages, {lang.code: lang.name for lang in world.languages},
+                 [t for s in corpus.segments for t in s.translation.values()], jobs, examples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=("real", "small"), default="real",
@@ -224,7 +371,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4000, help="tokenizer vocabulary")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="CPU threads of every method (CTranslate2 takes torch's count)")
+    parser.add_argument("--processes", type=int, default=max(1, torch.cuda.device_count()) if torch.cuda.is_available()
+                        else 2, help="processes of the shared-evaluation row (default: the GPUs, or 2 on a CPU)")
+    parser.add_argument("--eval-worker", type=Path, help=argparse.SUPPRESS)  # a process of that row
     args = parser.parse_args()
+    # What a launched worker needs to rebuild the same world and model.
+    args.forwarded = [a for a in sys.argv[1:] if a != "--eval-worker"]
     torch.set_num_threads(args.threads)
     small = args.scale == "small"
     defaults = {"languages": 5 if small else 10, "per_direction": 8 if small else 50,
@@ -238,46 +390,36 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
+    if args.eval_worker:
+        eval_worker(args, args.eval_worker)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    world = SyntheticWorld(seed=0, n_languages=args.languages)
-    corpus = corpus_from_records(world.corpus(args.per_direction * 3 + 400, seed=0), "synthetic")
-    languages = list(corpus.languages)
-    names = {lang.code: lang.name for lang in world.languages}
-    texts = [t for s in corpus.segments for t in s.translation.values()]
-    directions = [(s, t) for s in languages for t in languages if s != t]
-    jobs = [([e.src for e in direction_examples(corpus.segments, s, t)[: args.per_direction]], s, t)
-            for s, t in directions]
-    examples = sample_all_directions(corpus.segments, languages, (args.train_steps + WARMUP_STEPS) * args.train_batch, 0)
-    shapes = SMALL if small else REAL
-    instruction = ["Translate the following sentence from English to Wenufi. system user assistant"]
+    dtype = World.dtype(device)
+    world = setup(args)
+    jobs, examples = world.jobs, world.examples
 
     load_before = os.getloadavg()
     rows: list[Row] = []
-    plans = [("qwen2.5-0.5b", ("per-direction", "ctranslate2"), ("full", "lora")),
-             ("nllb-600m", ("per-direction", "ctranslate2"), ("full", "lora"))]
+    plans = list(PLANS)
     if args.with_7b:
         plans.append(("qwen2.5-7b", (), ("lora",)))
     for key, modes, methods in plans:
-        shape = shapes[key]
-        if shape.kind == "decoder":
-            tokenizer = train_tokenizer(texts + instruction * 5, [], args.vocab, CHAT_MARKERS)
-            tokenizer.chat_template = CHAT_TEMPLATE
-            model = build(shape, tokenizer, device, dtype)
-            control = InstructionControl(tokenizer, names=names)
-        else:
-            tokenizer = train_tokenizer(texts, languages, args.vocab)
-            model = build(shape, tokenizer, device, dtype)
-            control = LanguageTokens.for_tokenizer(tokenizer)
+        model, control, make = world.shape(key, device, dtype)
+        shape = (SMALL if small else REAL)[key]
         params = sum(p.numel() for p in model.parameters()) / 1e6
         label = f"{shape.name} ({params:.0f}M)"
         limits = batch_limits(model, args.max_new_tokens)
-        print(f"{label}: vocabulary {len(tokenizer)}, HF batches of at most {limits.max_sentences} sentences and "
-              f"{limits.max_tokens} positions (+{limits.reserve_per_row} a row)", flush=True)
+        print(f"{label}: vocabulary {len(control.tokenizer)}, HF batches of at most {limits.max_sentences} sentences "
+              f"and {limits.max_tokens} positions (+{limits.reserve_per_row} a row)", flush=True)
         rows += evaluation_rows(label, model, control, jobs, args.max_new_tokens, device, modes)
+        if key == plans[0][0]:
+            rows += process_rows(label, model, control, jobs, args, device)
         rows += training_rows(label, model, control, examples, args.train_steps, args.train_batch, device, methods)
         del model
         reset_peak(device)
+        if key == plans[0][0]:
+            rows += precision_rows(label, make, control, examples, args.train_steps, args.train_batch, device)
+            reset_peak(device)
 
     load_after = os.getloadavg()
     sentences = sum(len(t) for t, _, _ in jobs)
@@ -298,7 +440,7 @@ def main() -> None:
         peak = f"{r.peak_mb:8.0f}" if r.peak_mb is not None else f"{'-':>8}"
         print(f"{r.model:<34} {r.work:<11} {r.method:<38} {rate} {r.unit:<6} {ratio} {same} {peak}  {r.note}")
     print(f"\nx base: against the first row of the same model and work (evaluation: HF per direction; "
-          f"fine-tuning: full). Peak MB: {'CUDA max_memory_allocated during the row' if device.type == 'cuda' else 'process peak RSS so far (it only grows)'}.")
+          f"processes: one process; fine-tuning: full; precision: fp32 master weights). Peak MB: {'CUDA max_memory_allocated during the row' if device.type == 'cuda' else 'process peak RSS so far (it only grows)'}.")
 
 
 if __name__ == "__main__":

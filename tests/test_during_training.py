@@ -199,16 +199,3 @@ def test_the_held_out_size_leaves_every_seed_of_it_out_of_the_fit():
     small = next(h for h in held if h["model"] == "small")
     # Both seeds at 5,000 are off the trend by +5: left out together, the fit predicts the trend.
     assert small["trials"] == 2 and small["error"] == pytest.approx(-5.0)
-
-
-def test_sampling_under_a_multi_process_launch_is_exit_2_naming_the_key(tmp_path, capsys, monkeypatch):
-    import mtforget.study.trial as trial_module
-
-    class TwoProcesses:  # what accelerate reports to each process of a two-process launch
-        is_main_process = True
-        num_processes = 2
-
-    monkeypatch.setattr(trial_module, "PartialState", TwoProcesses)
-    code, _ = _run(tmp_path, _forgetting_study(**{"finetune.size": [16]}))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: eval.during_training:")

@@ -29,7 +29,8 @@ from tests.test_families import CHATML
 
 PAPER = Path(__file__).resolve().parents[1] / "examples" / "paper"
 ACCELERATE = PAPER / "accelerate_multi_gpu.yaml"
-RECIPES = sorted(p for p in PAPER.glob("*.yaml") if p != ACCELERATE)
+FSDP = PAPER / "accelerate_fsdp.yaml"
+RECIPES = sorted(p for p in PAPER.glob("*.yaml") if not p.name.startswith("accelerate_"))
 
 # The paper's languages under their FLORES-200 file names; fine-tuned on the first five with English.
 FLORES = {"en": "eng_Latn", "cs": "ces_Latn", "de": "deu_Latn", "is": "isl_Latn", "ru": "rus_Cyrl",
@@ -131,6 +132,45 @@ def test_accelerate_config_is_multi_gpu_ddp_in_bf16():
     config = load_config_from_file(str(ACCELERATE))
     assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "bf16"
     assert config.num_processes == 8 and config.num_machines == 1 and not config.use_cpu
+
+
+def test_fsdp_config_shards_fully_in_bf16():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(FSDP))
+    assert config.distributed_type == "FSDP" and config.mixed_precision == "bf16" and config.num_processes == 8
+    assert config.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and config.fsdp_config["fsdp_use_orig_params"]
+
+
+# Parameters of each recipe's hub model (from its model card), for the memory check below.
+PARAMETERS = {"facebook/nllb-200-distilled-600M": 0.62e9, "facebook/m2m100_418M": 0.48e9,
+              "Qwen/Qwen2.5-0.5B": 0.49e9, "Qwen/Qwen2.5-0.5B-Instruct": 0.49e9,
+              "Qwen/Qwen2.5-7B-Instruct": 7.62e9, "meta-llama/Meta-Llama-3-8B-Instruct": 8.03e9}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_each_recipe_is_launched_where_its_training_state_fits_an_80_gb_gpu(recipe):
+    """The command in a recipe's header runs it on one GPU, under DDP or under FSDP; the state of
+    its precision (README's memory table) must leave room for activations on an 80 GB GPU."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from mtforget.train.precision import STATE_BYTES
+
+    header = recipe.read_text(encoding="utf-8")
+    launch = next((PAPER / line.split("examples/paper/")[1].split()[0]
+                   for line in header.splitlines() if "--config_file" in line), None)
+    config = load_config_from_file(str(launch)) if launch else None
+    shards = config.num_processes if config and config.distributed_type == "FSDP" else 1
+    study = load_study(recipe)
+    for trial in grid_combinations(study.grid) or [{}]:
+        method = trial.get("finetune.method", study.finetune.method)
+        params = PARAMETERS[trial.get("model.path", study.model.path)]
+        precision = "fp32" if study.finetune.precision == "auto" else study.finetune.precision
+        # LoRA: frozen weights in bfloat16 (float32 when FSDP shards them); full: the precision's state.
+        per_param = (4 if shards > 1 else 2) if method == "lora" else STATE_BYTES[precision]
+        if shards == 1 and config is not None and method == "full":
+            per_param += 4 if precision == "fp32" else 2  # DDP's gradient buckets: one more copy
+        assert params * per_param / shards < 64 * 2**30, (recipe.name, method)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,10 +106,13 @@ def test_two_process_training_under_accelerate_launch_matches_one_process(tmp_pa
     raw = yaml.safe_load(study_path.read_text())
     raw["grid"] = {"finetune.size": [64]}
     raw["finetune"]["batch_size"] = 16
+    raw["eval"]["during_training"] = {"every": 2, "directions": 1, "sentences": 3}
     study_path.write_text(yaml.safe_dump(raw))
 
     single = tmp_path / "single"
     assert run_study(parse_study(raw, "t"), single, progress=False) == 0
+    # The launch finds the base built, and translates the base evaluation again, on both processes.
+    shutil.rmtree(Path(os.environ["MTFORGET_CACHE"]) / "base_evals")
     multi = tmp_path / "multi"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --multi_gpu selects the torchrun launcher; on a machine without CUDA the processes join over gloo.
@@ -124,6 +127,16 @@ def test_two_process_training_under_accelerate_launch_matches_one_process(tmp_pa
     info = [json.loads(p.read_text())["info"] for p in (multi / "trials").glob("*/result.json")]
     ref = [json.loads(p.read_text())["info"] for p in (single / "trials").glob("*/result.json")]
     assert info[0]["processes"] == 2 and ref[0]["processes"] == 1
+    assert info[0]["eval_processes"] == 2 and ref[0]["eval_processes"] == 1
+    # Forgetting sampled while training, the checks shared by both processes: the same points.
+    assert [p["step"] for p in info[0]["forgetting_curve"]] == [p["step"] for p in ref[0]["forgetting_curve"]]
+    def reference(result):  # the sample's scores on the base (step 0)
+        return next(h["forgetting_reference"] for h in result["train"]["history"] if "forgetting_reference" in h)
+
+    assert reference(info[0]) == reference(ref[0])  # the base's sampled scores, exactly
+    # Each process translated whole batches of one plan: the base's scores are those of one process.
+    base = {(r["src"], r["tgt"], r["metric"]): r["base"] for r in _rows(multi)}
+    assert base == {(r["src"], r["tgt"], r["metric"]): r["base"] for r in _rows(single)}
     assert info[0]["train"]["steps"] == ref[0]["train"]["steps"]  # global batches split, not multiplied
     # Stated tolerance: gradients are averaged over processes whose halves of a batch hold different
     # token counts, so losses agree closely but not bit for bit.

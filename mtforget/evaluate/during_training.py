@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from mtforget.data.categories import CATEGORIES, UNSEEN, categorize
 from mtforget.data.splits import Example, direction_examples
 from mtforget.evaluate.metrics import Outputs, corpus_score, get_metric
+from mtforget.evaluate.sharding import ALONE, EvalGroup, translate_shared
 from mtforget.train.callbacks import TrainCallback, TrainState
 from mtforget.train.loop import mean_token_loss
 
@@ -79,14 +80,16 @@ class ForgettingProbe:
 
     ``make_engine(model)`` gives a generation engine for the model's current weights (a context
     manager); a check at a step already measured returns the stored result, so callbacks that
-    check at the same step share one translation.
+    check at the same step share one translation. Under a launch every process of ``group``
+    translates its share of a check and scores all of it, so all of them see the same changes
+    (and a budget stops them at the same step).
     """
 
     def __init__(self, sample: list[SampledDirection], make_engine, control: Control, dev_pairs: list[Example],
-                 metric: str = "chrf") -> None:
+                 metric: str = "chrf", group: EvalGroup = ALONE) -> None:
         if not sample:
             raise ValueError("no direction to sample forgetting on")
-        self.sample, self.make_engine = sample, make_engine
+        self.sample, self.make_engine, self.group = sample, make_engine, group
         self.dev_batches = [control.batch(dev_pairs[i : i + 32]) for i in range(0, len(dev_pairs), 32)]
         self.metric = get_metric(metric)
         self.reference: dict[str, float] | None = None
@@ -118,7 +121,8 @@ class ForgettingProbe:
         try:
             with self.make_engine(model) as engine:
                 engine: GenerationEngine
-                outputs = engine.translate_many([(list(d.sources), d.src, d.tgt) for d in self.sample])
+                outputs = translate_shared(engine, [(list(d.sources), d.src, d.tgt) for d in self.sample],
+                                           self.group)
         finally:
             model.train(was_training)
         per_category: dict[str, list[float]] = defaultdict(list)

@@ -14,6 +14,7 @@ from mtforget.data.splits import direction_examples
 from mtforget.evaluate.bootstrap import interval, paired_bootstrap
 from mtforget.evaluate.engines.base import GenerationEngine
 from mtforget.evaluate.metrics import Judges, Metric, Outputs, active, all_metrics, corpus_score
+from mtforget.evaluate.sharding import ALONE, EvalGroup, translate_shared
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,14 @@ def evaluate_directions(
     desc: str = "evaluate",
     progress: bool = True,
     with_copy: bool = False,
-) -> dict[str, dict]:
+    group: EvalGroup = ALONE,
+) -> dict[str, dict] | None:
     """Translate the test split in every direction with ``engine`` and score it (``lid``: a
     language identifier).
+
+    The processes of ``group`` (all of them call this, each with its own engine) share the
+    translation (:func:`~mtforget.evaluate.sharding.translate_shared`, the same outputs as one
+    process); the main one scores and returns, the others return None.
 
     Returns ``{"src-tgt": record}``; a record holds the corpus score of every metric in
     ``settings.metrics`` under its name, ``n``, the ``hypotheses``, ``ids``, ``sources`` and
@@ -62,9 +68,11 @@ def evaluate_directions(
     # Every direction in one call: the engine sorts all sentences by length together and fills
     # its batches from all directions, however few sentences each one has.
     with tqdm(total=sum(len(examples) for *_, examples in jobs), desc=desc, unit="sent", leave=False,
-              disable=not progress) as bar:
-        outputs = engine.translate_many([([e.src for e in examples], src, tgt) for src, tgt, examples in jobs],
-                                        progress=bar.update)
+              disable=not progress or not group.is_main) as bar:
+        outputs = translate_shared(engine, [([e.src for e in examples], src, tgt) for src, tgt, examples in jobs],
+                                   group, progress=lambda n: bar.update(n * group.size))
+    if not group.is_main:
+        return None
     for (src, tgt, examples), hyps in zip(jobs, outputs):
         results[f"{src}-{tgt}"] = _record(hyps, examples)
     _score([(key.split("-")[1], record) for key, record in results.items()], active(settings.metrics),

@@ -7,6 +7,25 @@ from collections.abc import Callable
 from mtforget.models.control import Control
 
 Job = tuple[list[str], str, str]  # (texts, src_lang, tgt_lang)
+Row = tuple[str, str, str]  # (text, src_lang, tgt_lang): one sentence to translate
+
+
+def job_rows(jobs: list[Job]) -> list[Row]:
+    """The rows of ``jobs``, job after job, each in its input order."""
+    return [(text, src, tgt) for texts, src, tgt in jobs for text in texts]
+
+
+def row_lengths(control: Control, rows: list[Row]) -> list[int]:
+    """Each row's model input length in tokens (a run of rows in one direction encoded at once)."""
+    lengths: list[int] = []
+    start = 0
+    while start < len(rows):
+        end = start
+        while end < len(rows) and rows[end][1:] == rows[start][1:]:
+            end += 1
+        lengths += [len(ids) for ids in control.model_inputs([r[0] for r in rows[start:end]], *rows[start][1:])]
+        start = end
+    return lengths
 
 
 def length_batches(lengths: list[int], max_sentences: int, max_tokens: int | None = None,

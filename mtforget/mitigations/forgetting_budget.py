@@ -101,8 +101,7 @@ class ForgettingBudget(Mitigation):
     def prepare(self, context: TrialContext) -> None:
         probe = context.forgetting_probe
         if probe is None:
-            raise UsageError("finetune.forgetting_budget: needs the sampled evaluation during training, which runs "
-                             "in a single process (not under a multi-process launch)")
+            raise UsageError("finetune.forgetting_budget: needs the sampled evaluation during training")
         watched = [self.settings.category] if self.settings.category else [c for c in UNSEEN if c in probe.categories]
         missing = [c for c in watched if c not in probe.categories]
         if not watched or missing:

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from mtforget.errors import UsageError
 from mtforget.hub import require_hub
 from mtforget.models.control import Control
+from mtforget.models.dtypes import resolve_dtype
 from mtforget.models.instruction import InstructionControl
 from mtforget.models.language import LanguageTokens
 
@@ -23,12 +24,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(path: str | Path, trust_remote_code: bool = False, gradient_checkpointing: bool = False):
+def load_model(path: str | Path, trust_remote_code: bool = False, gradient_checkpointing: bool = False,
+               dtype: str = "auto"):
     """Load an encoder-decoder or decoder-only model and its tokenizer, by local path or hub id.
 
     Weights load from safetensors only (``use_safetensors=True``): a pickle checkpoint is refused,
-    since unpickling runs arbitrary code. The dtype is bfloat16 on a GPU that supports it, float32
-    otherwise; the model stays on the CPU and callers move it.
+    since unpickling runs arbitrary code. ``dtype`` is ``model.dtype``: ``auto`` is bfloat16 on a
+    GPU that supports it, float32 otherwise (see :func:`mtforget.models.dtypes.resolve_dtype`);
+    the model stays on the CPU and callers move it.
     """
     where = str(path)
     local = Path(where)
@@ -46,9 +49,9 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
     except (OSError, ValueError) as exc:
         raise UsageError(f"model.path: cannot load a model config from {where!r} ({_first_line(exc)})") from None
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     try:
-        model = auto.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype)
+        model = auto.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code,
+                                     dtype=resolve_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, SafetensorError) as exc:  # a damaged weight file is the user's to fix too
         raise UsageError(f"model.path: cannot load {where!r} as a translation model ({_first_line(exc)})") from None

@@ -43,6 +43,8 @@ class ModelConfig(_Strict):
     path: str | None = None
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # trade compute for memory on large models
+    # The dtype the weights load in: auto = bfloat16 on a GPU that supports it, float32 elsewhere.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     seed: int = Field(0, ge=0)  # initialisation and pre-training order of a tiny base
     pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
     # Start from the base shipped in the package when its manifest matches this corpus and recipe
@@ -138,6 +140,10 @@ class _FinetuneCore(_Strict):
     patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
     dev_size: int = Field(200, ge=1)  # dev examples of the fine-tuning directions
     checkpoint_every: int = Field(100, ge=0)  # steps between resumable checkpoints; 0 = none
+    # How the trainable weights and AdamW's states are kept (mtforget.train.precision): auto =
+    # fp32 (float32 master weights, autocast in the load dtype), bf16 (pure bfloat16, updates
+    # round away), bf16-kahan (bfloat16 with Kahan-summed AdamW; the lowmem extra).
+    precision: Literal["auto", "fp32", "bf16", "bf16-kahan"] = "auto"
 
     @field_validator("directions")
     @classmethod

@@ -78,6 +78,7 @@ def expand(study: StudyConfig) -> list[Trial]:
             # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
             identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
         _identify_contents(identity, config, contents)
+        _leave_out_automatic_precision(identity)
         _leave_out_mitigations_that_are_off(identity, config)
         trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
         trials.setdefault(trial_id, Trial(trial_id, config, chosen))
@@ -96,6 +97,15 @@ def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, 
                 contents[path] = content_fingerprint(path)
             if contents[path]:
                 block["path"] = {"contents": contents[path]}
+
+
+def _leave_out_automatic_precision(identity: dict) -> None:
+    """``model.dtype`` and ``finetune.precision`` at ``auto`` are the behaviour trials had before
+    the keys existed, so they stay out of the identity and those trials keep their ids; a value
+    set explicitly enters it."""
+    for section, key in (("model", "dtype"), ("finetune", "precision")):
+        if identity[section].get(key) == "auto":
+            identity[section].pop(key)
 
 
 def _leave_out_mitigations_that_are_off(identity: dict, config: StudyConfig) -> None:

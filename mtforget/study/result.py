@@ -24,7 +24,7 @@ class TrialResult:
     languages: list[str]
     added_language_tokens: list[str]
     train: dict  # the fine-tuning run's TrainOutcome
-    precision: str
+    precision: str  # finetune.precision as it ran: fp32 (master weights), bf16 or bf16-kahan
     grad_accumulation: int
     effective_batch_size: int
     max_length: int
@@ -50,6 +50,8 @@ class TrialResult:
     # from step 0, and the proxy loss on unseen dev pairs with its correlation to that change.
     forgetting_curve: list[dict] | None = None
     forgetting_proxy: dict | None = None
+    dtype: str | None = None  # model.dtype as resolved: the weights' dtype when loaded and evaluated
+    eval_processes: int | None = None  # processes that translated the fine-tuned evaluation
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""

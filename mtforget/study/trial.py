@@ -28,7 +28,7 @@ from accelerate import PartialState
 import mtforget
 from mtforget.atomic import atomic_path
 from mtforget.bases.tiny import tiny_base
-from mtforget.cache import cached_dir, content_fingerprint, fingerprint, write_json_atomic
+from mtforget.cache import cache_root, cached_dir, content_fingerprint, fingerprint, write_json_atomic
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
@@ -44,6 +44,7 @@ from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_direct
 from mtforget.evaluate.lid import make_identifier
 from mtforget.evaluate.metrics import all_metrics, signatures
 from mtforget.evaluate.representations import layerwise_retrieval
+from mtforget.evaluate.sharding import ALONE, EvalGroup, launch_group
 from mtforget.memory import release_memory
 from mtforget.mitigations import MITIGATIONS, active_mitigations
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
@@ -133,9 +134,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
               progress: bool = True) -> tuple[list[dict], TrialResult] | None:
     """Run one trial; returns its forgetting rows and what it records about itself.
 
-    Under ``accelerate launch`` every process trains; only the main one evaluates and returns.
+    Under ``accelerate launch`` every process trains and translates its share of each
+    evaluation; only the main one scores, records and returns.
     """
-    run = TrialRun(trial, trial_dir, shared, progress, PartialState().is_main_process)
+    run = TrialRun(trial, trial_dir, shared, progress, PartialState().is_main_process, launch_group())
     with run.stage("corpus"):
         data = prepare_data(run)
     with run.stage("base_model"):
@@ -149,10 +151,10 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
                                                          shared)
     with run.stage("finetune"):
         tuned = finetune(run, data, base, base_eval)
+    with run.stage("finetuned_eval"):
+        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned", run.group)
     if not run.main:
         return None
-    with run.stage("finetuned_eval"):
-        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned")
     with run.stage("paired_bootstrap"):
         rows, category_ci = forgetting_rows(base_eval, ft_eval, data.directions, base.lid,
                                             run.cfg.eval.paired_resamples, run.cfg.seed, run.gate)
@@ -173,9 +175,11 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
 class TrialRun:
     """One trial's settings and bookkeeping: where it writes, and each stage's time and memory."""
 
-    def __init__(self, trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool, main: bool) -> None:
+    def __init__(self, trial: Trial, trial_dir: Path, shared: TrialMemo, progress: bool, main: bool,
+                 group: EvalGroup = ALONE) -> None:
         self.trial, self.cfg, self.dir, self.shared = trial, trial.config, trial_dir, shared
         self.progress, self.main = progress, main
+        self.group = group  # the processes that share each evaluation
         self.gate = BaseGate(**self.cfg.eval.base_gate.model_dump())
         self.timings: dict[str, float] = {}
         self.peak_rss: dict[str, float] = {}  # the process's peak resident memory (MB) after each stage
@@ -260,7 +264,8 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
         raise BaseFailed(json.loads(marker.read_text(encoding="utf-8"))["reason"])
     run.shared.base_stage = marker if run.main else None
     base_dir = _base_model(cfg, data.corpus, data.splits, run.progress)
-    model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing)
+    model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing,
+                                  cfg.model.dtype)
     control, added = make_control(model, tokenizer, data.languages, _language_names(cfg.corpus),
                                   cfg.finetune.max_length)
     if added:
@@ -276,20 +281,42 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
 
 def evaluate_base(run: TrialRun, data: TrialData, base: LoadedBase) -> dict | None:
     """The base's scores on every direction (cached, shared by every trial of the base); picks the
-    engine the fine-tuned model will get too. None on processes that do not evaluate."""
-    if not run.main:
-        return None
-    base.lid, base.lid_accuracy = _identifier(data.corpus, data.splits, data.languages, run.shared)
+    engine the fine-tuned model will get too. Every process of a launch translates its share; the
+    others get None."""
+    if run.main:
+        base.lid, base.lid_accuracy = _identifier(data.corpus, data.splits, data.languages, run.shared)
     base.probe = _probe_sentence(data.splits.test, data.all_directions)
     # The base's conversion is cached (every trial on this base reuses it); the fine-tuned model
-    # then gets the same kind of engine, so base and fine-tuned scores are comparable.
-    with _engine(run.cfg.eval.engine, base.model, base.control, run.cfg.eval.compute_type, base.settings, True,
-                 base.probe) as engine:
+    # then gets the same kind of engine, so base and fine-tuned scores are comparable. The main
+    # process picks it ("auto" tries the fast one first); the others open the same kind.
+    with _picked_engine(run, base) as engine:
         base.engine_kind, base.engine_name, base.engine_fallback = engine.kind, engine.name, engine.fallback_reason
         scores = _base_evaluation(base.dir, data.corpus, data.splits, data.all_directions, engine, base.lid,
-                                  base.settings, run.shared, run.progress, base.added)
+                                  base.settings, run.shared, run.progress, base.added,
+                                  str(next(base.model.parameters()).dtype), run.group)
     run.shared.base_stage = None
     return scores
+
+
+def _picked_engine(run: TrialRun, base: LoadedBase) -> GenerationEngine:
+    """The base's engine of ``eval.engine``, of the kind the main process picked on every process."""
+    def opened(kind: str) -> GenerationEngine:
+        return _engine(kind, base.model, base.control, run.cfg.eval.compute_type, base.settings, True, base.probe)
+
+    if run.group.size == 1:
+        return opened(run.cfg.eval.engine)
+    if not run.main:
+        kind = run.group.broadcast(None)
+        if kind is None:
+            raise RuntimeError("the main process could not open a generation engine")
+        return opened(kind)
+    try:
+        engine = opened(run.cfg.eval.engine)
+    except BaseException:
+        run.group.broadcast(None)  # the others must not wait for a kind that will not come
+        raise
+    run.group.broadcast(engine.kind)
+    return engine
 
 
 def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict | None) -> Finetuned:
@@ -315,7 +342,7 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
     settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
                              seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
-                             grad_accumulation=ft.grad_accumulation)
+                             grad_accumulation=ft.grad_accumulation, precision=ft.precision)
     extra = [e for m in mitigations for e in m.extra_examples()]
     outcome = train(model, base.control, examples + extra, settings, dev=dev, desc=f"fine-tune {run.trial.id}",
                     progress=run.progress, checkpoint_dir=run.dir / "checkpoint",
@@ -334,21 +361,19 @@ def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eva
                       mitigations: list[Mitigation]) -> ForgettingProbe | None:
     """The sampled evaluation during training, when ``eval.during_training.every`` or a mitigation
     asks for it. It translates with Hugging Face generate: a converting engine would convert the
-    weights again at every check."""
+    weights again at every check. Under a launch, the main process draws the sample (it holds the
+    base's scores) and every process translates its share of each check."""
     sampled = run.cfg.eval.during_training
     if not sampled.every and not any(m.needs_forgetting_probe for m in mitigations):
         return None
-    if PartialState().num_processes > 1:
-        raise UsageError("eval.during_training: forgetting is sampled during training in a single process only "
-                         "(set eval.during_training.every: 0 and no finetune.forgetting_budget under a "
-                         "multi-process launch)")
-    sample = draw_sample(base_eval, data.directions, run.gate, sampled.directions, sampled.sentences, run.cfg.seed)
+    sample = run.group.broadcast(draw_sample(base_eval, data.directions, run.gate, sampled.directions,
+                                             sampled.sentences, run.cfg.seed) if run.main else None)
     dev_pairs = unseen_dev_pairs(data.splits.dev, sample, sampled.sentences)
 
     def engine(model: torch.nn.Module) -> GenerationEngine:
         return _engine("hf", model, base.control, run.cfg.eval.compute_type, base.settings, False, None)
 
-    return ForgettingProbe(sample, engine, base.control, dev_pairs)
+    return ForgettingProbe(sample, engine, base.control, dev_pairs, group=run.group)
 
 
 def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example], list[Example], int, dict | None]:
@@ -374,12 +399,14 @@ def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example]
     return examples, dev, dropped, facts
 
 
-def _evaluate(run: TrialRun, data: TrialData, base: LoadedBase, model: torch.nn.Module, desc: str) -> dict:
-    """Scores of ``model`` on every direction, with the engine the base was evaluated with."""
+def _evaluate(run: TrialRun, data: TrialData, base: LoadedBase, model: torch.nn.Module, desc: str,
+              group: EvalGroup = ALONE) -> dict | None:
+    """Scores of ``model`` on every direction, with the engine the base was evaluated with; the
+    processes of ``group`` share the translation, and the others than the main one get None."""
     with _engine(base.engine_kind, model, base.control, run.cfg.eval.compute_type, base.settings, False,
                  base.probe) as engine:
         return evaluate_directions(engine, data.splits.test, data.all_directions, base.lid, base.settings,
-                                   desc=desc, progress=run.progress)
+                                   desc=desc, progress=run.progress, group=group)
 
 
 def _representations(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finetuned,
@@ -405,7 +432,8 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         language_control=base.control.description,
         finetune_directions=[f"{s}-{t}" for s, t in data.directions], finetune_examples=tuned.examples,
         languages=data.languages, added_language_tokens=base.added, train=asdict(outcome),
-        precision=outcome.precision, grad_accumulation=cfg.finetune.grad_accumulation,
+        precision=outcome.precision_mode, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        grad_accumulation=cfg.finetune.grad_accumulation,
         effective_batch_size=cfg.finetune.batch_size * cfg.finetune.grad_accumulation,
         max_length=cfg.finetune.max_length, overlap_dropped=tuned.overlap_dropped,
         missing_directions=[f"{s}-{t}" for s, t in data.all_directions if f"{s}-{t}" not in base_eval],
@@ -413,7 +441,8 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         metric_signatures=signatures(data.languages, run.cfg.eval.metrics), device=str(base.device),
         gpu=torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None,
         engine=base.engine_name, engine_fallback_reason=base.engine_fallback,
-        processes=PartialState().num_processes, threads=torch.get_num_threads(), pid=os.getpid(),
+        eval_processes=run.group.size, processes=PartialState().num_processes, threads=torch.get_num_threads(),
+        pid=os.getpid(),
         timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
         mitigations=mitigations, representations=analyses.get("representations"),
         forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
@@ -539,30 +568,45 @@ def _probe_sentence(test, directions: list[tuple[str, str]]) -> tuple[str, str, 
 
 
 def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings, shared,
-                     progress, added) -> dict:
-    """Scores of the base model on every direction, cached on disk under everything that decides them."""
-    key = fingerprint({
-        "base": _model_fingerprint(base_dir),
-        "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
-        "added_tokens": added,
-        "max_length": engine.control.max_length,  # the control cuts longer sources
-        "corpus": corpus.fingerprint(),
-        "test": [s.id for s in splits.test],
-        "directions": directions,
-        "settings": asdict(settings),
-        "format": 2,  # what an evaluation stores (sources, references, per-sentence flags)
-        "metrics": signatures(sorted({t for _, t in directions})),
-        "lid": type(lid).__name__,
-        "lid_train": len(splits.train),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    })
-    if key in shared.base_evals:
-        return shared.base_evals[key]
+                     progress, added, dtype: str, group: EvalGroup = ALONE) -> dict | None:
+    """Scores of the base model on every direction, cached on disk under everything that decides
+    them. The processes of ``group`` all call it: the main one looks the scores up and tells the
+    others whether they translate with it; it alone returns them."""
+    key = cached = None
+    if group.is_main:
+        key = fingerprint({
+            "base": _model_fingerprint(base_dir),
+            "dtype": dtype,  # model.dtype: the arithmetic of the translations
+            "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
+            "added_tokens": added,
+            "max_length": engine.control.max_length,  # the control cuts longer sources
+            "corpus": corpus.fingerprint(),
+            "test": [s.id for s in splits.test],
+            "directions": directions,
+            "settings": asdict(settings),
+            # What an evaluation stores (sources, references, per-sentence flags), and how it is
+            # batched (3: the engine's planned batches, whole, whatever the number of processes).
+            "format": 3,
+            "metrics": signatures(sorted({t for _, t in directions})),
+            "lid": type(lid).__name__,
+            "lid_train": len(splits.train),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        })
+        cached = shared.base_evals.get(key)
+        path = cache_root() / "base_evals" / key / "eval.json"
+        if cached is None and path.is_file():
+            cached = shared.base_evals[key] = json.loads(path.read_text(encoding="utf-8"))
+    if not group.broadcast(cached is None):
+        return cached
+    # Translated here rather than inside the cache's build, so that every process joins it
+    # whether or not the entry appears meanwhile.
+    result = evaluate_directions(engine, splits.test, directions, lid, settings, desc="evaluate base",
+                                 progress=progress, with_copy=True, group=group)
+    if not group.is_main:
+        return None
 
     def build(out: Path) -> None:
-        result = evaluate_directions(engine, splits.test, directions, lid, settings,
-                                     desc="evaluate base", progress=progress, with_copy=True)
         (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False))
 
     path = cached_dir("base_evals", key, build) / "eval.json"

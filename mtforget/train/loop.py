@@ -43,6 +43,7 @@ from mtforget.errors import TrialDiverged
 from mtforget.models.control import BatchEncoder
 from mtforget.train.callbacks import StepSchedule, TrainCallback, TrainState, step_schedule
 from mtforget.train.checkpoint import load_best, load_checkpoint, save_best, save_checkpoint
+from mtforget.train.precision import PrecisionPlan, WeightChanges, plan_precision
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,11 @@ class TrainSettings:
     grad_accumulation: int = 1
     # Matrix products in bfloat16 under autocast (weights, gradients and optimizer stay float32):
     # for devices that multiply bf16 natively (see native_bf16), where it is the fastest setting.
+    # A model loaded in a half type is under autocast in that type anyway (precision "fp32").
     bf16: bool = False
+    # How the trainable weights and the optimizer are kept (mtforget.train.precision): "auto"
+    # (= "fp32": float32 master weights), "bf16" (pure bfloat16) or "bf16-kahan".
+    precision: str = "auto"
     # Batch widths rounded up to a multiple of this. A CPU's bf16 matrix library builds and keeps a
     # kernel per matrix shape, so fewer distinct widths hold less memory for a little more padding
     # (padded positions are masked and unlabelled: the same loss).
@@ -99,6 +104,11 @@ class TrainOutcome:
     resumed_from: int | None = None
     tokens: int = 0  # source + target tokens of translation batches (padding excluded), all processes
     precision: str = "fp32"  # the arithmetic of training (see training_precision)
+    precision_mode: str = "fp32"  # the PrecisionPlan that ran: fp32 (master weights), bf16 or bf16-kahan
+    # Share of trainable entries that training changed (see WeightChanges), as trained and once
+    # cast back to the dtype they had before training (what is evaluated); None when sharded.
+    weights_changed: float | None = None
+    weights_changed_evaluated: float | None = None
     # The callbacks' logged losses (e.g. ``align_loss``) at the last log point, or since it.
     extra_losses: dict[str, float] = field(default_factory=dict)
     # Log points {"step", "train_loss" (translation), and what callbacks log} and dev checks.
@@ -182,9 +192,13 @@ def train(
     if not examples:
         raise ValueError("no training examples")
     torch.manual_seed(settings.seed)
+    plan = plan_precision(model, settings.precision, settings.bf16)
+    # Before a resumed run loads its checkpoint: the count is against the weights training started from.
+    changes = WeightChanges(model)
     for callback in callbacks:
         callback.on_train_start(model)
-    run = _start(model, control, examples, settings, desc, log_dir, checkpoint_dir, list(callbacks))
+    run = _start(model, control, examples, settings, desc, log_dir, checkpoint_dir, list(callbacks), plan)
+    run.changes = changes
     unwrapped = run.accelerator.unwrap_model(run.model)
     for callback in callbacks:
         callback.on_steps_start(unwrapped, run.state)
@@ -237,6 +251,10 @@ class _Run:
     total: int
     first_label: int  # a causal LM's loss averages over the labels after the first position
     log_dir: Path | None
+    plan: PrecisionPlan
+    scaler: torch.amp.GradScaler | None = None  # float16 autocast only
+    changes: WeightChanges | None = None
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # trainable weights' dtypes before training
     start: float = 0.0
     best: dict[str, torch.Tensor] | None = None
     running: torch.Tensor | None = None
@@ -246,7 +264,8 @@ class _Run:
 
 
 def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example], settings: TrainSettings,
-           desc: str, log_dir: Path | None, checkpoint_dir: Path | None, callbacks: list[TrainCallback]) -> _Run:
+           desc: str, log_dir: Path | None, checkpoint_dir: Path | None, callbacks: list[TrainCallback],
+           plan: PrecisionPlan) -> _Run:
     """Accelerator, optimizer, schedule and batches of a run, resumed from ``checkpoint_dir`` when
     it holds a checkpoint."""
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -260,18 +279,21 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
     steps_per_epoch = math.ceil(len(examples) / step_size)
     translation_total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     total = schedule.total_steps(translation_total)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    dtypes = plan.apply(model, uniform=accelerator.distributed_type == DistributedType.FSDP)
+    optimizer = plan.optimizer(model.parameters(), settings.lr, settings.weight_decay)
     scheduler = get_scheduler(settings.schedule, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # ``accelerate launch --mixed_precision`` puts the model's forward under autocast too.
     launched = accelerator.mixed_precision if accelerator.mixed_precision != "no" else None
+    autocast = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(plan.autocast, launched)
     outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"),
-                           precision=training_precision(model, "bf16" if settings.bf16 else launched))
+                           precision=training_precision(model, autocast), precision_mode=plan.mode)
     progress = {"evals_without_gain": 0, "elapsed": 0.0}
     saved = load_checkpoint(accelerator, checkpoint_dir, model, optimizer, scheduler) if checkpoint_dir else None
     if saved:
-        outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision})
+        outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision,
+                                  "precision_mode": outcome.precision_mode})
         outcome.resumed_from = outcome.steps
         progress = saved["progress"]
     loader = accelerator.prepare(DataLoader(
@@ -283,7 +305,8 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
     first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
     zero = torch.zeros((), device=accelerator.device)
     run = _Run(accelerator, model, optimizer, scheduler, iter(loader), schedule, callbacks, settings, outcome,
-               progress, total, first_label, log_dir, start=time.perf_counter() - progress["elapsed"],
+               progress, total, first_label, log_dir, plan, plan.scaler(accelerator.device), dtypes=dtypes,
+               start=time.perf_counter() - progress["elapsed"],
                running=zero.clone(), tokens=torch.zeros((), dtype=torch.long, device=accelerator.device))
     run.state = TrainState(outcome, total, lambda: outcome.tokens + int(accelerator.reduce(run.tokens, "sum")))
     return run
@@ -324,18 +347,18 @@ def _train_step(run: _Run, step: int) -> None:
             # The gradients of all but the last micro-batch stay local: DDP averages their sum
             # over the processes in the last backward pass.
             with accelerator.no_sync(run.model):
-                part = _translation_loss(run.model, pieces, counts, total_targets, accelerator.device, settings.bf16)
-                accelerator.backward(part)
+                part = _translation_loss(run.model, pieces, counts, total_targets, accelerator.device, run.plan)
+                accelerator.backward(_scaled(run, part))
             earlier += part.detach()
         translation_loss = _translation_loss(run.model, micro[-1], targets[-1], total_targets, accelerator.device,
-                                             settings.bf16)
+                                             run.plan)
         loss = loss + translation_loss
         run.running += earlier + translation_loss.detach()
         run.running_n += 1
         run.tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum()
                           for pieces in micro for piece in pieces)
     for callback in run.callbacks:
-        with accelerator.autocast():
+        with accelerator.autocast(), run.plan.autocasting(accelerator.device):
             # The unwrapped model: a term may stop the forward midway, which DDP's forward cannot do.
             extra = callback.extra_loss(accelerator.unwrap_model(run.model), step)
         if extra is not None:
@@ -344,12 +367,18 @@ def _train_step(run: _Run, step: int) -> None:
         loss = callback.on_loss(step, loss)
     if not torch.isfinite(earlier + loss):
         raise TrialDiverged(f"non-finite training loss ({(earlier + loss).item()}) at step {step}")
-    accelerator.backward(loss)
+    accelerator.backward(_scaled(run, loss))
     if kind == "own" and accelerator.num_processes > 1:
         _average_gradients(run.model)  # DDP only averages what went through its own forward
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients
     if settings.grad_clip:
         accelerator.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
-    run.optimizer.step()
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)  # skipped when a scaled gradient overflowed
+        run.scaler.update()
+    else:
+        run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
@@ -409,6 +438,9 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
     unwrapped.eval()
     for callback in run.callbacks:
         callback.on_train_end(unwrapped, run.state)
+    outcome.weights_changed = run.changes.fraction(unwrapped) if run.changes else None
+    run.plan.restore(unwrapped, run.dtypes)
+    outcome.weights_changed_evaluated = run.changes.fraction(unwrapped) if run.changes else None
     outcome.seconds = time.perf_counter() - run.start
     accelerator.wait_for_everyone()
     if run.log_dir:
@@ -467,12 +499,17 @@ def _dtype_names(dtypes: set[torch.dtype]) -> str:
     return "+".join(sorted(names.get(d, str(d).removeprefix("torch.")) for d in dtypes))
 
 
+def _scaled(run: _Run, loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` multiplied by the float16 loss scale (unchanged without a scaler)."""
+    return run.scaler.scale(loss) if run.scaler is not None else loss
+
+
 def _translation_loss(model: torch.nn.Module, pieces: list[dict[str, torch.Tensor]], targets: list[torch.Tensor],
-                      total_targets: torch.Tensor | None, device: torch.device, bf16: bool) -> torch.Tensor:
+                      total_targets: torch.Tensor | None, device: torch.device, plan: PrecisionPlan) -> torch.Tensor:
     """The loss of one micro-batch's ``pieces``: each piece's mean loss weighted by its share
     ``targets / total_targets`` of the step's target tokens, or the lone piece's own mean when
     ``total_targets`` is None."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with plan.autocasting(device):
         if total_targets is None:
             return model(**pieces[0]).loss
         # Multiplied and divided in the loss's own dtype: a float32 ratio would round the weights of a

@@ -32,7 +32,7 @@ import torch
 
 from mtforget.errors import UsageError
 from mtforget.evaluate.engines.registry import AUTO, ENGINES, describe_choices
-from mtforget.evaluate.generate import Job
+from mtforget.evaluate.generate import Job, Row
 from mtforget.models.control import Control
 
 log = logging.getLogger("mtforget")
@@ -75,6 +75,17 @@ class GenerationEngine(ABC):
         """Translations of several ``(texts, src_lang, tgt_lang)`` jobs, each in its input order,
         rows of different jobs decoded together; ``progress`` is called with the number of
         sentences finished as they finish."""
+
+    def plan_batches(self, rows: list[Row]) -> list[list[int]]:
+        """The batches (indices into ``rows``) in which this engine decodes ``rows``: length-sorted
+        and within its batch limits. With :meth:`translate_batch` it lets several processes share
+        an evaluation batch by batch (:mod:`mtforget.evaluate.sharding`); an engine without it is
+        run whole by every process."""
+        raise NotImplementedError
+
+    def translate_batch(self, rows: list[Row]) -> list[str]:
+        """The translations of ``rows`` decoded as one batch, in their order."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release the engine's resources (a converted model, threads); the HF model stays the caller's."""

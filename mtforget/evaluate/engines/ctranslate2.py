@@ -25,7 +25,7 @@ from mtforget.cache import cached_dir, fingerprint
 from mtforget.errors import UsageError
 from mtforget.evaluate.engines.base import (DEFAULT_MAX_BATCH_TOKENS, EngineOptions, EngineSpec, EngineUnavailable,
                                             GenerationEngine, error_line, probe_sentence)
-from mtforget.evaluate.generate import Job
+from mtforget.evaluate.generate import Job, Row, length_batches, row_lengths
 from mtforget.models.control import Control
 
 log = logging.getLogger("mtforget")
@@ -117,6 +117,32 @@ class CT2Engine(GenerationEngine):
     def translate_many(self, jobs: list[Job], progress: Callable[[int], None] | None = None) -> list[list[str]]:
         """All jobs in one call: CTranslate2 sorts their rows by length together and fills batches
         up to the token budget, rows of different directions side by side."""
+        # batch_type "tokens": CTranslate2 sorts by length and fills batches up to the budget
+        # itself, then returns results in the input order.
+        results = self._run(jobs, {"max_batch_size": self.max_batch_tokens, "batch_type": "tokens"})
+        if results is None:
+            return [[] for _ in jobs]
+        outputs, offset = [], 0
+        for texts, _, _ in jobs:
+            outputs.append([self._clean(r.result()) for r in results[offset : offset + len(texts)]])
+            offset += len(texts)
+            if progress is not None and texts:
+                progress(len(texts))
+        return outputs
+
+    def plan_batches(self, rows: list[Row]) -> list[list[int]]:
+        """Length-sorted batches within the token budget (rows × longest input), as CTranslate2
+        forms them itself in :meth:`translate_many`."""
+        return length_batches(row_lengths(self.control, rows), len(rows) or 1, self.max_batch_tokens)
+
+    def translate_batch(self, rows: list[Row]) -> list[str]:
+        results = self._run([([text], src, tgt) for text, src, tgt in rows],
+                               {"max_batch_size": max(1, len(rows)), "batch_type": "examples"})
+        return [self._clean(r.result()) for r in results] if results is not None else []
+
+    def _run(self, jobs: list[Job], batching: dict) -> list | None:
+        """CTranslate2's (asynchronous) results for every row of ``jobs``, batched as ``batching``
+        says; None when there is no row."""
         if self._runner is None:
             raise RuntimeError(f"{self.name}: the engine is closed")
         tokens, prefixes = [], []
@@ -129,31 +155,20 @@ class CT2Engine(GenerationEngine):
                 # The decoder starts with the target language, as HF's per-row decoder prefix.
                 prefixes += [self.tokenizer.convert_ids_to_tokens(prefix)] * len(texts)
         if not tokens:
-            return [[] for _ in jobs]
-        # batch_type "tokens": CTranslate2 sorts by length and fills batches up to the budget
-        # itself, then returns results in the input order.
-        batching = {"max_batch_size": self.max_batch_tokens, "batch_type": "tokens", "beam_size": 1,
-                    "asynchronous": True}
+            return None
+        batching = {**batching, "beam_size": 1, "asynchronous": True}
         if self.encoder_decoder:
             # max_decoding_length counts the prefix token, as the HF control counts the language
             # token among its max_new_tokens; no input truncation, as in HF (the control truncates).
-            results = self._runner.translate_batch(tokens, target_prefix=prefixes or None,
-                                                   max_decoding_length=self.max_new_tokens,
-                                                   min_decoding_length=self.min_new_tokens, max_input_length=0,
-                                                   **batching)
-        else:
-            # include_prompt_in_result=False feeds the prompts in one pass and makes max_length
-            # count new tokens only, like max_new_tokens; the stop token itself is not returned.
-            results = self._runner.generate_batch(tokens, max_length=self.max_new_tokens,
-                                                  min_length=self.min_new_tokens, include_prompt_in_result=False,
-                                                  end_token=self.control.stop_ids, sampling_topk=1, **batching)
-        outputs, offset = [], 0
-        for texts, _, _ in jobs:
-            outputs.append([self._clean(r.result()) for r in results[offset : offset + len(texts)]])
-            offset += len(texts)
-            if progress is not None and texts:
-                progress(len(texts))
-        return outputs
+            return self._runner.translate_batch(tokens, target_prefix=prefixes or None,
+                                                max_decoding_length=self.max_new_tokens,
+                                                min_decoding_length=self.min_new_tokens, max_input_length=0,
+                                                **batching)
+        # include_prompt_in_result=False feeds the prompts in one pass and makes max_length
+        # count new tokens only, like max_new_tokens; the stop token itself is not returned.
+        return self._runner.generate_batch(tokens, max_length=self.max_new_tokens, min_length=self.min_new_tokens,
+                                           include_prompt_in_result=False, end_token=self.control.stop_ids,
+                                           sampling_topk=1, **batching)
 
     def _clean(self, result) -> str:
         """The scored form of one CTranslate2 result, cleaned by the control as HF outputs are."""
@@ -259,7 +274,8 @@ def convert_model(model: torch.nn.Module, tokenizer, quantization: str,
     from ctranslate2.converters import TransformersConverter
 
     def build(out: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="mtforget-ct2-") as tmp, _quiet_transformers():
+        with tempfile.TemporaryDirectory(prefix="mtforget-ct2-") as tmp, _quiet_transformers(), \
+                _saving_on_every_rank(model):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             # force: the output directory exists already (empty), which the converter would refuse.
@@ -310,6 +326,18 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(data.view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+@contextmanager
+def _saving_on_every_rank(model: torch.nn.Module) -> Iterator[None]:
+    """Let ``save_pretrained`` write on this process: once torch.distributed is initialised,
+    transformers writes from rank 0 only, but each process of a launch converts the model it
+    evaluates with into a scratch copy of its own."""
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from mtforget.evaluate.engines.base import DEFAULT_MAX_BATCH_TOKENS, EngineOptions, EngineSpec, GenerationEngine
-from mtforget.evaluate.generate import Job, translate_jobs
+from mtforget.evaluate.generate import Job, Row, length_batches, row_lengths, translate_jobs
 from mtforget.models.control import Control
 
 # Sentences per batch on the CPU, where the user sets no cap.
@@ -56,6 +56,16 @@ class HFEngine(GenerationEngine):
         limits = batch_limits(self.model, self.max_new_tokens, self.max_batch_tokens, self.max_batch_sentences)
         return translate_jobs(self.model, self.control, jobs, limits.max_sentences, self.max_new_tokens,
                               limits.max_tokens, limits.reserve_per_row, self.min_new_tokens, progress)
+
+    def plan_batches(self, rows: list[Row]) -> list[list[int]]:
+        """The batches of :meth:`translate_many` (limits sized now, for the free memory now)."""
+        limits = batch_limits(self.model, self.max_new_tokens, self.max_batch_tokens, self.max_batch_sentences)
+        return length_batches(row_lengths(self.control, rows), limits.max_sentences, limits.max_tokens,
+                              limits.reserve_per_row)
+
+    def translate_batch(self, rows: list[Row]) -> list[str]:
+        return self.control.generate_rows(self.model, [r[0] for r in rows], [r[1] for r in rows],
+                                          [r[2] for r in rows], self.max_new_tokens, self.min_new_tokens)
 
 
 @dataclass(frozen=True)
