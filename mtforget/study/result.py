@@ -25,8 +25,8 @@ class TrialResult:
     added_language_tokens: list[str]
     train: dict  # the fine-tuning run's TrainOutcome
     precision: str
-    grad_accumulation: int
-    effective_batch_size: int
+    grad_accumulation: int | None  # None: not trained here (finetune.checkpoints)
+    effective_batch_size: int | None
     max_length: int
     overlap_dropped: int  # finetune.data pairs dropped for repeating an evaluation or dev sentence
     missing_directions: list[str]  # directions without test sentences
@@ -50,6 +50,9 @@ class TrialResult:
     # from step 0, and the proxy loss on unseen dev pairs with its correlation to that change.
     forgetting_curve: list[dict] | None = None
     forgetting_proxy: dict | None = None
+    # A checkpoint fine-tuned elsewhere (finetune.checkpoints), evaluated instead of trained: its
+    # folder, kind (full or adapter), method, Trainer step and tokens, run folder and tokenizer.
+    checkpoint: dict | None = None
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""
