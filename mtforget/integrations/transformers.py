@@ -40,6 +40,7 @@ from mtforget.cache import write_json_atomic
 from mtforget.errors import UsageError
 from mtforget.evaluate.during_training import ForgettingCurve, ForgettingProbe, curve_of, proxy_of
 from mtforget.evaluate.forgetting import BaseGate
+from mtforget.report.curve import CURVE_FILE
 from mtforget.mitigations.forgetting_budget import over_budget, watched_categories
 from mtforget.models.language import LanguageTokens
 from mtforget.models.loading import make_control
@@ -50,8 +51,6 @@ from mtforget.study.trial import (LoadedBase, TrialMemo, TrialRun, _language_nam
 from mtforget.train.callbacks import TrainState
 
 log = logging.getLogger("mtforget")
-
-CURVE_FILE = "forgetting_curve.json"
 
 
 @dataclass
@@ -205,19 +204,6 @@ class ForgettingCallback(TrainerCallback):
         except (OSError, ValueError):
             return []
         return [h for h in kept if h.get("step", 0) <= step]
-
-
-def read_curve(path: str | Path) -> dict:
-    """A ``forgetting_curve.json`` the callback wrote (a file, or the folder holding it)."""
-    path = Path(path)
-    path = path / CURVE_FILE if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a forgetting curve ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("forgetting_curve"), list):
-        raise UsageError(f"{path}: not a forgetting curve (no forgetting_curve list)")
-    return data
 
 
 def _control(model: torch.nn.Module, tokenizer, languages: list[str], cfg: StudyConfig):
