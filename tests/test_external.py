@@ -1,0 +1,203 @@
+"""Forgetting where users already train: checkpoints and adapters made by a plain
+``transformers.Trainer`` measured by ``mtforget run`` (``finetune.checkpoints``), and the
+``ForgettingCallback`` inside the Trainer's own run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import defaultdict
+
+import pytest
+import torch
+import yaml
+from peft import LoraConfig, get_peft_model
+from transformers import M2M100Config, M2M100ForConditionalGeneration, Trainer, TrainingArguments
+
+from mtforget.bases.prebuilt import PREBUILT_DIR
+from mtforget.cli import main
+from mtforget.data.categories import CATEGORIES
+from mtforget.data.splits import sample_directions
+from mtforget.integrations.transformers import ForgettingCallback
+from mtforget.models.loading import load_model, make_control
+from mtforget.study.config import parse_study
+from mtforget.study.grid import expand
+from mtforget.study.trial import TrialMemo, study_data
+
+BASE = PREBUILT_DIR / "small"
+DIRECTIONS = ["en-xa", "xa-en", "en-xb"]  # seen: en, xa, xb; unseen: xc, xd — all five categories
+
+
+def _study(**finetune) -> dict:
+    """The shipped small base on the world it was pre-trained on (its test split unseen), five languages."""
+    return {
+        "model": {"path": str(BASE)},
+        "corpus": {"languages": ["en", "xa", "xb", "xc", "xd"], "test_size": 40},
+        "finetune": {"directions": DIRECTIONS, **finetune},
+        "eval": {"max_sentences": 8, "max_new_tokens": 16, "engine": "hf", "representations": False,
+                 "bootstrap_resamples": 200, "paired_resamples": 200, "base_gate": {"min_sentences": 8},
+                 "during_training": {"directions": 1, "sentences": 4}},
+        "resources": {"cpus": 1},
+    }
+
+
+def _trainer(model, control, examples, out, callbacks=(), tokenizer=None, **args) -> Trainer:
+    settings = {"max_steps": 6, "per_device_train_batch_size": 16, "learning_rate": 3e-3, "save_strategy": "no",
+                "logging_steps": 1, "report_to": "none", "use_cpu": True, "lr_scheduler_type": "constant",
+                "seed": 0, "disable_tqdm": True, **args}
+    return Trainer(model=model, args=TrainingArguments(output_dir=str(out), **settings), train_dataset=examples,
+                   data_collator=control.batch, processing_class=tokenizer, callbacks=list(callbacks))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, one_thread):
+    """A full fine-tuning run with the callback and two saved checkpoints (no tokenizer files), and
+    a LoRA run saved as an adapter (with the tokenizer), both by a plain Trainer."""
+    tmp = tmp_path_factory.mktemp("external")
+    (tmp / "study.yaml").write_text(yaml.safe_dump(_study()))
+    data = study_data(parse_study(_study(), "study"), TrialMemo())
+    examples = sample_directions(data.splits.train, data.directions, 96, seed=0)
+
+    model, tokenizer = load_model(BASE)
+    control, _ = make_control(model, tokenizer, data.languages, {}, 64)
+    callback = ForgettingCallback(tmp / "study.yaml", every=2)
+    full = _trainer(model, control, examples, tmp / "run", [callback], save_strategy="steps", save_steps=3)
+    full.train()
+
+    model, tokenizer = load_model(BASE)
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "fc1", "fc2"],
+                                            task_type="SEQ_2_SEQ_LM"))
+    trainer = _trainer(lora, control, examples, tmp / "lora", tokenizer=tokenizer, learning_rate=1e-2)
+    trainer.train()
+    trainer.save_model(str(tmp / "adapter"))
+    return {"dir": tmp, "history": full.state.log_history, "callback": callback}
+
+
+def _run(tmp, name, raw) -> tuple[int, str]:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return main(["run", str(path), "--out", str(tmp / name), "--no-progress"])
+
+
+def test_the_callback_logs_its_curve_through_the_trainer_and_writes_forgetting_curve_json(runs, capsys):
+    logged = [h for h in runs["history"] if any(k.startswith("forgetting/") for k in h)]
+    assert [h["step"] for h in logged] == [0, 2, 4, 6]
+    assert all(f"forgetting/{c}/chrf" in h for h in logged for c in CATEGORIES)
+    assert all("epoch" in h for h in logged)  # through Trainer.log, which adds the epoch
+    assert all(logged[0][f"forgetting/{c}/chrf"] == 0 for c in CATEGORIES)
+    assert any(h[k] != 0 for h in logged[1:] for k in h if k.endswith("/chrf"))  # training moved it
+
+    saved = json.loads((runs["dir"] / "run" / "forgetting_curve.json").read_text())
+    curve = saved["forgetting_curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4, 6]
+    for point, entry in zip(curve, logged):  # the file holds what the Trainer logged
+        assert set(point) == {"step", "tokens", *CATEGORIES}
+        assert all(round(point[c], 4) == entry[f"forgetting/{c}/chrf"] for c in CATEGORIES)
+    assert saved["forgetting_proxy"]["points"] and saved["stopped_at"] is None
+
+    assert main(["report", str(runs["dir"] / "run")]) == 0
+    assert "| 6 |" in (runs["dir"] / "run" / "forgetting_curve.md").read_text()
+    assert (runs["dir"] / "run" / "forgetting_curve.png").stat().st_size > 0
+
+
+def test_stop_at_stops_the_trainer_at_the_first_check_over_the_budget(runs, tmp_path):
+    data = study_data(parse_study(_study(), "study"), TrialMemo())
+    model, tokenizer = load_model(BASE)
+    control, _ = make_control(model, tokenizer, data.languages, {}, 64)
+    callback = ForgettingCallback(runs["dir"] / "study.yaml", every=1, stop_at=1e-6)
+    examples = sample_directions(data.splits.train, data.directions, 96, seed=0)
+    trainer = _trainer(model, control, examples, tmp_path / "stop", [callback], learning_rate=2e-2)
+    trainer.train()
+    saved = json.loads((tmp_path / "stop" / "forgetting_curve.json").read_text())
+    assert callback.stopped_at is not None and trainer.state.global_step == callback.stopped_at < 6
+    assert saved["stopped_at"] == callback.stopped_at and "more than the budget" in saved["reason"]
+    assert saved["watched"] == ["unseen_source", "unseen_target", "unseen_both"]
+
+
+def test_checkpoints_and_an_adapter_made_elsewhere_are_measured_without_training(runs, monkeypatch):
+    import mtforget.study.trial as trial_module
+
+    monkeypatch.setattr(trial_module, "train", lambda *a, **k: pytest.fail("a checkpoint trial must not train"))
+    tmp = runs["dir"]
+    raw = _study(checkpoints=["run/checkpoint-*", "adapter"])
+    assert _run(tmp, "measured", raw) == 0
+    out = tmp / "measured"
+    with (out / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "chrf"]
+    by_trial: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_trial[r["trial_id"]][r["category"]].append(float(r["delta"]))
+    assert len(by_trial) == 3
+    for categories in by_trial.values():
+        assert set(categories) == set(CATEGORIES)
+        assert any(d != 0 for d in categories["supervised"])
+
+    results = {t: json.loads((out / "trials" / t / "result.json").read_text())["info"] for t in by_trial}
+    facts = sorted((r["checkpoint"]["kind"], r["checkpoint"]["step"], r["checkpoint"]["tokenizer"], r["method"])
+                   for r in results.values())
+    assert facts == [("adapter", None, "own", "lora"), ("full", 3, "base", "full"), ("full", 6, "base", "full")]
+    assert all(r["train"]["seconds"] == 0 for r in results.values())
+    summary = (out / "report" / "summary.md").read_text()
+    assert "run/checkpoint-*" in summary and "ckpt=adapter" in summary  # the run's curve, and the adapter
+
+    stamps = {t: (out / "trials" / t / "result.json").stat().st_mtime_ns for t in by_trial}
+    assert _run(tmp, "measured", raw) == 0  # resumes: nothing left to do
+    assert stamps == {t: (out / "trials" / t / "result.json").stat().st_mtime_ns for t in by_trial}
+
+
+def test_a_checkpoint_trial_is_identified_by_its_contents_and_globs_expand_in_step_order(runs, tmp_path):
+    for step in (9, 10):
+        shutil.copytree(runs["dir"] / "run" / "checkpoint-3", tmp_path / "run" / f"checkpoint-{step}")
+        state = json.loads((tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        (tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({**state, "global_step": step}))
+    study = parse_study(_study(checkpoints=[str(tmp_path / "run" / "checkpoint-*")]), "study")
+    assert [t.checkpoint.step for t in expand(study)] == [9, 10]
+    original = expand(parse_study(_study(checkpoints=[str(runs["dir"] / "run" / "checkpoint-3")]), "study"))[0]
+    shutil.copytree(runs["dir"] / "run" / "checkpoint-3", tmp_path / "copy" / "run" / "checkpoint-3")
+    copy = tmp_path / "copy" / "run" / "checkpoint-3"
+    assert expand(parse_study(_study(checkpoints=[str(copy)]), "study"))[0].id == original.id
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("\n}", ', "note": 1\n}'))
+    assert expand(parse_study(_study(checkpoints=[str(copy)]), "study"))[0].id != original.id
+
+
+def _other_vocabulary(folder):
+    config = M2M100Config.from_pretrained(BASE)
+    config.vocab_size += 8
+    M2M100ForConditionalGeneration(config).save_pretrained(folder)
+
+
+def _lm_adapter(folder):
+    model, _ = load_model(PREBUILT_DIR / "lm")
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+
+
+def _no_weights(folder):
+    folder.mkdir()
+    shutil.copy(BASE / "config.json", folder / "config.json")
+
+
+@pytest.mark.parametrize("case, make, expected", [
+    ("no_directions", None, "finetune.directions: required with finetune.checkpoints"),
+    ("training_key", None, "finetune.lr: has no effect with finetune.checkpoints"),
+    ("no_weights", _no_weights, "has no .safetensors weights"),
+    ("architecture", lambda f: shutil.copytree(PREBUILT_DIR / "lm", f), "is a llama model, the base"),
+    ("vocabulary", _other_vocabulary, "has a vocabulary of"),
+    ("adapter_base", _lm_adapter, "was trained on"),
+])
+def test_bad_checkpoints_exit_2_naming_the_folder(runs, tmp_path, capsys, case, make, expected):
+    folder = tmp_path / case
+    if make:
+        make(folder)
+    raw = _study(checkpoints=[str(folder if make else runs["dir"] / "adapter")])
+    if case == "no_directions":
+        del raw["finetune"]["directions"]
+    if case == "training_key":
+        raw["finetune"]["lr"] = 1e-3
+    assert _run(tmp_path, "bad", raw) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    if make:
+        assert str(folder) in err
