@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +30,7 @@ from mtforget.study.config import parse_study
 from mtforget.study.grid import expand
 from mtforget.study.trial import TrialMemo, study_data
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE = PREBUILT_DIR / "small"
 DIRECTIONS = ["en-xa", "xa-en", "en-xb"]  # seen: en, xa, xb; unseen: xc, xd — all five categories
 
@@ -201,3 +207,68 @@ def test_bad_checkpoints_exit_2_naming_the_folder(runs, tmp_path, capsys, case, 
     assert expected in err
     if make:
         assert str(folder) in err
+
+
+def test_a_resumed_trainer_run_keeps_its_step_0_reference(runs, tmp_path):
+    shutil.copytree(runs["dir"] / "run", tmp_path / "run")
+    before = json.loads((tmp_path / "run" / "forgetting_curve.json").read_text())
+    data = study_data(parse_study(_study(), "study"), TrialMemo())
+    model, tokenizer = load_model(BASE)
+    control, _ = make_control(model, tokenizer, data.languages, {}, 64)
+    examples = sample_directions(data.splits.train, data.directions, 96, seed=0)
+    callback = ForgettingCallback(runs["dir"] / "study.yaml", every=2)
+    trainer = _trainer(model, control, examples, tmp_path / "run", [callback])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
+    after = json.loads((tmp_path / "run" / "forgetting_curve.json").read_text())
+    assert [p["step"] for p in after["forgetting_curve"]] == [0, 2, 4, 6]
+    assert after["forgetting_curve"][:2] == before["forgetting_curve"][:2]  # kept, not measured again
+    reference = [h for h in after["history"] if "forgetting_reference" in h]
+    assert reference == [h for h in before["history"] if "forgetting_reference" in h]
+    logged = [h["step"] for h in trainer.state.log_history if "forgetting/supervised/chrf" in h]
+    assert logged[-2:] == [4, 6]
+
+
+def test_under_two_processes_the_main_one_samples_and_every_process_logs_and_stops_alike(runs, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is installed with the project"
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        from accelerate import PartialState
+        from tests.test_external import BASE, _study, _trainer
+        from mtforget.data.splits import sample_directions
+        from mtforget.integrations.transformers import ForgettingCallback
+        from mtforget.models.loading import load_model, make_control
+        from mtforget.study.config import parse_study
+        from mtforget.study.trial import TrialMemo, study_data
+
+        state = PartialState(cpu=True)
+        assert state.num_processes == 2
+        data = study_data(parse_study(_study(), "study"), TrialMemo())
+        examples = sample_directions(data.splits.train, data.directions, 96, seed=0)
+        out = {{}}
+        for name, stop_at, lr in (("plain", None, 3e-3), ("budget", 1e-6, 2e-2)):
+            model, tokenizer = load_model(BASE)
+            control, _ = make_control(model, tokenizer, data.languages, {{}}, 64)
+            callback = ForgettingCallback({str(runs["dir"] / "study.yaml")!r}, every=2, stop_at=stop_at)
+            trainer = _trainer(model, control, examples, sys.argv[1] + "/" + name, [callback], max_steps=4,
+                               per_device_train_batch_size=8, learning_rate=lr)
+            trainer.train()
+            out[name] = {{"logged": [h for h in trainer.state.log_history if "forgetting/supervised/chrf" in h],
+                         "step": trainer.state.global_step, "sampled": callback.probe is not None}}
+        with open(f"{{sys.argv[1]}}/rank{{state.process_index}}.json", "w") as f:
+            json.dump(out, f)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=500, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    main_rank, other = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert main_rank["plain"]["sampled"] and not other["plain"]["sampled"]  # the main process alone translates
+    assert [h["step"] for h in main_rank["plain"]["logged"]] == [0, 2, 4]
+    for run in ("plain", "budget"):
+        assert main_rank[run]["logged"] == other[run]["logged"]  # every process logs the main one's values
+        assert main_rank[run]["step"] == other[run]["step"]  # and stops at the same step
+    assert main_rank["budget"]["step"] < 4
+    assert json.loads((tmp_path / "plain" / "forgetting_curve.json").read_text())["forgetting_curve"]
