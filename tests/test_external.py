@@ -272,3 +272,46 @@ def test_under_two_processes_the_main_one_samples_and_every_process_logs_and_sto
         assert main_rank[run]["step"] == other[run]["step"]  # and stops at the same step
     assert main_rank["budget"]["step"] < 4
     assert json.loads((tmp_path / "plain" / "forgetting_curve.json").read_text())["forgetting_curve"]
+
+
+def test_trl_sft_trainer_on_a_chat_model_with_the_callback_and_its_checkpoint_measured(tmp_path, one_thread):
+    """TRL's SFTTrainer (a Trainer) on the shipped instruction-tuned decoder-only base: the callback
+    logs through it, and its checkpoint (with its tokenizer and chat template) is measured."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from mtforget.study.trial import _language_names
+
+    chat = PREBUILT_DIR / "lm-instruct"
+    raw = _study()
+    raw["model"]["path"] = str(chat)
+    raw["corpus"]["languages"] = ["en", "xa", "xb", "xc"]
+    raw["finetune"]["directions"] = ["en-xa", "xa-en"]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
+    cfg = parse_study(raw, "study")
+    data = study_data(cfg, TrialMemo())
+    model, tokenizer = load_model(chat)
+    control, _ = make_control(model, tokenizer, data.languages, _language_names(cfg.corpus), 64)
+    rows = [{"prompt": [{"role": "system", "content": control.instruction(e.src_lang, e.tgt_lang)},
+                        {"role": "user", "content": e.src}],
+             "completion": [{"role": "assistant", "content": e.tgt}]}
+            for e in sample_directions(data.splits.train, data.directions, 32, seed=0)]
+    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=4, per_device_train_batch_size=8,
+                         learning_rate=1e-3, report_to="none", use_cpu=True, save_strategy="steps", save_steps=4,
+                         lr_scheduler_type="constant", seed=0, disable_tqdm=True)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                             callbacks=[ForgettingCallback(tmp_path / "study.yaml", every=4)])
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "forgetting/unseen_both/chrf" in h]
+    assert [h["step"] for h in logged] == [0, 4]
+    assert json.loads((tmp_path / "sft" / "forgetting_curve.json").read_text())["forgetting_curve"][-1]["step"] == 4
+
+    raw["finetune"]["checkpoints"] = [str(tmp_path / "sft" / "checkpoint-*")]
+    assert _run(tmp_path, "measured", raw) == 0
+    (trial,) = (tmp_path / "measured" / "trials").iterdir()
+    info = json.loads((trial / "result.json").read_text())["info"]
+    assert info["checkpoint"]["step"] == 4 and info["checkpoint"]["tokenizer"] == "own"
+    assert info["architecture"] == "decoder-only" and info["language_control"] == "chat template"
+    deltas = [r["delta"] for r in json.loads((trial / "result.json").read_text())["rows"]
+              if r["metric"] == "chrf" and r["category"] == "supervised"]
+    assert deltas and any(d != 0 for d in deltas)
