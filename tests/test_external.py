@@ -75,10 +75,11 @@ def runs(tmp_path_factory, one_thread):
     torch.manual_seed(0)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "fc1", "fc2"],
                                             task_type="SEQ_2_SEQ_LM"))
-    trainer = _trainer(lora, control, examples, tmp / "lora", tokenizer=tokenizer, learning_rate=1e-2)
+    trainer = _trainer(lora, control, examples, tmp / "lora", [ForgettingCallback(tmp / "study.yaml", every=3)],
+                       tokenizer=tokenizer, learning_rate=1e-2)
     trainer.train()
     trainer.save_model(str(tmp / "adapter"))
-    return {"dir": tmp, "history": full.state.log_history, "callback": callback}
+    return {"dir": tmp, "history": full.state.log_history, "lora_history": trainer.state.log_history}
 
 
 def _run(tmp, name, raw) -> tuple[int, str]:
@@ -102,6 +103,10 @@ def test_the_callback_logs_its_curve_through_the_trainer_and_writes_forgetting_c
         assert set(point) == {"step", "tokens", *CATEGORIES}
         assert all(round(point[c], 4) == entry[f"forgetting/{c}/chrf"] for c in CATEGORIES)
     assert saved["forgetting_proxy"]["points"] and saved["stopped_at"] is None
+
+    # The same inside a LoRA run: the model being trained is the peft model, translated as it is.
+    assert [h["step"] for h in runs["lora_history"] if "forgetting/supervised/chrf" in h] == [0, 3, 6]
+    assert json.loads((runs["dir"] / "lora" / "forgetting_curve.json").read_text())["forgetting_curve"][-1]["step"] == 6
 
     assert main(["report", str(runs["dir"] / "run")]) == 0
     assert "| 6 |" in (runs["dir"] / "run" / "forgetting_curve.md").read_text()

@@ -190,6 +190,9 @@ def forgetting_curves(curves: list[dict], path: Path) -> Path | None:
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xlabel(x_label)
             ax.set_ylabel("chrF change")
+        if not any(p.get("tokens") for p in points):
+            by_tokens.text(0.5, 0.5, "fine-tuning tokens not counted", ha="center", va="center",
+                           transform=by_tokens.transAxes, fontsize=8, color="grey")
         if curve["stopped_at"] is not None:
             by_step.axvline(curve["stopped_at"], color="black", ls=":", lw=1)
         by_step.set_title(curve["condition"], fontsize=8, loc="left")
