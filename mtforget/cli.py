@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run or resume a study")
     run.add_argument("study", type=Path, help="study YAML file")
     common(run)
-    report = sub.add_parser("report", help="rebuild the report of a study directory")
+    report = sub.add_parser("report", help="rebuild the report of a study directory (or show the forgetting_curve.json "
+                            "of a Trainer output folder)")
     report.add_argument("dir", type=Path)
     bases = sub.add_parser("bases", help="the demo's pretrained tiny bases shipped in the package")
     bases_sub = bases.add_subparsers(dest="bases_command", required=True, parser_class=_Parser)
@@ -100,7 +101,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mtforget.report.build import build_report
 
         if not (args.dir / "results.sqlite").is_file():
-            raise UsageError(f"{args.dir}: no results.sqlite (not a study directory)")
+            from mtforget.report.curve import CURVE_FILE, curve_report
+
+            if (args.dir / CURVE_FILE).is_file():  # a Trainer's output folder (ForgettingCallback)
+                path = curve_report(args.dir)
+                print(f"report: {path}\n" + path.read_text(encoding="utf-8"))
+                return 0
+            raise UsageError(f"{args.dir}: no results.sqlite (not a study directory) and no {CURVE_FILE}")
         path = build_report(args.dir)
         print(f"report: {path}")
         return 0

@@ -35,6 +35,26 @@ class BudgetConfig(BaseModel):
     metric: Literal["chrf"] = "chrf"
 
 
+def over_budget(deltas: dict[str, float], categories: list[str], max_drop: float, step: int) -> str | None:
+    """Why a check at ``step`` with per-category changes ``deltas`` is over the budget (the watched
+    category that fell most, by more than ``max_drop``), or None when it is within."""
+    worst = min(categories, key=lambda c: deltas[c])
+    if -deltas[worst] > max_drop:
+        return f"{worst} chrF fell {-deltas[worst]:.2f} points at step {step}, more than the budget of {max_drop:g}"
+    return None
+
+
+def watched_categories(category: str | None, sampled: list[str]) -> list[str]:
+    """The categories a budget watches: ``category``, or every unseen one of the sample; exit 2
+    when the sample has none of them."""
+    watched = [category] if category else [c for c in UNSEEN if c in sampled]
+    missing = [c for c in watched if c not in sampled]
+    if not watched or missing:
+        raise UsageError(f"finetune.forgetting_budget.category: the sample has no direction in "
+                         f"{', '.join(missing) or 'an unseen category'} (it has {', '.join(sampled)})")
+    return watched
+
+
 class BudgetStop(TrainCallback):
     """Stops the run when a watched category's sampled change falls below ``-max_drop``."""
 
@@ -53,12 +73,9 @@ class BudgetStop(TrainCallback):
     def on_step_end(self, step: int, model: torch.nn.Module, state: TrainState) -> None:
         if step % self.every:
             return
-        deltas = self.probe.deltas(model, step)
-        worst = min(self.categories, key=lambda c: deltas[c])
-        if -deltas[worst] > self.max_drop:
-            self.stopped_at = step
-            self.reason = (f"{worst} chrF fell {-deltas[worst]:.2f} points at step {step}, more than the budget of "
-                           f"{self.max_drop:g}")
+        reason = over_budget(self.probe.deltas(model, step), self.categories, self.max_drop, step)
+        if reason:
+            self.stopped_at, self.reason = step, reason
             state.stop(f"forgetting budget: {self.reason}")
         else:
             self._keep(model, step)
@@ -102,11 +119,7 @@ class ForgettingBudget(Mitigation):
         probe = context.forgetting_probe
         if probe is None:
             raise UsageError("finetune.forgetting_budget: needs the sampled evaluation during training")
-        watched = [self.settings.category] if self.settings.category else [c for c in UNSEEN if c in probe.categories]
-        missing = [c for c in watched if c not in probe.categories]
-        if not watched or missing:
-            raise UsageError(f"finetune.forgetting_budget.category: the sample has no direction in "
-                             f"{', '.join(missing) or 'an unseen category'} (it has {', '.join(probe.categories)})")
+        watched = watched_categories(self.settings.category, probe.categories)
         self.stop = BudgetStop(probe, context.check_every, watched, self.settings.max_drop)
 
     def callbacks(self) -> list[TrainCallback]:

@@ -20,7 +20,7 @@ from mtforget.errors import UsageError
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
 from mtforget.report.forecast import forecast
-from mtforget.report.tables import (axis_comparisons, base_quality, category_table, controlled_contrasts,
+from mtforget.report.tables import (axis_comparisons, base_quality, category_table, checkpoint_curves, controlled_contrasts,
                                     direction_matrix, flagged_directions, forgetting_curves, gate_failures,
                                     interpolation_curves, layer_series, trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, open_store_for_report
@@ -83,7 +83,7 @@ def _build_report(out: Path) -> Path:
     curves, layers = interpolation_curves(summaries), layer_series(summaries)
     figures["interpolation"] = plots.interpolation_curves(curves, report / "interpolation.png")
     figures["layers"] = plots.layer_accuracy(layers, report / "layer_retrieval.png")
-    during = forgetting_curves(summaries)
+    during = forgetting_curves(summaries) + checkpoint_curves(summaries, rows)
     figures["forgetting_curves"] = plots.forgetting_curves(during, report / "forgetting_curves.png")
 
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,

@@ -48,7 +48,9 @@ def _points(summaries: list[TrialSummary], trials: list[dict], rows: list[dict])
         if row["metric"] == "chrf" and row["category"] in UNSEEN and row["trial_id"] in plain:
             deltas[row["trial_id"]][row["category"]].append(row["delta"])
             deltas[row["trial_id"]][UNSEEN_MEAN].append(row["delta"])
-    candidates = [s for s in summaries if s.trial_id in deltas and s.result and s.result.tokens_per_parameter]
+    # Checkpoints made elsewhere (finetune.checkpoints) are no part of the study's size grid.
+    candidates = [s for s in summaries if s.trial_id in deltas and s.result and s.result.tokens_per_parameter
+                  and not s.result.checkpoint]
     methods = defaultdict(set)
     for s in candidates:
         methods[s.method].add(s.finetune_size)

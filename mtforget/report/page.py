@@ -193,7 +193,9 @@ def _gate_lines(context: dict) -> list[str]:
 CURVES_INTRO = ("Forgetting sampled while each trial fine-tuned (eval.during_training): per category, the mean "
                 "chrF change since step 0 over a fixed, seeded sample of directions and sentences. The proxy is "
                 "the teacher-forced loss on the unseen directions' dev pairs; r is its correlation with the mean "
-                "sampled change on unseen directions (negative when the loss rises as chrF falls).")
+                "sampled change on unseen directions (negative when the loss rises as chrF falls). A run's "
+                "Trainer checkpoint-N folders evaluated with finetune.checkpoints make a curve too: per category, "
+                "the mean chrF delta over every direction of the category at each checkpoint's step.")
 CURVES_HEADER = ["trial", "checks", "last step", "unseen change at the last check", "stopped by the budget at", "kept",
                  "proxy r"]
 FORECAST_HEADER = ["category", "chrF change per decade", "tokens/parameter within budget", "largest size per model",

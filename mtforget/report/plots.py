@@ -28,7 +28,8 @@ def _save(fig, path: Path) -> Path:
 
 def by_size(table: list[dict], path: Path, metric: str = "chrf") -> Path | None:
     """The delta of ``metric`` against fine-tuning size, one panel per category, one line per model/method."""
-    entries = [e for e in table if e["metric"] == metric]
+    # Checkpoints made elsewhere have no fine-tuning size here (0): they are not on this axis.
+    entries = [e for e in table if e["metric"] == metric and e["finetune_size"] > 0]
     if not entries:
         return None
     fig, axes = plt.subplots(1, len(CATEGORIES), figsize=(3.2 * len(CATEGORIES), 3.2), sharey=True)
@@ -183,13 +184,19 @@ def forgetting_curves(curves: list[dict], path: Path) -> Path | None:
         points = curve["points"]
         categories = [c for c in CATEGORIES if c in points[0]]
         for category in categories:
-            ys = [p[category] for p in points]
-            by_step.plot([p["step"] for p in points], ys, marker=".", label=category)
-            by_tokens.plot([p["tokens"] for p in points], ys, marker=".", label=category)
+            shown_points = [p for p in points if category in p]
+            ys = [p[category] for p in shown_points]
+            by_step.plot([p["step"] for p in shown_points], ys, marker=".", label=category)
+            # Tokens are known only where the run counted them (a Trainer without include_num_input_tokens_seen).
+            counted = [(p["tokens"], p[category]) for p in shown_points if p.get("tokens") is not None]
+            by_tokens.plot([t for t, _ in counted], [y for _, y in counted], marker=".", label=category)
         for ax, x_label in ((by_step, "step"), (by_tokens, "fine-tuning tokens")):
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xlabel(x_label)
             ax.set_ylabel("chrF change")
+        if not any(p.get("tokens") for p in points):
+            by_tokens.text(0.5, 0.5, "fine-tuning tokens not counted", ha="center", va="center",
+                           transform=by_tokens.transAxes, fontsize=8, color="grey")
         if curve["stopped_at"] is not None:
             by_step.axvline(curve["stopped_at"], color="black", ls=":", lw=1)
         by_step.set_title(curve["condition"], fontsize=8, loc="left")

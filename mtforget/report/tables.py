@@ -325,3 +325,31 @@ def forgetting_curves(summaries: list[TrialSummary]) -> list[dict]:
                     "stopped_at": budget.get("stopped_at"), "kept": budget.get("kept"),
                     "correlation": proxy.get("correlation_with_unseen_chrf")})
     return out
+
+
+def checkpoint_curves(summaries: list[TrialSummary], rows: list[dict]) -> list[dict]:
+    """Per run whose Trainer ``checkpoint-N`` folders were evaluated (``finetune.checkpoints``): the
+    forgetting curve they make, in the schema of a trial's ``forgetting_curve`` — per category, the
+    mean chrF delta over the category's directions at each checkpoint's step, from the base (step 0)."""
+    chrf: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["metric"] == "chrf":
+            chrf[row["trial_id"]][row["category"]].append(row["delta"])
+    series: dict[str, list[TrialSummary]] = defaultdict(list)
+    for s in summaries:
+        checkpoint = (s.result.checkpoint or {}) if s.result else {}
+        if checkpoint.get("series") and checkpoint.get("step") is not None:
+            series[checkpoint["series"]].append(s)
+    out = []
+    for run, members in series.items():
+        members.sort(key=lambda s: s.result.checkpoint["step"])
+        categories = [c for c in CATEGORIES if any(chrf[s.trial_id].get(c) for s in members)]
+        points = [{"step": 0, "tokens": 0, **{c: 0.0 for c in categories}}]
+        for s in members:
+            by_category = chrf[s.trial_id]
+            points.append({"step": s.result.checkpoint["step"], "tokens": s.result.checkpoint.get("tokens"),
+                           **{c: float(np.mean(by_category[c])) for c in categories if by_category.get(c)}})
+        name = run.rstrip("/").rsplit("/", 1)[-1]
+        out.append({"trial_id": f"{name}/checkpoint-*", "condition": f"{members[0].model} checkpoints of {run}",
+                    "points": points, "stopped_at": None, "kept": None, "correlation": None})
+    return out

@@ -145,6 +145,18 @@ class _FinetuneCore(_Strict):
     # round away), bf16-kahan (bfloat16 with Kahan-summed AdamW; the lowmem extra).
     precision: Literal["auto", "fp32", "bf16", "bf16-kahan"] = "auto"
 
+    # Folders (or globs like run/checkpoint-*) fine-tuned elsewhere from model.path: each is a trial
+    # that is evaluated, not trained (mtforget.study.checkpoints); None: fine-tune here.
+    checkpoints: list[str] | None = None
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value  # one folder or glob
+        if isinstance(value, list) and (not value or not all(isinstance(v, str) and v.strip() for v in value)):
+            raise ValueError("give checkpoint folders or globs, e.g. [run/checkpoint-*]")
+        return value
+
     @field_validator("directions")
     @classmethod
     def _directions(cls, value: list[str] | None) -> list[str] | None:
@@ -394,6 +406,9 @@ def resolve_value(key: str, value: Any, base: Path, raw: dict) -> Any:
     value, or each source's ``path`` of ``finetune.data`` (read like ``corpus.path``)."""
     if key in PATH_KEYS:
         return resolve_path(key, value, base, raw)
+    if key == "finetune.checkpoints" and isinstance(value, (list, str)):  # always local folders (or globs)
+        return [os.path.normpath(os.path.abspath(base / Path(v).expanduser())) if isinstance(v, str) and v.strip()
+                else v for v in ([value] if isinstance(value, str) else value)]
     if key == "finetune.data" and isinstance(value, list):
         return [{**s, "path": resolve_path("corpus.path", s["path"], base, {"corpus": s})}
                 if isinstance(s, dict) and "path" in s else s for s in value]
@@ -404,7 +419,7 @@ def resolve_paths(raw: dict, base: Path) -> dict:
     """``raw`` with the relative paths of its path-bearing keys (and of its grid's values for
     them) made absolute against ``base``."""
     raw = _deep_copy(raw)
-    for key in (*PATH_KEYS, "finetune.data"):
+    for key in (*PATH_KEYS, "finetune.data", "finetune.checkpoints"):
         node: Any = raw
         *parents, leaf = key.split(".")
         for part in parents:

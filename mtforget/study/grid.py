@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from mtforget.bases.specs import tiny_recipe
 from mtforget.cache import content_fingerprint, fingerprint
 from mtforget.mitigations import MITIGATIONS, settings_of
+from mtforget.study.checkpoints import CheckpointFolder, check_study, resolve_checkpoints
 from mtforget.study.config import EXECUTION_KEYS, StudyConfig, grid_combinations, set_dotted, study_to_dict
 
 
@@ -19,6 +21,17 @@ class Trial:
     id: str
     config: StudyConfig
     grid_values: dict  # the grid's values for this trial (dotted key → value)
+    checkpoint: CheckpointFolder | None = None  # a checkpoint fine-tuned elsewhere, evaluated instead of training
+
+    @property
+    def method(self) -> str:
+        """How the model was fine-tuned: ``finetune.method``, or the checkpoint's (``full``, ``lora`` ...)."""
+        return self.checkpoint.method if self.checkpoint else self.config.finetune.method
+
+    @property
+    def finetune_size(self) -> int:
+        """Fine-tuning pairs (0 for a checkpoint made elsewhere: not known here)."""
+        return 0 if self.checkpoint else self.config.finetune.size
 
     @property
     def model_label(self) -> str:
@@ -31,13 +44,18 @@ class Trial:
     @property
     def condition(self) -> str:
         """The trial's condition (see :func:`condition_label`)."""
-        return condition_label(self.config, self.model_label, self.grid_values)
+        return condition_label(self.config, self.model_label, self.grid_values, self.checkpoint)
 
 
-def condition_label(config: StudyConfig, model_label: str, grid_values: dict) -> str:
-    """A trial's condition, the one name tables and plots give it: model, method, data size, each
-    mitigation that changes training, and any other grid value except the seed."""
-    parts = [model_label, config.finetune.method, f"n={config.finetune.size}"]
+def condition_label(config: StudyConfig, model_label: str, grid_values: dict,
+                    checkpoint: CheckpointFolder | None = None) -> str:
+    """A trial's condition, the one name tables and plots give it: model, method, data size (or
+    the checkpoint made elsewhere), each mitigation that changes training, and any other grid value
+    except the seed."""
+    if checkpoint is not None:
+        parts = [model_label, checkpoint.method, f"ckpt={checkpoint.label}"]
+    else:
+        parts = [model_label, config.finetune.method, f"n={config.finetune.size}"]
     for m in MITIGATIONS.values():
         settings = settings_of(config, m.key)
         if m.changes_training and m.enabled(settings):
@@ -72,17 +90,32 @@ def expand(study: StudyConfig) -> list[Trial]:
             raw["model"]["pretrain_steps"] = None
             raw["model"]["prebuilt"] = True
             chosen.pop("model.tiny", None)
-        config = StudyConfig.model_validate({**raw, "grid": {}})
-        identity = {k: v for k, v in study_to_dict(config).items() if k not in EXECUTION_KEYS}
-        if config.model.tiny and not config.model.path:
-            # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
-            identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
-        _identify_contents(identity, config, contents)
-        _leave_out_automatic_precision(identity)
-        _leave_out_mitigations_that_are_off(identity, config)
-        trial_id = _readable(config) + "-" + fingerprint(identity, length=8)
-        trials.setdefault(trial_id, Trial(trial_id, config, chosen))
+        if raw["finetune"].get("checkpoints"):
+            # Checkpoints made elsewhere: one trial each, evaluated instead of trained.
+            check_study(StudyConfig.model_validate({**raw, "grid": {}}))
+            for folder in resolve_checkpoints(raw["finetune"]["checkpoints"]):
+                one = copy.deepcopy(raw)
+                one["finetune"]["checkpoints"] = [folder.path]
+                trial = _trial(one, chosen, contents, folder)
+                trials.setdefault(trial.id, trial)
+            continue
+        trial = _trial(raw, chosen, contents)
+        trials.setdefault(trial.id, trial)
     return list(trials.values())
+
+
+def _trial(raw: dict, chosen: dict, contents: dict[str, str | None], checkpoint: CheckpointFolder | None = None) -> Trial:
+    """The trial of one resolved config (and the checkpoint made elsewhere it evaluates, if any)."""
+    config = StudyConfig.model_validate({**raw, "grid": {}})
+    identity = {k: v for k, v in study_to_dict(config).items() if k not in EXECUTION_KEYS}
+    if config.model.tiny and not config.model.path:
+        # A built-in size is its recipe: a new spec or recipe must not reuse old trials.
+        identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
+    _identify_contents(identity, config, contents)
+    _leave_out_automatic_precision(identity)
+    _leave_out_mitigations_that_are_off(identity, config)
+    readable = _readable(config) if checkpoint is None else _readable_checkpoint(config, checkpoint)
+    return Trial(readable + "-" + fingerprint(identity, length=8), config, chosen, checkpoint)
 
 
 def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, str | None]) -> None:
@@ -97,6 +130,13 @@ def _identify_contents(identity: dict, config: StudyConfig, contents: dict[str, 
                 contents[path] = content_fingerprint(path)
             if contents[path]:
                 block["path"] = {"contents": contents[path]}
+    if identity["finetune"].get("checkpoints"):
+        for i, path in enumerate(identity["finetune"]["checkpoints"]):
+            if path not in contents:
+                contents[path] = content_fingerprint(path)
+            identity["finetune"]["checkpoints"][i] = {"contents": contents[path]}
+    else:  # a key that came later: studies without it keep their trial ids
+        identity["finetune"].pop("checkpoints", None)
 
 
 def _leave_out_automatic_precision(identity: dict) -> None:
@@ -131,3 +171,9 @@ def _readable(config: StudyConfig) -> str:
     mitigations = "".join(f"-{m.id_tag(settings_of(config, m.key))}" for m in MITIGATIONS.values()
                           if m.changes_training and m.enabled(settings_of(config, m.key)))
     return f"{model}-{config.finetune.method}-n{config.finetune.size}-s{config.seed}{mitigations}"
+
+
+def _readable_checkpoint(config: StudyConfig, checkpoint: CheckpointFolder) -> str:
+    model = f"tiny-{config.model.tiny}" if config.model.tiny and not config.model.path else "ckpt"
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", checkpoint.label.replace("/", "-"))
+    return f"{model}-{checkpoint.method}-{label}"

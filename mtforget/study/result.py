@@ -25,8 +25,8 @@ class TrialResult:
     added_language_tokens: list[str]
     train: dict  # the fine-tuning run's TrainOutcome
     precision: str  # finetune.precision as it ran: fp32 (master weights), bf16 or bf16-kahan
-    grad_accumulation: int
-    effective_batch_size: int
+    grad_accumulation: int | None  # None: not trained here (finetune.checkpoints)
+    effective_batch_size: int | None
     max_length: int
     overlap_dropped: int  # finetune.data pairs dropped for repeating an evaluation or dev sentence
     missing_directions: list[str]  # directions without test sentences
@@ -52,6 +52,9 @@ class TrialResult:
     forgetting_proxy: dict | None = None
     dtype: str | None = None  # model.dtype as resolved: the weights' dtype when loaded and evaluated
     eval_processes: int | None = None  # processes that translated the fine-tuned evaluation
+    # A checkpoint fine-tuned elsewhere (finetune.checkpoints), evaluated instead of trained: its
+    # folder, kind (full or adapter), method, Trainer step and tokens, run folder and tokenizer.
+    checkpoint: dict | None = None
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""

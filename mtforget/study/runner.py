@@ -103,8 +103,8 @@ def _register(study: StudyConfig, out: Path, trials: list[Trial],
     store.set_meta(_environment())
     for t in trials:
         c = t.config
-        store.register(t.id, t.model_label, c.finetune.method, mitigation_labels(c), t.condition,
-                       c.finetune.size, c.seed, study_to_dict(c), t.grid_values)
+        store.register(t.id, t.model_label, t.method, mitigation_labels(c), t.condition,
+                       t.finetune_size, c.seed, study_to_dict(c), t.grid_values)
         _recover_result(store, out, t)
     # A trial that failed on bad config or input is always retried: the user has fixed it.
     todo = [t for t in trials if store.status(t.id) != "done"

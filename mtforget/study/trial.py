@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ from mtforget.models.control import Control
 from mtforget.models.hidden import resolve_layer
 from mtforget.models.loading import count_parameters, default_device, load_model, make_control
 from mtforget.models.lora import apply_lora, merge_lora
+from mtforget.study.checkpoints import load_checkpoint
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
 from mtforget.study.result import TrialResult
@@ -150,9 +151,9 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
             base_representations = _base_representations(base, data, run.cfg.eval.representation_sentences,
                                                          shared)
     with run.stage("finetune"):
-        tuned = finetune(run, data, base, base_eval)
+        tuned = finetune(run, data, base, base_eval) if run.trial.checkpoint is None else from_checkpoint(run, data, base)
     with run.stage("finetuned_eval"):
-        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned", run.group)
+        ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned", run.group, tuned.control)
     if not run.main:
         return None
     with run.stage("paired_bootstrap"):
@@ -169,7 +170,11 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
     for mitigation in tuned.mitigations:
         with run.stage(mitigation.name):
             mitigations[mitigation.name] = mitigation.after_training(tuned.model, tuned.outcome, evaluation)
-    return rows, _trial_result(run, data, base, tuned, base_eval, category_ci, mitigations, analyses)
+    result = _trial_result(run, data, base, tuned, base_eval, category_ci, mitigations, analyses)
+    if run.trial.checkpoint is not None:  # nothing here trained it: no batch settings to record
+        result = replace(result, grad_accumulation=None, effective_batch_size=None,
+                         checkpoint=run.trial.checkpoint.describe())
+    return rows, result
 
 
 class TrialRun:
@@ -238,16 +243,23 @@ class Finetuned:
     overlap_dropped: int
     finetune_data: dict | None
     mitigations: list[Mitigation]
+    control: Control | None = None  # how to steer it, when not as the base (its own tokenizer)
 
 
 def prepare_data(run: TrialRun) -> TrialData:
     """Corpus, splits, study languages and directions; writes the trial's resolved config."""
-    corpus, splits = _corpus_and_splits(run.cfg.corpus, run.shared)
-    languages = _study_languages(corpus, run.cfg.corpus)
-    directions = resolve_directions(run.cfg.finetune.directions, corpus, languages)
+    data = study_data(run.cfg, run.shared)
     if run.main:
         write_json_atomic(run.dir / "config.json", {**study_to_dict(run.cfg), "resolved_directions":
-                                                    [f"{s}-{t}" for s, t in directions]})
+                                                    [f"{s}-{t}" for s, t in data.directions]})
+    return data
+
+
+def study_data(cfg: StudyConfig, shared: TrialMemo) -> TrialData:
+    """The corpus, splits, languages and directions a study's config names."""
+    corpus, splits = _corpus_and_splits(cfg.corpus, shared)
+    languages = _study_languages(corpus, cfg.corpus)
+    directions = resolve_directions(cfg.finetune.directions, corpus, languages)
     return TrialData(corpus, splits, languages, directions, [(s, t) for s in languages for t in languages if s != t],
                      pivot_language(corpus, languages))
 
@@ -272,11 +284,15 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
         log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
     device = default_device()
     model.to(device)
+    return LoadedBase(base_dir, model, tokenizer, control, added, device, eval_settings(cfg))
+
+
+def eval_settings(cfg: StudyConfig) -> EvalSettings:
+    """How a study evaluates every direction (decoding, batches, metrics)."""
     comet = cfg.eval.comet
-    settings = EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                            (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
-                            if "comet" in cfg.eval.metrics else None, tuple(cfg.eval.metrics))
-    return LoadedBase(base_dir, model, tokenizer, control, added, device, settings)
+    return EvalSettings(cfg.eval.max_sentences, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                        (comet.python, comet.checkpoint, comet.scorer, comet.batch_size, comet.gpus)
+                        if "comet" in cfg.eval.metrics else None, tuple(cfg.eval.metrics))
 
 
 def evaluate_base(run: TrialRun, data: TrialData, base: LoadedBase) -> dict | None:
@@ -357,6 +373,23 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
                      mitigations)
 
 
+def from_checkpoint(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetuned:
+    """The fine-tuned model of a trial that evaluates a checkpoint made elsewhere
+    (``finetune.checkpoints``): the base, loaded as for training, turned into the checkpoint."""
+    folder = run.trial.checkpoint
+    loaded = load_checkpoint(folder, base.model, base.tokenizer, base.dir)
+    control = None
+    if loaded.tokenizer is not None:  # steered through its own tokenizer (its chat template, say)
+        control, _ = make_control(loaded.model, loaded.tokenizer, data.languages, _language_names(run.cfg.corpus),
+                                  run.cfg.finetune.max_length)
+    log.info("evaluating %s (%s%s) instead of fine-tuning", folder.path, folder.method,
+             f", step {folder.step}" if folder.step is not None else "")
+    outcome = TrainOutcome(steps=folder.step or 0, seconds=0.0,
+                           train_loss=folder.train_loss if folder.train_loss is not None else float("nan"),
+                           tokens=folder.tokens or 0, precision="unknown")
+    return Finetuned(loaded.model, outcome, 0, loaded.trainable, 0, None, [], control)
+
+
 def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict | None,
                       mitigations: list[Mitigation]) -> ForgettingProbe | None:
     """The sampled evaluation during training, when ``eval.during_training.every`` or a mitigation
@@ -366,14 +399,24 @@ def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eva
     sampled = run.cfg.eval.during_training
     if not sampled.every and not any(m.needs_forgetting_probe for m in mitigations):
         return None
-    sample = run.group.broadcast(draw_sample(base_eval, data.directions, run.gate, sampled.directions,
-                                             sampled.sentences, run.cfg.seed) if run.main else None)
+    return make_probe(run.cfg, data, base, base_eval, run.gate, run.group)
+
+
+def make_probe(cfg: StudyConfig, data: TrialData, base: LoadedBase, base_eval: dict | None,
+               gate: BaseGate, group: EvalGroup = ALONE) -> ForgettingProbe:
+    """The sampled evaluation of ``eval.during_training`` for the model of ``base`` (whose
+    evaluation ``base_eval`` decides which directions can be sampled). The main process of
+    ``group`` draws the sample (it alone holds the base's scores); every process translates its
+    share of each check."""
+    sampled = cfg.eval.during_training
+    sample = group.broadcast(draw_sample(base_eval, data.directions, gate, sampled.directions, sampled.sentences,
+                                         cfg.seed) if group.is_main else None)
     dev_pairs = unseen_dev_pairs(data.splits.dev, sample, sampled.sentences)
 
     def engine(model: torch.nn.Module) -> GenerationEngine:
-        return _engine("hf", model, base.control, run.cfg.eval.compute_type, base.settings, False, None)
+        return _engine("hf", model, base.control, cfg.eval.compute_type, base.settings, False, None)
 
-    return ForgettingProbe(sample, engine, base.control, dev_pairs, group=run.group)
+    return ForgettingProbe(sample, engine, base.control, dev_pairs, group=group)
 
 
 def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example], list[Example], int, dict | None]:
@@ -400,10 +443,11 @@ def _finetune_examples(cfg: StudyConfig, data: TrialData) -> tuple[list[Example]
 
 
 def _evaluate(run: TrialRun, data: TrialData, base: LoadedBase, model: torch.nn.Module, desc: str,
-              group: EvalGroup = ALONE) -> dict | None:
-    """Scores of ``model`` on every direction, with the engine the base was evaluated with; the
-    processes of ``group`` share the translation, and the others than the main one get None."""
-    with _engine(base.engine_kind, model, base.control, run.cfg.eval.compute_type, base.settings, False,
+              group: EvalGroup = ALONE, control: Control | None = None) -> dict | None:
+    """Scores of ``model`` on every direction, with the engine the base was evaluated with (and
+    the base's control unless ``control`` is given); the processes of ``group`` share the
+    translation, and the others than the main one get None."""
+    with _engine(base.engine_kind, model, control or base.control, run.cfg.eval.compute_type, base.settings, False,
                  base.probe) as engine:
         return evaluate_directions(engine, data.splits.test, data.all_directions, base.lid, base.settings,
                                    desc=desc, progress=run.progress, group=group)
@@ -427,7 +471,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
     curve = curve_of(outcome.history)
     return TrialResult(
         model=run.trial.model_label, base_dir=str(base.dir), parameters=count_parameters(model),
-        trainable_parameters=tuned.trainable, method=cfg.finetune.method,
+        trainable_parameters=tuned.trainable, method=run.trial.method,
         architecture="encoder-decoder" if model.config.is_encoder_decoder else "decoder-only",
         language_control=base.control.description,
         finetune_directions=[f"{s}-{t}" for s, t in data.directions], finetune_examples=tuned.examples,
