@@ -84,8 +84,11 @@ class PrecisionPlan:
         for name, param in model.named_parameters():
             if (param.requires_grad or uniform) and param.is_floating_point():
                 before[name] = param.dtype
-                if param.dtype != self.weights:
-                    param.data = param.data.to(self.weights)
+                # Master weights widen a half type and never narrow a wider one (a float64 model
+                # trains in float64).
+                target = torch.promote_types(param.dtype, self.weights) if self.mode == "fp32" else self.weights
+                if param.dtype != target:
+                    param.data = param.data.to(target)
         return before
 
     @staticmethod
