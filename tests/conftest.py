@@ -17,6 +17,17 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps one state per process: a test whose Trainer ran under bf16 (TRL's default)
+    must not hand its mixed precision to the next test's Accelerator."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: engines read the thread count from torch, results must not

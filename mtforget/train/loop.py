@@ -26,6 +26,7 @@ schedule), checks after each step.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -268,7 +269,12 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
            plan: PrecisionPlan) -> _Run:
     """Accelerator, optimizer, schedule and batches of a run, resumed from ``checkpoint_dir`` when
     it holds a checkpoint."""
-    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
+    # A launch's mixed precision comes from its environment (accelerate launch --mixed_precision),
+    # never from an Accelerator that other code in this process made before (a Trainer with
+    # bf16=True): inheriting it would train this run under autocast without a word. A clash is
+    # accelerate's ValueError, and the trial fails with it.
+    accelerator = Accelerator(mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with="tensorboard" if log_dir else None,
                               project_dir=str(log_dir) if log_dir else None)
     if log_dir:
