@@ -42,9 +42,10 @@ def test_manifest_matches_the_demo_world_and_recipes(demo_world, manifest):
     world = world_fingerprint(corpus, splits, names)
     assert set(manifest["bases"]) == set(TINY_NAMES)
     for name in TINY_NAMES:
-        reason = mismatch(name, manifest["bases"][name], world, study.model.seed)
+        mix = dict(study.model.pretrain_mix)
+        reason = mismatch(name, manifest["bases"][name], world, study.model.seed, mix=mix)
         assert reason is None, f"tiny:{name}: {reason}; {REBUILD}"
-        assert prebuilt_base(name, corpus, splits, study.model.seed, None, names) == PREBUILT_DIR / name
+        assert prebuilt_base(name, corpus, splits, study.model.seed, None, names, mix=mix) == PREBUILT_DIR / name
 
 
 def test_shipped_bases_meet_the_demo_targets(manifest):
@@ -82,6 +83,7 @@ def test_any_mismatch_pretrains_instead(tmp_path, monkeypatch):
     assert prebuilt_base("small", corpus, splits, 0, None, None, tmp_path) == shipped
     assert prebuilt_base("small", corpus, splits, 1, None, None, tmp_path) is None  # seed
     assert prebuilt_base("small", corpus, splits, 0, 40, None, tmp_path) is None  # a budget of its own
+    assert prebuilt_base("small", corpus, splits, 0, None, None, tmp_path, mix={"xa": 0.1}) is None  # the mix
     other = parse_study({**tiny_study(), "corpus": {**tiny_study()["corpus"], "split_seed": 7}}, "x")
     assert prebuilt_base("small", *_corpus_and_splits(other.corpus, TrialMemo()), 0, None, None, tmp_path) is None
     monkeypatch.setitem(TINY_SPECS, "small", dataclasses.replace(TINY_SPECS["small"], lr=1e-3))  # recipe
@@ -111,3 +113,41 @@ def test_cli_from_scratch_and_full(monkeypatch, tmp_path):
     assert cli.main(["demo", "--full"]) == 0
     assert seen["study"].model.prebuilt is True and seen["out"].name == "demo-full"
     assert all(part["seed"] == [0, 1, 2] for part in seen["study"].grid)
+
+
+def test_pretrain_mix_weighs_languages_and_is_checked():
+    """A language of weight w is drawn about w times as often as the others; the even mix draws as
+    it always did; a weight outside (0, 1] or a language the corpus lacks is a usage error."""
+    from collections import Counter
+
+    from mtforget.data.splits import sample_all_directions
+    from mtforget.errors import UsageError
+    from mtforget.study.trial import _base_model
+
+    cfg = parse_study(tiny_study(), "x")
+    corpus, splits = _corpus_and_splits(cfg.corpus, TrialMemo())
+    languages = list(corpus.languages)
+    low = languages[1]
+    drawn = Counter()
+    for ex in sample_all_directions(splits.train, languages, 4000, 0, {low: 0.1}):
+        drawn.update([ex.src_lang, ex.tgt_lang])
+    others = [drawn[lang] for lang in languages if lang != low]
+    assert 0.05 < drawn[low] / (sum(others) / len(others)) < 0.2
+    assert sample_all_directions(splits.train, languages, 50, 3) == sample_all_directions(splits.train, languages, 50, 3, {})
+    with pytest.raises(Exception, match="pretrain_mix"):
+        parse_study({**tiny_study(), "model": {"tiny": "small", "pretrain_mix": {low: 0}}}, "x")
+    bad = parse_study({**tiny_study(), "model": {"tiny": "small", "pretrain_mix": {"zz": 0.5}}}, "x")
+    with pytest.raises(UsageError, match="model.pretrain_mix: zz"):
+        _base_model(bad, corpus, splits, progress=False)
+
+
+def test_a_base_pretrained_on_another_mix_is_another_base():
+    """The mix decides the examples a base learns from, so it keys the cache and is recorded."""
+    cfg = parse_study(tiny_study(), "x")
+    corpus, splits = _corpus_and_splits(cfg.corpus, TrialMemo())
+    low = corpus.languages[1]
+    even = tiny.tiny_base("small", corpus, splits, 0, steps=2, progress=False, prebuilt=False)
+    mixed = tiny.tiny_base("small", corpus, splits, 0, steps=2, progress=False, prebuilt=False, mix={low: 0.5})
+    assert mixed != even
+    assert json.loads((mixed / "mtforget_base.json").read_text())["pretrain_mix"] == {low: 0.5}
+    assert "pretrain_mix" not in json.loads((even / "mtforget_base.json").read_text())

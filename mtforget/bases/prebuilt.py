@@ -65,9 +65,10 @@ def load_manifest(root: Path = PREBUILT_DIR) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def mismatch(name: str, entry: dict | None, world: str, seed: int, root: Path = PREBUILT_DIR) -> str | None:
+def mismatch(name: str, entry: dict | None, world: str, seed: int, root: Path = PREBUILT_DIR,
+             mix: dict[str, float] | None = None) -> str | None:
     """Why the shipped base ``name`` (its manifest ``entry``) is not the one a study would build on
-    ``world`` with ``seed``; None when it is."""
+    ``world`` with ``seed`` and the pre-training language ``mix``; None when it is."""
     if entry is None:
         return "no shipped base of that name"
     if entry.get("recipe") != normalized_recipe(name):
@@ -76,6 +77,8 @@ def mismatch(name: str, entry: dict | None, world: str, seed: int, root: Path = 
         return "it was pre-trained on another corpus, split or language names"
     if entry.get("seed") != seed:
         return f"it was pre-trained with model.seed {entry.get('seed')}"
+    if (entry.get("pretrain_mix") or {}) != json.loads(json.dumps(mix or {})):
+        return f"it was pre-trained with model.pretrain_mix {entry.get('pretrain_mix') or {}}"
     for file, digest in entry.get("files", {}).items():
         path = root / name / file
         if not path.is_file() or file_digest(path) != digest:
@@ -84,7 +87,8 @@ def mismatch(name: str, entry: dict | None, world: str, seed: int, root: Path = 
 
 
 def prebuilt_base(name: str, corpus: Corpus, splits: Splits, seed: int, steps: int | None,
-                  names: dict[str, str] | None, root: Path = PREBUILT_DIR) -> Path | None:
+                  names: dict[str, str] | None, root: Path = PREBUILT_DIR,
+                  mix: dict[str, float] | None = None) -> Path | None:
     """The shipped directory of base ``name`` when it is the base this study would pre-train,
     else None (logged when it is the demo's world but not its base)."""
     manifest = load_manifest(root)
@@ -94,7 +98,7 @@ def prebuilt_base(name: str, corpus: Corpus, splits: Splits, seed: int, steps: i
         return None  # a budget of the study's own: the shipped base is not what it asks for
     entry = manifest.get("bases", {}).get(name)
     world = world_fingerprint(corpus, splits, names)
-    reason = mismatch(name, entry, world, seed, root)
+    reason = mismatch(name, entry, world, seed, root, mix)
     if reason is None:
         return root / name
     if entry is not None and entry.get("world") == world:

@@ -81,10 +81,11 @@ class ChatTasks:
 
 
 def instruction_mix(segments: tuple[Segment, ...] | list[Segment], languages: list[str], names: dict[str, str],
-                    n: int, task_share: float, seed: int) -> list[TaskExample]:
-    """``n`` instruction-tuning examples: translations under varied phrasings, and other tasks."""
+                    n: int, task_share: float, seed: int, mix: dict[str, float] | None = None) -> list[TaskExample]:
+    """``n`` instruction-tuning examples: translations under varied phrasings, and other tasks
+    (languages weighted by ``mix``, as in pre-training)."""
     rng = random.Random(seed)
-    pairs = sample_all_directions(segments, languages, n, seed)
+    pairs = sample_all_directions(segments, languages, n, seed, mix)
     out = []
     for ex in pairs:
         src, tgt = language_name(ex.src_lang, names), language_name(ex.tgt_lang, names)
@@ -123,10 +124,12 @@ def _tokenizer_texts(splits: Splits, languages: list[str], names: dict[str, str]
 
 
 def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, names: dict[str, str],
-                      steps: int | None = None, progress: bool = True) -> Path:
+                      steps: int | None = None, progress: bool = True, mix: dict[str, float] | None = None) -> Path:
     """The directory of ``tiny:lm`` or ``tiny:lm-instruct`` for ``corpus`` (built and cached if missing).
 
-    ``steps`` overrides the plain pre-training budget; instruction tuning scales with it.
+    ``steps`` overrides the plain pre-training budget; instruction tuning scales with it. ``mix``
+    weighs the languages of pre-training and instruction tuning
+    (:func:`~mtforget.data.splits.sample_all_directions`).
     """
     spec = DECODER_SPEC
     steps = steps or spec.steps
@@ -138,21 +141,22 @@ def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, name
         "corpus": corpus.fingerprint(), "train_ids": fingerprint([s.id for s in splits.train]), "languages": languages,
         "names": names, "seed": seed, "precision": asdict(precision), "torch": torch.__version__,
         "transformers": transformers.__version__,
+        **({"mix": mix} if mix else {}),  # only an uneven mix, so the even one keeps its keys
     }
     key = fingerprint(facts)
     if name == "lm-instruct":
-        plain_dir = tiny_decoder_base("lm", corpus, splits, seed, names, steps, progress)
+        plain_dir = tiny_decoder_base("lm", corpus, splits, seed, names, steps, progress, mix)
         tuned_key = fingerprint({**facts, "spec": asdict(spec)})
         return cached_dir("bases", f"tiny-lm-instruct-{tuned_key}",
                           lambda out: _instruction_tune(plain_dir, out, spec, steps, splits, languages, names, seed,
-                                                        progress, precision))
+                                                        progress, precision, mix))
 
     def build(out: Path) -> None:
         tokenizer = train_tokenizer(_tokenizer_texts(splits, languages, names), [], spec.vocab_size, CHAT_MARKERS)
         torch.manual_seed(seed)
         model = build_decoder(spec, tokenizer, precision.attention)
         control = InstructionControl(tokenizer, names, use_chat=False)
-        examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed)
+        examples = sample_all_directions(splits.train, languages, steps * spec.batch_size, seed, mix)
         settings = TrainSettings(lr=spec.lr, batch_size=spec.batch_size, max_steps=steps, warmup_ratio=0.06,
                                  schedule="linear", seed=seed, log_every=100, bf16=precision.bf16,
                                  pad_to_multiple_of=precision.pad_to_multiple_of, micro_batches=PIECES)
@@ -161,21 +165,21 @@ def tiny_decoder_base(name: str, corpus: Corpus, splits: Splits, seed: int, name
                                       "train_seconds": round(outcome.seconds, 2),
                                       "final_train_loss": outcome.train_loss, "precision": precision.name,
                                       "pad_to_multiple_of": precision.pad_to_multiple_of},
-              spec, seed, languages, corpus)
+              spec, seed, languages, corpus, mix)
 
     return cached_dir("bases", f"tiny-lm-{key}", build)
 
 
 def _instruction_tune(plain_dir: Path, out: Path, spec: DecoderSpec, steps: int, splits: Splits,
                       languages: list[str], names: dict[str, str], seed: int, progress: bool,
-                      precision: Precision) -> None:
+                      precision: Precision, mix: dict[str, float] | None = None) -> None:
     """Continue ``tiny:lm`` on chat-formatted instructions: the ``-instruct`` sibling."""
     model = LlamaForCausalLM.from_pretrained(plain_dir, use_safetensors=True, attn_implementation=precision.attention)
     tokenizer = transformers.AutoTokenizer.from_pretrained(plain_dir)
     tokenizer.chat_template = CHAT_TEMPLATE
     tuning_steps = max(1, round(spec.instruct_steps * steps / spec.steps))
     examples = instruction_mix(splits.train, languages, names, tuning_steps * spec.batch_size, spec.task_share,
-                               seed + 1)
+                               seed + 1, mix)
     settings = TrainSettings(lr=spec.instruct_lr, batch_size=spec.batch_size, max_steps=tuning_steps,
                              warmup_ratio=0.06, schedule="linear", seed=seed + 1, log_every=50, bf16=precision.bf16,
                              pad_to_multiple_of=precision.pad_to_multiple_of, micro_batches=PIECES)
@@ -185,14 +189,16 @@ def _instruction_tune(plain_dir: Path, out: Path, spec: DecoderSpec, steps: int,
                                   "steps": steps, "instruct_steps": outcome.steps,
                                   "train_seconds": round(outcome.seconds, 2), "final_train_loss": outcome.train_loss,
                                   "precision": precision.name, "pad_to_multiple_of": precision.pad_to_multiple_of},
-          spec, seed, languages, None)
+          spec, seed, languages, None, mix)
 
 
 def _save(out: Path, model, tokenizer, facts: dict, spec: DecoderSpec, seed: int, languages: list[str],
-          corpus: Corpus | None) -> None:
+          corpus: Corpus | None, mix: dict[str, float] | None = None) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {**facts, "spec": asdict(spec), "seed": seed, "parameters": count_parameters(model), "languages": languages}
     if corpus is not None:
         meta["corpus"] = corpus.fingerprint()
+    if mix:
+        meta["pretrain_mix"] = mix
     (out / "mtforget_base.json").write_text(json.dumps(meta, indent=2))

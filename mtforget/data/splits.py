@@ -104,11 +104,15 @@ def sample_directions(
 
 
 def sample_all_directions(
-    segments: tuple[Segment, ...] | list[Segment], languages: list[str], n: int, seed: int
+    segments: tuple[Segment, ...] | list[Segment], languages: list[str], n: int, seed: int,
+    mix: dict[str, float] | None = None,
 ) -> list[Example]:
     """``n`` examples, each a random segment in a random direction between two of its languages.
 
-    This is the multilingual pre-training mix of the built-in base models.
+    This is the multilingual pre-training mix of the built-in base models. ``mix`` gives some
+    languages a weight below 1 (the others weigh 1): source and target are then drawn in proportion
+    to their weights, so a language of weight 0.1 is seen about a tenth as often as the others, a
+    low-resource language of the mix. Without it every direction is equally likely.
     """
     rng = random.Random(seed)
     usable = [s for s in segments if sum(lang in s.translation for lang in languages) >= 2]
@@ -116,6 +120,18 @@ def sample_all_directions(
     for _ in range(n):
         seg = usable[rng.randrange(len(usable))]
         langs = [lang for lang in languages if lang in seg.translation]
-        src, tgt = rng.sample(langs, 2)
+        if mix:
+            src, tgt = _weighted_pair(rng, langs, mix)
+        else:
+            src, tgt = rng.sample(langs, 2)
         out.append(Example(src, tgt, seg.translation[src], seg.translation[tgt]))
     return out
+
+
+def _weighted_pair(rng: random.Random, langs: list[str], mix: dict[str, float]) -> tuple[str, str]:
+    """Two different languages of ``langs``, each drawn in proportion to its ``mix`` weight."""
+    weights = [mix.get(lang, 1.0) for lang in langs]
+    first = rng.choices(range(len(langs)), weights)[0]
+    rest = [i for i in range(len(langs)) if i != first]
+    second = rng.choices(rest, [weights[i] for i in rest])[0]
+    return langs[first], langs[second]

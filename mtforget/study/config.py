@@ -50,6 +50,18 @@ class ModelConfig(_Strict):
     # Start from the base shipped in the package when its manifest matches this corpus and recipe
     # (mtforget.bases.prebuilt); false pre-trains it here (`mtforget demo --from-scratch`).
     prebuilt: bool = True
+    # A tiny base's pre-training mix: language → weight in (0, 1] (the others weigh 1). A language of
+    # weight 0.1 is seen about a tenth as often as the others, low-resource as in a real multilingual
+    # model's mix (mtforget.data.splits.sample_all_directions).
+    pretrain_mix: dict[str, float] = {}
+
+    @field_validator("pretrain_mix")
+    @classmethod
+    def _weights(cls, mix: dict[str, float]) -> dict[str, float]:
+        for lang, weight in mix.items():
+            if not 0 < weight <= 1:
+                raise ValueError(f"the weight of {lang} is {weight}; give a weight in (0, 1]")
+        return dict(sorted(mix.items()))
 
     @model_validator(mode="after")
     def _has_a_base(self) -> ModelConfig:

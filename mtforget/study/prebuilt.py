@@ -53,10 +53,9 @@ def export_half(src: Path, out: Path) -> None:
     shutil.copy2(src / "mtforget_base.json", out / "mtforget_base.json")
 
 
-def mean_chrf(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> tuple[float, str]:
-    """Mean chrF of a base over every direction of the study's languages, scored as the demo
-    scores a base (its test split, sentence cap, engine and decoding settings); with the
-    engine's name."""
+def direction_chrf(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> tuple[dict[tuple[str, str], float], str]:
+    """chrF of a base on every direction of the study's languages, scored as the demo scores a base
+    (its test split, sentence cap, engine and decoding settings); with the engine's name."""
     languages = list(corpus.languages)
     model, tokenizer = load_model(base_dir)
     control, _ = make_control(model, tokenizer, languages, _language_names(study.corpus), study.finetune.max_length)
@@ -67,7 +66,18 @@ def mean_chrf(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> tuple[
         scores = evaluate_directions(engine, splits.test, directions, lid, settings, desc=f"score {base_dir.name}",
                                      progress=False)
         name = engine.name
-    return sum(r["chrf"] for r in scores.values()) / len(scores), name
+    return {tuple(key.split("-", 1)): r["chrf"] for key, r in scores.items()}, name
+
+
+def quality_summary(scores: dict[tuple[str, str], float], low_resource: list[str]) -> dict[str, float]:
+    """A base's mean chrF over all directions, its worst direction, and (with a pre-training mix)
+    its mean over the directions between English and the low-resource languages, the ones the
+    demo fine-tunes on."""
+    summary = {"mean_chrf": round(sum(scores.values()) / len(scores), 2), "worst_chrf": round(min(scores.values()), 2)}
+    low = [chrf for (s, t), chrf in scores.items() if {s, t} - {"en"} <= set(low_resource) and "en" in (s, t)]
+    if low_resource and low:
+        summary["low_resource_chrf"] = round(sum(low) / len(low), 2)
+    return summary
 
 
 def build_prebuilt_bases(out: Path = PREBUILT_DIR, progress: bool = True) -> dict:
@@ -79,26 +89,30 @@ def build_prebuilt_bases(out: Path = PREBUILT_DIR, progress: bool = True) -> dic
     names = _language_names(study.corpus)
     lid = make_identifier(splits.train, list(corpus.languages))
     world = world_fingerprint(corpus, splits, names)
+    mix = dict(study.model.pretrain_mix)
     bases = {}
     for name in TINY_NAMES:
         started = time.perf_counter()
-        built = tiny_base(name, corpus, splits, study.model.seed, progress=progress, names=names, prebuilt=False)
+        built = tiny_base(name, corpus, splits, study.model.seed, progress=progress, names=names, prebuilt=False,
+                          mix=mix)
         target = out / name
         if target.exists():
             shutil.rmtree(target)
         export_half(built, target)
         meta = json.loads((built / "mtforget_base.json").read_text(encoding="utf-8"))
-        chrf, engine = mean_chrf(target, study, corpus, splits, lid)
+        scores, engine = direction_chrf(target, study, corpus, splits, lid)
+        quality = quality_summary(scores, list(mix))
         model, _ = load_model(target)
         bases[name] = {
             "recipe": normalized_recipe(name), "world": world, "seed": study.model.seed,
-            "parameters": count_parameters(model), "mean_chrf": round(chrf, 2), "engine": engine,
+            **({"pretrain_mix": mix} if mix else {}),
+            "parameters": count_parameters(model), **quality, "engine": engine,
             "steps": meta.get("steps"), "pretrain_seconds": meta.get("train_seconds"),
             **({"builds_on": "lm", "instruct_steps": meta["instruct_steps"]} if "instruct_steps" in meta else {}),
             "precision": meta.get("precision"),
             "dtype": "float16", "files": {f.name: file_digest(f) for f in sorted(target.iterdir()) if f.is_file()},
         }
-        log.info("tiny:%s: %d parameters, mean chrF %.2f (%.0f s)", name, bases[name]["parameters"], chrf,
+        log.info("tiny:%s: %d parameters, chrF %s (%.0f s)", name, bases[name]["parameters"], quality,
                  time.perf_counter() - started)
     manifest = {
         "format": MANIFEST_FORMAT,

@@ -582,8 +582,13 @@ def _study_languages(corpus: Corpus, cfg: CorpusConfig) -> list[str]:
 def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool) -> Path | str:
     if cfg.model.path:
         return cfg.model.path
+    mix = {normalize_code(lang): weight for lang, weight in cfg.model.pretrain_mix.items()}
+    for lang in mix:
+        if lang not in corpus.languages:
+            raise UsageError(f"model.pretrain_mix: {lang} is not a language of the corpus "
+                             f"({', '.join(corpus.languages)})")
     return tiny_base(cfg.model.tiny, corpus, splits, cfg.model.seed, steps=cfg.model.pretrain_steps,
-                     progress=progress, names=_language_names(cfg.corpus), prebuilt=cfg.model.prebuilt)
+                     progress=progress, names=_language_names(cfg.corpus), prebuilt=cfg.model.prebuilt, mix=mix)
 
 
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:
