@@ -17,7 +17,6 @@ from typing import Any
 
 from filelock import FileLock
 
-from mtforget.atomic import write_json_atomic  # noqa: F401 - where callers have imported it from
 from mtforget.errors import UsageError
 
 

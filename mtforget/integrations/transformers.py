@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from mtforget.cache import write_json_atomic
+from mtforget.atomic import write_json_atomic
 from mtforget.errors import UsageError
 from mtforget.evaluate.during_training import ForgettingCurve, ForgettingProbe, curve_of, proxy_of
 from mtforget.evaluate.forgetting import BaseGate

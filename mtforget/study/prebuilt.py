@@ -25,7 +25,8 @@ from mtforget.bases.prebuilt import (MANIFEST_FORMAT, MANIFEST_NAME, MAX_BYTES, 
                                      normalized_recipe, world_fingerprint)
 from mtforget.bases.specs import TINY_NAMES
 from mtforget.bases.tiny import tiny_base
-from mtforget.cache import file_digest, write_json_atomic
+from mtforget.atomic import write_json_atomic
+from mtforget.cache import file_digest
 from mtforget.evaluate.engines.base import make_engine
 from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
 from mtforget.evaluate.lid import make_identifier

@@ -26,9 +26,9 @@ import transformers
 from accelerate import PartialState
 
 import mtforget
-from mtforget.atomic import atomic_path
+from mtforget.atomic import atomic_path, write_json_atomic
 from mtforget.bases.tiny import tiny_base
-from mtforget.cache import cache_root, cached_dir, content_fingerprint, fingerprint, write_json_atomic
+from mtforget.cache import cache_root, cached_dir, content_fingerprint, fingerprint
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
