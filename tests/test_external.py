@@ -320,3 +320,36 @@ def test_trl_sft_trainer_on_a_chat_model_with_the_callback_and_its_checkpoint_me
     deltas = [r["delta"] for r in json.loads((trial / "result.json").read_text())["rows"]
               if r["metric"] == "chrf" and r["category"] == "supervised"]
     assert deltas and any(d != 0 for d in deltas)
+
+
+def test_checkpoint_trials_give_the_same_results_csv_on_two_processes_as_on_one(runs, tmp_path):
+    """Nothing trains in a checkpoint trial, so a two-process launch, where each process translates
+    a share of the batches, must give the one-process results.csv cell for cell."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is installed with the project"
+    raw = _study(checkpoints=[str(runs["dir"] / "run" / "checkpoint-3"), str(runs["dir"] / "adapter")])
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    outs = {}
+    for processes in (1, 2):
+        outs[processes] = out = tmp_path / f"p{processes}"
+        # A cache of its own for each run, so that each evaluates its base too (none reuses the other's).
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+               "MTFORGET_CACHE": str(tmp_path / f"c{processes}")}
+        command = ["-m", "mtforget.cli", "run", str(study), "--out", str(out), "--no-progress"]
+        if processes == 1:
+            done = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=500)
+        else:
+            done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                   "--mixed_precision", "no", "--dynamo_backend", "no", *command],
+                                  env=env, capture_output=True, text=True, timeout=500, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def table(out):
+        with (out / "results.csv").open() as f:
+            return sorted(tuple(r.values()) for r in csv.DictReader(f))
+
+    assert table(outs[2]) == table(outs[1]) and len(table(outs[1])) > 0
+    for processes, out in outs.items():
+        infos = [json.loads(p.read_text())["info"] for p in (out / "trials").glob("*/result.json")]
+        assert len(infos) == 2 and all(info["eval_processes"] == processes for info in infos)
