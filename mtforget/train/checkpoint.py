@@ -166,8 +166,9 @@ def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
     """What loading a checkpoint overwrites, copied (weights to the CPU) so that a failed load can
     be undone."""
     state = {
-        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "model": _cpu_copy(model.state_dict()),
+        # On the CPU too: a copy on the device would double the optimizer's memory there.
+        "optimizer": _cpu_copy(optimizer.state_dict()),
         "scheduler": copy.deepcopy(scheduler.state_dict()),
         "torch": torch.get_rng_state(),
         "random": random.getstate(),
@@ -176,6 +177,17 @@ def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _cpu_copy(value):
+    """``value`` (a state dict, nested) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def _restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:

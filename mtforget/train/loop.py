@@ -229,7 +229,8 @@ def train(
                 run.progress["elapsed"] = time.perf_counter() - run.start
                 run.outcome.tokens += int(run.accelerator.reduce(run.tokens, "sum"))
                 run.tokens.zero_()
-                _save_checkpoint(run.accelerator, checkpoint_dir, run.outcome, run.progress)
+                save_checkpoint(run.accelerator, checkpoint_dir, run.outcome.steps, asdict(run.outcome),
+                                run.progress)
     finally:
         bar.close()
     return _finish(run, checkpoint_dir)
@@ -453,12 +454,6 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
         accelerator.end_training()
     accelerator.free_memory()
     return outcome
-
-
-def _save_checkpoint(accelerator: Accelerator, directory: Path, outcome: TrainOutcome, progress: dict) -> None:
-    """Make the training state at ``outcome.steps`` the checkpoint of ``directory``; a kill at any
-    moment leaves the previous checkpoint or this one (see :mod:`mtforget.train.checkpoint`)."""
-    save_checkpoint(accelerator, directory, outcome.steps, asdict(outcome), progress)
 
 
 @torch.no_grad()
