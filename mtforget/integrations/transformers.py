@@ -40,6 +40,7 @@ from mtforget.atomic import write_json_atomic
 from mtforget.errors import UsageError
 from mtforget.evaluate.during_training import ForgettingCurve, ForgettingProbe, curve_of, proxy_of
 from mtforget.evaluate.forgetting import BaseGate
+from mtforget.evaluate.sharding import launch_group
 from mtforget.report.curve import CURVE_FILE
 from mtforget.mitigations.forgetting_budget import over_budget, watched_categories
 from mtforget.models.language import LanguageTokens
@@ -108,13 +109,13 @@ class ForgettingCallback(TrainerCallback):
         self._path = Path(args.output_dir) / CURVE_FILE
         if state.is_world_process_zero:
             self._prepare(model, processing_class, state)
-        return self._check(args, state, control, model, state.global_step, start=True)
+        return self._check(state, control, model, state.global_step, start=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         """A check every ``every`` optimizer steps and at the last one."""
         step = state.global_step
         if step % self.every == 0 or step == state.max_steps:
-            return self._check(args, state, control, model, step)
+            return self._check(state, control, model, step)
         return control
 
     # -- Checks -----------------------------------------------------------------------------------
@@ -139,12 +140,12 @@ class ForgettingCallback(TrainerCallback):
         self._run = _Run(steps=state.global_step, history=self._resumed_history(state.global_step))
         self._state = TrainState(self._run, state.max_steps, lambda: state.num_input_tokens_seen or None)
 
-    def _check(self, args, state, control, model, step: int, start: bool = False):
+    def _check(self, state, control, model, step: int, start: bool = False):
         """Measure (main process), share the values and the decision to stop, log and write."""
         values, stop = None, None
         if state.is_world_process_zero:
             values, stop = self._measure(model, step, start)
-        values, stop = _from_main(args, [values, stop])
+        values, stop = launch_group().broadcast((values, stop))  # every process logs and stops alike
         if values:
             self._log(values, state)
         if stop:
@@ -241,11 +242,3 @@ def _refuse_sharded(args) -> None:
     if args.world_size > 1 and (args.fsdp or (deepspeed is not None and deepspeed.is_zero3())):
         raise UsageError("ForgettingCallback: the weights are sharded over processes (FSDP or DeepSpeed ZeRO-3); "
                          "the main process cannot translate with them alone")
-
-
-def _from_main(args, values: list) -> list:
-    """``values`` as the main process has them, on every process (each waits for the main one)."""
-    if args.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return values
-    torch.distributed.broadcast_object_list(values, src=0)
-    return values
