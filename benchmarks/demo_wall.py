@@ -133,6 +133,7 @@ def main() -> None:
     total = trials + len(base_evals) + interpolated
     print(f"\nmodel evaluations on every direction: {total} = {trials} trials + {len(base_evals)} base evaluations "
           f"(one per base, shared) + {interpolated} interpolation points")
+    print(f"study directory (results and report): {out}")
 
 
 if __name__ == "__main__":

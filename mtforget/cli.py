@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from mtforget.study.config import apply_overrides, load_study, parse_study
-    from mtforget.study.demo import demo_study
+    from mtforget.study.demo import demo_study, fit_to_corpus
 
     if args.command == "data":
         from mtforget.data.gettext import build_gettext_corpus
@@ -115,7 +115,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.quick and args.full:
             raise UsageError("demo: --quick and --full exclude each other")
         overrides = (["model.prebuilt=false"] if args.from_scratch else []) + args.overrides
-        study = parse_study(apply_overrides(demo_study(args.quick, args.full), overrides), "demo", overrides)
+        raw = fit_to_corpus(apply_overrides(demo_study(args.quick, args.full), overrides), overrides)
+        study = parse_study(raw, "demo", overrides)
         out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo-full" if args.full else "runs/demo")
     else:
         study = load_study(args.study, args.overrides)
@@ -129,10 +130,12 @@ def _build_bases(out: Path | None, progress: bool) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = build_prebuilt_bases(out, progress) if out else build_prebuilt_bases(progress=progress)
-    print("| base | parameters | mean chrF | steps | pre-training s |\n|---|---|---|---|---|")
+    print("| base | parameters | mean chrF | worst direction | flagged by the gate | steps | pre-training s |\n"
+          "|---|---|---|---|---|---|---|")
     for name, e in manifest["bases"].items():
         steps = f"tiny:lm + {e['instruct_steps']}" if "builds_on" in e else e["steps"]
-        print(f"| tiny:{name} | {e['parameters']:,} | {e['mean_chrf']:.1f} | {steps} | {e['pretrain_seconds']} |")
+        print(f"| tiny:{name} | {e['parameters']:,} | {e['mean_chrf']:.1f} | {e['worst_chrf']:.1f} | "
+              f"{len(e['gate_flagged'])} | {steps} | {e['pretrain_seconds']} |")
     return 0
 
 

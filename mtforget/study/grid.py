@@ -88,6 +88,7 @@ def expand(study: StudyConfig) -> list[Trial]:
             # A checkpoint replaces the built-in sizes: trials differing only in size collapse.
             raw["model"]["tiny"] = None
             raw["model"]["pretrain_steps"] = None
+            raw["model"]["pretrain_mix"] = {}
             raw["model"]["prebuilt"] = True
             chosen.pop("model.tiny", None)
         if raw["finetune"].get("checkpoints"):

@@ -28,7 +28,7 @@ from mtforget.bases.tiny import tiny_base
 from mtforget.atomic import write_json_atomic
 from mtforget.cache import file_digest
 from mtforget.evaluate.engines.base import make_engine
-from mtforget.evaluate.forgetting import EvalSettings, evaluate_directions
+from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions
 from mtforget.evaluate.lid import make_identifier
 from mtforget.models.loading import count_parameters, load_model, make_control
 from mtforget.study.config import StudyConfig, parse_study
@@ -54,9 +54,9 @@ def export_half(src: Path, out: Path) -> None:
     shutil.copy2(src / "mtforget_base.json", out / "mtforget_base.json")
 
 
-def direction_chrf(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> tuple[dict[tuple[str, str], float], str]:
-    """chrF of a base on every direction of the study's languages, scored as the demo scores a base
-    (its test split, sentence cap, engine and decoding settings); with the engine's name."""
+def direction_scores(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> tuple[dict[tuple[str, str], dict], str]:
+    """A base's scores on every direction of the study's languages, scored as the demo scores a
+    base (its test split, sentence cap, engine and decoding settings); with the engine's name."""
     languages = list(corpus.languages)
     model, tokenizer = load_model(base_dir)
     control, _ = make_control(model, tokenizer, languages, _language_names(study.corpus), study.finetune.max_length)
@@ -67,14 +67,17 @@ def direction_chrf(base_dir: Path, study: StudyConfig, corpus, splits, lid) -> t
         scores = evaluate_directions(engine, splits.test, directions, lid, settings, desc=f"score {base_dir.name}",
                                      progress=False)
         name = engine.name
-    return {tuple(key.split("-", 1)): r["chrf"] for key, r in scores.items()}, name
+    return {tuple(key.split("-", 1)): r for key, r in scores.items()}, name
 
 
-def quality_summary(scores: dict[tuple[str, str], float], low_resource: list[str]) -> dict[str, float]:
-    """A base's mean chrF over all directions, its worst direction, and (with a pre-training mix)
-    its mean over the directions between English and the low-resource languages, the ones the
-    demo fine-tunes on."""
-    summary = {"mean_chrf": round(sum(scores.values()) / len(scores), 2), "worst_chrf": round(min(scores.values()), 2)}
+def quality_summary(results: dict[tuple[str, str], dict], low_resource: list[str], gate: BaseGate) -> dict:
+    """A base's mean chrF over all directions, its worst direction, the directions the demo's
+    base-quality gate would flag (with why), and (with a pre-training mix) its mean over the
+    directions between English and the low-resource languages, the ones the demo fine-tunes on."""
+    scores = {key: r["chrf"] for key, r in results.items()}
+    flagged = {f"{s}-{t}": reason for (s, t), r in sorted(results.items()) if (reason := gate.flag(r))}
+    summary = {"mean_chrf": round(sum(scores.values()) / len(scores), 2), "worst_chrf": round(min(scores.values()), 2),
+               "gate_flagged": flagged}
     low = [chrf for (s, t), chrf in scores.items() if {s, t} - {"en"} <= set(low_resource) and "en" in (s, t)]
     if low_resource and low:
         summary["low_resource_chrf"] = round(sum(low) / len(low), 2)
@@ -101,8 +104,8 @@ def build_prebuilt_bases(out: Path = PREBUILT_DIR, progress: bool = True) -> dic
             shutil.rmtree(target)
         export_half(built, target)
         meta = json.loads((built / "mtforget_base.json").read_text(encoding="utf-8"))
-        scores, engine = direction_chrf(target, study, corpus, splits, lid)
-        quality = quality_summary(scores, list(mix))
+        scores, engine = direction_scores(target, study, corpus, splits, lid)
+        quality = quality_summary(scores, list(mix), BaseGate(**study.eval.base_gate.model_dump()))
         model, _ = load_model(target)
         bases[name] = {
             "recipe": normalized_recipe(name), "world": world, "seed": study.model.seed,
