@@ -173,8 +173,6 @@ def test_demo_mix_only_on_the_synthetic_world(monkeypatch, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path / "c"), "--set", f"corpus.path={corpus}",
                      "--set", "model.pretrain_mix={de: 0.1}"]) == 0
     assert seen["study"].model.pretrain_mix == {"de": 0.1}
-    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "d"), "--set", f"model.path={tmp_path}"]) == 0
-    assert seen["study"].model.pretrain_mix == {}
 
 
 def test_a_model_path_drops_the_tiny_bases_mix_from_trials(tmp_path):

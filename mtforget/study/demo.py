@@ -84,10 +84,10 @@ def demo_study(quick: bool = False, full: bool = False) -> dict:
 
 def fit_to_corpus(raw: dict, overrides: list[str]) -> dict:
     """The demo config ``raw`` (overrides applied) without its pre-training mix when the user gave a
-    corpus (``corpus.path``) or a base model (``model.path``) of their own and no mix: the mix
-    names the synthetic world's languages and shapes the built-in bases only, and a user's corpus
-    pre-trains its bases evenly unless asked otherwise."""
+    corpus of their own (``corpus.path``) and no mix: the mix names the synthetic world's
+    languages, and a user's corpus pre-trains its bases evenly unless asked otherwise. (With
+    ``model.path`` no tiny base is built, and grid expansion leaves the mix out of its trials.)"""
     own_mix = any(item.partition("=")[0].strip().startswith("model.pretrain_mix") for item in overrides)
-    if ("path" in raw.get("corpus", {}) or raw["model"].get("path")) and not own_mix:
+    if "path" in raw.get("corpus", {}) and not own_mix:
         raw = {**raw, "model": {k: v for k, v in raw["model"].items() if k != "pretrain_mix"}}
     return raw
