@@ -1,4 +1,5 @@
-"""Content-addressed on-disk cache for corpora, tokenizers, base models and base evaluations.
+"""Content-addressed on-disk cache for corpora, tokenizers, base models, base evaluations and
+language identifiers.
 
 Every entry lives in ``<root>/<kind>/<key>`` where ``key`` is a hash of everything that determines
 the entry, so deleting the cache only costs time and two studies that need the same base share it.

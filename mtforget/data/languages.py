@@ -7,6 +7,8 @@ Marian ``>>por<<``, and an instruction wants "Portuguese".
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 # code: (English name, ISO 639-3, default script)
 LANGUAGES: dict[str, tuple[str, str, str]] = {
     "af": ("Afrikaans", "afr", "Latn"), "ar": ("Arabic", "arb", "Arab"), "bg": ("Bulgarian", "bul", "Cyrl"),
@@ -49,6 +51,8 @@ _FROM_ISO3.update({"ara": "ar", "fas": "fa", "per": "fa", "swa": "sw", "lav": "l
 _MULTI_SCRIPT = {"zh", "sr", "pa", "uz", "az", "ms", "mn", "ks", "sd"}
 
 
+# Every text of a corpus line passes its code through here: a corpus has few distinct codes.
+@lru_cache(maxsize=4096)
 def normalize_code(code: str) -> str:
     """One spelling for every language code: the study's BCP-47-like form.
 

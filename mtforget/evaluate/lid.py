@@ -4,22 +4,27 @@ Real languages go through py3langid (its model ships inside the wheel), restrict
 languages; languages of a confusable group (hr/sr/bs, nb/nn/da, ms/id) count as on-target for each
 other, and outputs too short to judge are left out. When the study has languages py3langid does not
 know (the synthetic world, many low-resource ones), the identifier is trained on the corpus itself:
-a multinomial naive Bayes classifier over character 1-4-grams (scikit-learn). Either way its
-accuracy on held-out sentences is recorded with the results.
+a multinomial naive Bayes classifier over character 1-4-grams (scikit-learn), kept in the cache
+under a hash of the sentences it learned from, since every trial process of a study needs the
+same one. Either way its accuracy on held-out sentences is recorded with the results.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
+from safetensors.numpy import load_file, save_file
 
+from mtforget.cache import cached_dir, fingerprint
 from mtforget.data.corpus import Segment
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import HashingVectorizer
-    from sklearn.naive_bayes import MultinomialNB
 
 
 CONFUSABLE = ({"hr", "sr", "bs"}, {"nb", "nn", "no", "da"}, {"ms", "id"})
@@ -94,23 +99,37 @@ class PyLangIdentifier(_Scoring):
         return [by_base.get(self.identifier.classify(t)[0]) if t.strip() else None for t in texts]
 
 
+# The character n-grams the corpus identifier counts; part of its cache key.
+NGRAMS = {"analyzer": "char_wb", "ngram_range": (1, 4), "n_features": 2**18, "lowercase": True}
+SMOOTHING = 0.01  # naive Bayes' additive smoothing (alpha)
+
+
+def _vectorizer() -> HashingVectorizer:
+    # Imported here: scikit-learn brings SciPy and pandas into memory, which a process that
+    # identifies real languages, or only pre-trains a base, does not need. Hashing keeps the model
+    # a fixed size whatever the number of languages and scripts.
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(**NGRAMS, alternate_sign=False, norm=None)
+
+
 @dataclass
 class CorpusLanguageIdentifier(_Scoring):
-    """A character n-gram classifier over the languages of a corpus."""
+    """A character n-gram classifier over the languages of a corpus: multinomial naive Bayes,
+    held as its fitted log-probabilities (classes × hashed n-gram features) and log-priors."""
 
     languages: list[str]
-    vectorizer: HashingVectorizer
-    classifier: MultinomialNB
+    classes: list[str]
+    log_prior: np.ndarray
+    log_likelihood: np.ndarray
     name: str = "corpus character n-grams"
 
     @classmethod
     def train(cls, segments: tuple[Segment, ...] | list[Segment], languages: list[str],
               max_per_language: int = 2000) -> CorpusLanguageIdentifier:
-        """Fit on up to ``max_per_language`` sentences of each language (in corpus order)."""
-        # Imported here: scikit-learn brings SciPy and pandas into memory, which a process that
-        # identifies real languages, or only pre-trains a base, does not need.
-        from sklearn.feature_extraction.text import HashingVectorizer
-        from sklearn.naive_bayes import MultinomialNB
+        """Fit on up to ``max_per_language`` sentences of each language (in corpus order), or load
+        the identifier fitted on the same sentences from the cache."""
+        import sklearn
 
         texts: list[str] = []
         labels: list[str] = []
@@ -121,20 +140,40 @@ class CorpusLanguageIdentifier(_Scoring):
                     texts.append(text)
                     labels.append(lang)
                     counts[lang] += 1
-        # Hashing keeps the model a fixed size whatever the number of languages and scripts.
-        vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(1, 4), n_features=2**18,
-                                       alternate_sign=False, norm=None, lowercase=True)
-        classifier = MultinomialNB(alpha=0.01)
-        classifier.fit(vectorizer.transform(texts), labels)
-        return cls(list(languages), vectorizer, classifier)
+        key = fingerprint([texts, labels, NGRAMS, SMOOTHING, sklearn.__version__])
+        directory = cached_dir("identifiers", key, lambda out: cls._fit(texts, labels, languages).save(out))
+        return cls.load(directory, languages)
+
+    @classmethod
+    def _fit(cls, texts: list[str], labels: list[str], languages: list[str]) -> CorpusLanguageIdentifier:
+        from sklearn.naive_bayes import MultinomialNB
+
+        classifier = MultinomialNB(alpha=SMOOTHING).fit(_vectorizer().transform(texts), labels)
+        return cls(list(languages), [str(c) for c in classifier.classes_], classifier.class_log_prior_,
+                   classifier.feature_log_prob_)
+
+    def save(self, directory: Path) -> None:
+        """Write the fitted model to ``directory`` (safetensors and its class names)."""
+        save_file({"log_prior": self.log_prior, "log_likelihood": self.log_likelihood},
+                  str(directory / "identifier.safetensors"))
+        (directory / "classes.json").write_text(json.dumps(self.classes), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, languages: list[str]) -> CorpusLanguageIdentifier:
+        """The identifier ``save`` wrote to ``directory``."""
+        arrays = load_file(str(directory / "identifier.safetensors"))
+        classes = json.loads((directory / "classes.json").read_text(encoding="utf-8"))
+        return cls(list(languages), classes, arrays["log_prior"], arrays["log_likelihood"])
 
     def predict(self, texts: list[str]) -> list[str | None]:
         """The most likely language of each text; ``None`` for an empty text."""
         out: list[str | None] = [None] * len(texts)
         idx = [i for i, t in enumerate(texts) if t.strip()]
         if idx:
-            for i, lang in zip(idx, self.classifier.predict(self.vectorizer.transform([texts[i] for i in idx]))):
-                out[i] = str(lang)
+            # naive Bayes' joint log-likelihood of each class, as scikit-learn's predict scores it
+            scores = _vectorizer().transform([texts[i] for i in idx]) @ self.log_likelihood.T + self.log_prior
+            for i, best in zip(idx, np.argmax(scores, axis=1)):
+                out[i] = self.classes[best]
         return out
 
 

@@ -8,7 +8,8 @@ sacrebleu sums for a corpus, built from its public n-gram helpers.
 from __future__ import annotations
 
 import string
-from functools import cache
+from collections import Counter
+from functools import cache, lru_cache
 
 import numpy as np
 from sacrebleu.metrics import CHRF
@@ -38,18 +39,9 @@ class ChrF(Metric):
         rows = [self._sentence(hyp, ref) for hyp, ref in zip(outputs.hypotheses, outputs.references)]
         return np.array(rows, dtype=np.int64).reshape(len(rows), 3 * (self.CHAR_ORDER + self.word_order))
 
-    def _sentence(self, hypothesis: str, reference: str) -> list[int]:
-        row = []
-        for hyp, ref in zip(self._ngrams(hypothesis), self._ngrams(reference)):
-            matching = sum(min(count, ref[gram]) for gram, count in hyp.items() if gram in ref)
-            # sacrebleu counts no hypothesis n-grams of an order the reference lacks
-            row += [sum(hyp.values()) if ref else 0, sum(ref.values()), matching]
-        return row
-
-    def _ngrams(self, sentence: str) -> list:
-        grams = extract_all_char_ngrams(sentence, self.CHAR_ORDER)
-        words = split_punctuation(sentence)
-        return grams + [extract_word_ngrams(words, n) for n in range(1, self.word_order + 1)]
+    def _sentence(self, hypothesis: str, reference: str) -> tuple[int, ...]:
+        row = _char_statistics(hypothesis, reference, self.CHAR_ORDER)
+        return row + _word_statistics(hypothesis, reference, self.word_order) if self.word_order else row
 
     def score(self, sums: np.ndarray) -> np.ndarray:
         """sacrebleu's chrF of summed statistics, to the bit: precision and recall averaged over the
@@ -75,6 +67,32 @@ class ChrF(Metric):
         # orders in numpy's order, which can differ from ``score`` in the last bit, and keeping
         # it keeps intervals identical to those of earlier studies at the same seed.
         return chrf_scores(sums, self.BETA)
+
+
+# A study scores the same sentence pairs many times (the evaluation, then the paired bootstrap of
+# every trial on the same base outputs, chrF and chrF++ on the same characters): the statistics of
+# a pair are a pure function of its two texts, so they are computed once.
+@lru_cache(maxsize=1 << 15)
+def _char_statistics(hypothesis: str, reference: str, order: int) -> tuple[int, ...]:
+    """[hypothesis, reference, matching] counts of character n-grams of orders 1..``order``."""
+    return _matched(extract_all_char_ngrams(hypothesis, order), extract_all_char_ngrams(reference, order))
+
+
+@lru_cache(maxsize=1 << 15)
+def _word_statistics(hypothesis: str, reference: str, order: int) -> tuple[int, ...]:
+    """[hypothesis, reference, matching] counts of chrF++'s word n-grams of orders 1..``order``."""
+    hyp_words, ref_words = split_punctuation(hypothesis), split_punctuation(reference)
+    return _matched([extract_word_ngrams(hyp_words, n) for n in range(1, order + 1)],
+                    [extract_word_ngrams(ref_words, n) for n in range(1, order + 1)])
+
+
+def _matched(hypothesis: list[Counter], reference: list[Counter]) -> tuple[int, ...]:
+    row: list[int] = []
+    for hyp, ref in zip(hypothesis, reference):
+        matching = sum(min(count, ref[gram]) for gram, count in hyp.items() if gram in ref)
+        # sacrebleu counts no hypothesis n-grams of an order the reference lacks
+        row += [sum(hyp.values()) if ref else 0, sum(ref.values()), matching]
+    return tuple(row)
 
 
 def split_punctuation(sentence: str) -> list[str]:
