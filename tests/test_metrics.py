@@ -84,6 +84,31 @@ def test_unknown_languages_fall_back_to_a_corpus_identifier():
     assert lid.off_target(["co wucon pefo", "the dog sleeps", ""], "xa") == pytest.approx(2 / 3)
 
 
+
+def test_the_corpus_identifier_is_cached_by_its_sentences_and_predicts_as_scikit_learn(tmp_path, monkeypatch):
+    from sklearn.naive_bayes import MultinomialNB
+
+    from mtforget.evaluate.lid import SMOOTHING, _vectorizer
+
+    monkeypatch.setenv("MTFORGET_CACHE", str(tmp_path))
+    segs = [Segment(f"s{i}", {"en": f"the big dog number {i} sleeps", "xa": f"co wucon ceke {i} pefo",
+                              "xb": f"ra tiso {i} lume nar"}) for i in range(40)]
+    first = CorpusLanguageIdentifier.train(segs, ["en", "xa", "xb"])
+    def entries() -> list:
+        return sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "identifiers").iterdir() if p.is_dir())
+
+    fitted_once = entries()
+    again = CorpusLanguageIdentifier.train(segs, ["en", "xa", "xb"])
+    assert len(fitted_once) == 1 and entries() == fitted_once  # loaded, not fitted again
+    other = CorpusLanguageIdentifier.train(segs[:20], ["en", "xa", "xb"])
+    assert len(entries()) == 2  # other sentences, another entry
+    texts = ["co wucon", "the dog", "ra lume", "dog wucon ra", "", "ceke sleeps tiso", "x"]
+    fitted = MultinomialNB(alpha=SMOOTHING).fit(_vectorizer().transform([t for s in segs for t in s.translation.values()]),
+                                                [lang for s in segs for lang in s.translation])
+    expected = [str(p) if t else None for t, p in zip(texts, fitted.predict(_vectorizer().transform(texts)))]
+    assert first.predict(texts) == again.predict(texts) == expected
+    assert other.predict(texts[:3]) == ["xa", "en", "xb"]
+
 def test_paired_bootstrap_intervals():
     import numpy as np
 
