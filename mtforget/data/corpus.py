@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from mtforget.cache import fingerprint
@@ -41,6 +42,11 @@ class Corpus:
 
     def fingerprint(self) -> str:
         """A hash of the content (ids and texts), independent of where the corpus was read from."""
+        return self._content_hash
+
+    @cached_property
+    def _content_hash(self) -> str:
+        # Hashed once: a corpus is immutable, and a trial keys several caches by it.
         return fingerprint([[s.id, sorted(s.translation.items())] for s in self.segments])
 
     def without_long_segments(self, max_words: int) -> Corpus:
