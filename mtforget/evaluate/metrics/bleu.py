@@ -9,7 +9,7 @@ then the matching and the total n-gram counts per order, read off a one-sentence
 from __future__ import annotations
 
 import importlib.util
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 from sacrebleu.metrics import BLEU
@@ -58,11 +58,8 @@ class Bleu(Metric):
         return "" if tokenizer == "13a" else tokenizer
 
     def statistics(self, outputs: Outputs) -> np.ndarray:
-        metric = _bleu_object(bleu_tokenizer(outputs.target))
-        rows = []
-        for hyp, ref in zip(outputs.hypotheses, outputs.references):
-            one = metric.corpus_score([hyp], [[ref]])
-            rows.append([one.sys_len, one.ref_len, *one.counts, *one.totals])
+        tokenizer = bleu_tokenizer(outputs.target)
+        rows = [_sentence_statistics(tokenizer, hyp, ref) for hyp, ref in zip(outputs.hypotheses, outputs.references)]
         return np.array(rows, dtype=np.int64).reshape(len(rows), 2 + 2 * MAX_ORDER)
 
     def score(self, sums: np.ndarray) -> np.ndarray:
@@ -78,6 +75,16 @@ class Bleu(Metric):
         # logarithms and sums can differ from ``score`` in the last bit, and keeping it keeps
         # intervals identical to those of earlier studies at the same seed.
         return bleu_scores(sums)
+
+
+# A study scores the same sentence pairs many times (the evaluation, then the paired bootstrap of
+# every trial on the same base outputs): a pair's statistics are a pure function of its texts.
+@lru_cache(maxsize=1 << 15)
+def _sentence_statistics(tokenizer: str, hypothesis: str, reference: str) -> tuple[int, ...]:
+    """System length, reference length, then matching and total n-gram counts per order, read off
+    sacrebleu's score of the one sentence."""
+    one = _bleu_object(tokenizer).corpus_score([hypothesis], [[reference]])
+    return (one.sys_len, one.ref_len, *one.counts, *one.totals)
 
 
 def bleu_scores(stats: np.ndarray, max_order: int = MAX_ORDER) -> np.ndarray:
