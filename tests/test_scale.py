@@ -144,3 +144,36 @@ def test_two_process_training_under_accelerate_launch_matches_one_process(tmp_pa
     multi_chrf = [float(r["finetuned"]) for r in _rows(multi) if r["metric"] == "chrf"]
     single_chrf = [float(r["finetuned"]) for r in _rows(single) if r["metric"] == "chrf"]
     assert abs(sum(multi_chrf) / len(multi_chrf) - sum(single_chrf) / len(single_chrf)) < 2.0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a parent to reap it has stopped running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_the_scheduling_process_is_killed(tmp_path, sig):
+    script = ("import os, time\nfrom mtforget.study.config import StudyConfig\n"
+              "from mtforget.study.executors import process_pool\n"
+              "pool = process_pool(StudyConfig(workers=2, resources={'cpus': 1}))\n"
+              "futures = [pool.submit(time.sleep, 300) for _ in range(2)]\n"
+              "while len(pool._processes) < 2: time.sleep(0.05)\n"
+              "print(*pool._processes, flush=True)\n"
+              "time.sleep(300)\n")
+    proc = subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    proc.send_signal(sig)
+    proc.wait()
+    deadline = time.time() + 20
+    try:
+        while any(_alive(pid) for pid in workers):
+            assert time.time() < deadline, "a worker outlived the process that scheduled its trial"
+            time.sleep(0.1)
+    finally:
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -47,12 +49,21 @@ def run_trials(study: StudyConfig, trials: list[Trial], out: Path, progress: boo
             torch.set_num_threads(threads)
 
 
-def _worker_init(threads: int, env: dict[str, str]) -> None:
+def _worker_init(threads: int, env: dict[str, str], parent: int) -> None:
     import torch
 
     os.environ.update(env)
     torch.set_num_threads(threads)
     quiet_libraries()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A scheduling process killed outright (SIGKILL, SIGTERM) runs no clean-up: its workers would
+    # go on writing into a study directory whose lock died with it, beside the next run.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _worker_env() -> dict[str, str]:
@@ -76,7 +87,7 @@ def process_pool(study: StudyConfig) -> ProcessPoolExecutor:
     ctx = multiprocessing.get_context("spawn")
     threads = trial_threads(study.resources.cpus, study.workers)
     return ProcessPoolExecutor(max_workers=study.workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(threads, _worker_env()),
+                               initargs=(threads, _worker_env(), os.getpid()),
                                max_tasks_per_child=1 if study.resources.fresh_process else None)
 
 
