@@ -78,6 +78,7 @@ def build_checkpoint(family: str, path):
 def test_two_trial_study_on_a_local_checkpoint(tmp_path, family, architecture, control):
     ckpt = build_checkpoint(family, tmp_path / family)
     raw = tiny_study(**{"finetune.method": ["full", "lora"]})
+    del raw["model"]["pretrain_steps"]  # the checkpoint is the base: no tiny base is pre-trained
     raw["finetune"]["size"] = 24
     raw["eval"]["max_new_tokens"] = 8
     study = tmp_path / "study.yaml"

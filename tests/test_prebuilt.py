@@ -185,3 +185,17 @@ def test_a_model_path_drops_the_tiny_bases_mix_from_trials(tmp_path):
     trials = expand(with_mix)
     assert [t.config.model.pretrain_mix for t in trials] == [{}] * len(trials)
     assert [t.id for t in trials] == [t.id for t in expand(without)]
+
+
+def test_pretrain_steps_that_no_trial_uses_are_an_error(tmp_path):
+    """A value the user gave takes effect or is an error: with model.path on every trial no tiny
+    base is pre-trained; with a tiny base beside it in the grid, its trials use the steps."""
+    from mtforget.errors import UsageError
+    from mtforget.study.grid import expand
+
+    only_path = parse_study({**tiny_study(), "model": {"path": str(tmp_path), "pretrain_steps": 40}}, "x")
+    with pytest.raises(UsageError, match="model.pretrain_steps: every trial starts from model.path"):
+        expand(only_path)
+    both = parse_study({**tiny_study(), "model": {"pretrain_steps": 40},
+                        "grid": {"model.path": [None, str(tmp_path)]}}, "x")
+    assert sorted(t.config.model.pretrain_steps or 0 for t in expand(both)) == [0, 40]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mtforget.bases.specs import tiny_recipe
 from mtforget.cache import content_fingerprint, fingerprint
+from mtforget.errors import UsageError
 from mtforget.mitigations import MITIGATIONS, settings_of
 from mtforget.study.checkpoints import CheckpointFolder, check_study, resolve_checkpoints
 from mtforget.study.config import EXECUTION_KEYS, StudyConfig, grid_combinations, set_dotted, study_to_dict
@@ -80,10 +81,13 @@ def expand(study: StudyConfig) -> list[Trial]:
     combinations = grid_combinations(base.pop("grid")) or [{}]
     trials: dict[str, Trial] = {}
     contents: dict[str, str | None] = {}  # path → content fingerprint: each path walked once
+    steps_given = steps_used = False
     for chosen in combinations:
         raw = copy.deepcopy(base)
         for axis, value in chosen.items():
             set_dotted(raw, axis, value)
+        steps_given |= raw["model"]["pretrain_steps"] is not None
+        steps_used |= raw["model"]["pretrain_steps"] is not None and not raw["model"]["path"]
         if raw["model"]["path"]:
             # A checkpoint replaces the built-in sizes: trials differing only in size collapse.
             raw["model"]["tiny"] = None
@@ -102,6 +106,9 @@ def expand(study: StudyConfig) -> list[Trial]:
             continue
         trial = _trial(raw, chosen, contents)
         trials.setdefault(trial.id, trial)
+    if steps_given and not steps_used:
+        raise UsageError("model.pretrain_steps: every trial starts from model.path, so no tiny base is "
+                         "pre-trained; remove the key")
     return list(trials.values())
 
 
