@@ -142,6 +142,18 @@ def test_the_forecast_recovers_a_known_trend_and_predicts_a_held_out_size():
     assert forecast(summaries, trials, rows, budget=2.0, resamples=50)["trials"] == 5
 
 
+def test_a_fit_that_barely_falls_forecasts_no_limit_instead_of_overflowing():
+    # Resamples that draw mostly one size fit a slope of almost nothing: the budget is then
+    # reached beyond 10^308 tokens per parameter, an unbounded limit.
+    made = [_summary(f"small-{n}", "small", n, 1e6, lambda tpp: -1e-12 * np.log10(tpp) - 0.5)
+            for n in (50, 500, 5000)]
+    summaries = [s for s, _ in made]
+    trials = [{"trial_id": s.trial_id, "status": "done", "mitigations": "{}"} for s in summaries]
+    rows = [{"trial_id": s.trial_id, "metric": "chrf", "category": "unseen_both", "delta": d} for s, d in made]
+    result = forecast(summaries, trials, rows, budget=5.0, resamples=50)["categories"][0]
+    assert result["tokens_per_parameter"] == float("inf") and result["unbounded_share"] > 0.5
+
+
 def test_a_killed_trial_resumes_its_curve_where_it_stopped(tmp_path, monkeypatch):
     from mtforget.study.config import parse_study
     from mtforget.study.runner import run_study

@@ -13,6 +13,7 @@ fitting the rest and predicting it: the prediction error is reported beside the 
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -86,7 +87,10 @@ def _limit(fit: tuple[float, float] | None, budget: float) -> float:
     intercept, slope = fit
     if slope >= 0:
         return float("inf")
-    return float(10 ** ((-budget - intercept) / slope))
+    exponent = (-budget - intercept) / slope
+    # A slope that barely falls reaches the budget past any amount of data a float can count:
+    # as unbounded as one that does not fall.
+    return float("inf") if exponent > sys.float_info.max_10_exp else float(10**exponent)
 
 
 def _category_forecast(category: str, points: list[dict], budget: float, resamples: int, seed: int) -> dict:
