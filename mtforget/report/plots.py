@@ -135,10 +135,13 @@ def interpolation_curves(curves: list[dict], path: Path) -> Path | None:
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    repeated = {c["condition"] for c in curves if sum(o["condition"] == c["condition"] for o in curves) > 1}
     for curve in curves:
         points = curve["points"]
         xs, ys = [p["supervised"] for p in points], [p["unseen"] for p in points]
-        line, = ax.plot(xs, ys, marker="o", label=curve["condition"])
+        # Seeds of one condition are told apart in the legend.
+        label = f"{curve['condition']} seed {curve['seed']}" if curve["condition"] in repeated else curve["condition"]
+        line, = ax.plot(xs, ys, marker="o", label=label)
         for p in points:
             ax.annotate(f"{p['alpha']:g}", (p["supervised"], p["unseen"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points", color=line.get_color())

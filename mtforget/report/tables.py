@@ -240,7 +240,7 @@ def interpolation_curves(summaries: list[TrialSummary]) -> list[dict]:
                            "supervised": cats.get("supervised", {}).get("chrf_delta", float("nan")),
                            "unseen": sum(d * n for d, n in unseen) / weight if weight else float("nan"),
                            "unseen_target_off_target": 100 * off if off is not None else None})
-        curves.append({"trial_id": s.trial_id, "condition": s.condition, "points": points})
+        curves.append({"trial_id": s.trial_id, "condition": s.condition, "seed": s.seed, "points": points})
     return curves
 
 
