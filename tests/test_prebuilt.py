@@ -158,8 +158,9 @@ def test_a_base_pretrained_on_another_mix_is_another_base():
 
 
 def test_demo_mix_only_on_the_synthetic_world(monkeypatch, tmp_path):
-    """The demo pre-trains xa–xd as low-resource languages of its own world; with a corpus of the
-    user's the mix goes (its languages are the synthetic world's) unless the user sets one."""
+    """The demo pre-trains xa–xd as low-resource languages of its own world; with a corpus or a
+    checkpoint of the user's the mix goes (its languages are the synthetic world's, and a
+    checkpoint is not pre-trained here) unless the user sets one."""
     from mtforget import cli
     from mtforget.study.demo import PRETRAIN_MIX
 
@@ -174,29 +175,25 @@ def test_demo_mix_only_on_the_synthetic_world(monkeypatch, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path / "c"), "--set", f"corpus.path={corpus}",
                      "--set", "model.pretrain_mix={de: 0.1}"]) == 0
     assert seen["study"].model.pretrain_mix == {"de": 0.1}
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--set", f"model.path={tmp_path}"]) == 0
+    assert seen["study"].model.pretrain_mix == {}
 
 
-def test_a_model_path_drops_the_tiny_bases_mix_from_trials(tmp_path):
-    """A checkpoint replaces the built-in bases, so their pre-training mix is no part of its
-    trials (as model.tiny and model.pretrain_steps are not): same trial as without the mix."""
-    from mtforget.study.grid import expand
-
-    with_mix = parse_study({**tiny_study(), "model": {"path": str(tmp_path), "pretrain_mix": {"xa": 0.5}}}, "x")
-    without = parse_study({**tiny_study(), "model": {"path": str(tmp_path)}}, "x")
-    trials = expand(with_mix)
-    assert [t.config.model.pretrain_mix for t in trials] == [{}] * len(trials)
-    assert [t.id for t in trials] == [t.id for t in expand(without)]
-
-
-def test_pretrain_steps_that_no_trial_uses_are_an_error(tmp_path):
+def test_tiny_pretraining_settings_that_no_trial_uses_are_an_error(tmp_path):
     """A value the user gave takes effect or is an error: with model.path on every trial no tiny
-    base is pre-trained; with a tiny base beside it in the grid, its trials use the steps."""
+    base is pre-trained, so its steps or mix are an error; with a tiny base beside it in the grid,
+    the tiny trials use them and the checkpoint's trials leave them out of their identity."""
     from mtforget.errors import UsageError
     from mtforget.study.grid import expand
 
-    only_path = parse_study({**tiny_study(), "model": {"path": str(tmp_path), "pretrain_steps": 40}}, "x")
-    with pytest.raises(UsageError, match="model.pretrain_steps: every trial starts from model.path"):
-        expand(only_path)
-    both = parse_study({**tiny_study(), "model": {"pretrain_steps": 40},
-                        "grid": {"model.path": [None, str(tmp_path)]}}, "x")
-    assert sorted(t.config.model.pretrain_steps or 0 for t in expand(both)) == [0, 40]
+    for key, value in (("pretrain_steps", 40), ("pretrain_mix", {"xa": 0.5})):
+        only_path = parse_study({**tiny_study(), "model": {"path": str(tmp_path), key: value}}, "x")
+        with pytest.raises(UsageError, match=f"model.{key}: every trial starts from model.path"):
+            expand(only_path)
+    grid = {"model.path": [None, str(tmp_path)]}
+    mixed = expand(parse_study({**tiny_study(), "model": {"pretrain_steps": 40, "pretrain_mix": {"xa": 0.5}},
+                                "grid": grid}, "x"))
+    plain = expand(parse_study({**tiny_study(), "model": {"pretrain_steps": 40}, "grid": grid}, "x"))
+    assert [(t.config.model.pretrain_steps, t.config.model.pretrain_mix) for t in mixed] == \
+        [(40, {"xa": 0.5}), (None, {})]
+    assert mixed[1].id == plain[1].id and mixed[0].id != plain[0].id

@@ -14,10 +14,11 @@ of parts, so the study's axes are covered without crossing all of them:
 3. full fine-tuning vs LoRA, each at its own learning rate (:data:`FULL_LR`, :data:`LORA_LR`);
 4. the mitigations: cross-lingual alignment and replay.
 
-Parts 3–4 run on the small model at :data:`MITIGATION_SIZE`, a size of part 1 (half the largest,
-for the demo's wall time), where it already gains and forgets. Each trial of parts 2–4 differs
-from a part-1 trial in one key, so the report's controlled contrasts pair them. The largest size
-of part 1 also sweeps weight interpolation with the base. ``full`` runs
+Parts 3–4 run on the small model at :data:`MITIGATION_SIZE` (half the largest, for the demo's
+wall time), where it already gains and forgets, beside a plain trial of the small model at that
+size. Each trial of parts 2–4 differs from a plain trial in one key, so the report's controlled
+contrasts pair them. The largest size of part 1 also sweeps weight interpolation with the base.
+``full`` runs
 every part over :data:`FULL_SEEDS` fine-tuning seeds (the bases stay the same), so the report's
 intervals are over seeds and directions. ``quick`` is the CI-sized variant: the shipped
 ``tiny:small`` at two data sizes, fewer test sentences.
@@ -93,10 +94,10 @@ def demo_study(quick: bool = False, full: bool = False) -> dict:
 
 def fit_to_corpus(raw: dict, overrides: list[str]) -> dict:
     """The demo config ``raw`` (overrides applied) without its pre-training mix when the user gave a
-    corpus of their own (``corpus.path``) and no mix: the mix names the synthetic world's
-    languages, and a user's corpus pre-trains its bases evenly unless asked otherwise. (With
-    ``model.path`` no tiny base is built, and grid expansion leaves the mix out of its trials.)"""
+    corpus (``corpus.path``) or a base (``model.path``) of their own and no mix: the mix names the
+    synthetic world's languages, a user's corpus pre-trains its bases evenly unless asked
+    otherwise, and a checkpoint is not pre-trained here at all."""
     own_mix = any(item.partition("=")[0].strip().startswith("model.pretrain_mix") for item in overrides)
-    if "path" in raw.get("corpus", {}) and not own_mix:
+    if ("path" in raw.get("corpus", {}) or raw["model"].get("path")) and not own_mix:
         raw = {**raw, "model": {k: v for k, v in raw["model"].items() if k != "pretrain_mix"}}
     return raw

@@ -68,6 +68,11 @@ def condition_label(config: StudyConfig, model_label: str, grid_values: dict,
     return " ".join(parts + [f"{k}={v}" for k, v in sorted(other.items())])
 
 
+# How a tiny base is pre-trained, and the value that leaves each unset: no part of a trial that
+# starts from model.path, and an error when no trial of the study builds a tiny base.
+TINY_PRETRAINING = {"pretrain_steps": None, "pretrain_mix": {}}
+
+
 def expand(study: StudyConfig) -> list[Trial]:
     """The cross product of the grid over the base config, in grid order; duplicates removed.
 
@@ -81,20 +86,20 @@ def expand(study: StudyConfig) -> list[Trial]:
     combinations = grid_combinations(base.pop("grid")) or [{}]
     trials: dict[str, Trial] = {}
     contents: dict[str, str | None] = {}  # path → content fingerprint: each path walked once
-    steps_given = steps_used = False
+    given: set[str] = set()  # pre-training settings of tiny bases the study sets, and those a trial uses
+    used: set[str] = set()
     for chosen in combinations:
         raw = copy.deepcopy(base)
         for axis, value in chosen.items():
             set_dotted(raw, axis, value)
-        steps_given |= raw["model"]["pretrain_steps"] is not None
-        steps_used |= raw["model"]["pretrain_steps"] is not None and not raw["model"]["path"]
+        set_here = {key for key, unset in TINY_PRETRAINING.items() if raw["model"][key] != unset}
+        given |= set_here
         if raw["model"]["path"]:
             # A checkpoint replaces the built-in sizes: trials differing only in size collapse.
-            raw["model"]["tiny"] = None
-            raw["model"]["pretrain_steps"] = None
-            raw["model"]["pretrain_mix"] = {}
-            raw["model"]["prebuilt"] = True
+            raw["model"].update(tiny=None, prebuilt=True, **copy.deepcopy(TINY_PRETRAINING))
             chosen.pop("model.tiny", None)
+        else:
+            used |= set_here
         if raw["finetune"].get("checkpoints"):
             # Checkpoints made elsewhere: one trial each, evaluated instead of trained.
             check_study(StudyConfig.model_validate({**raw, "grid": {}}))
@@ -106,8 +111,8 @@ def expand(study: StudyConfig) -> list[Trial]:
             continue
         trial = _trial(raw, chosen, contents)
         trials.setdefault(trial.id, trial)
-    if steps_given and not steps_used:
-        raise UsageError("model.pretrain_steps: every trial starts from model.path, so no tiny base is "
+    if unused := sorted(given - used):
+        raise UsageError(f"model.{unused[0]}: every trial starts from model.path, so no tiny base is "
                          "pre-trained; remove the key")
     return list(trials.values())
 
