@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except UsageError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        # Under a launch every process finds the same fault: the first one says it, once.
+        if os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(f"error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted; run the same command again to resume\n")

@@ -173,18 +173,21 @@ class ForgettingCurve(TrainCallback):
         self._recorded: int | None = None  # the step of the last curve point
 
     def on_steps_start(self, model: torch.nn.Module, state: TrainState) -> None:
-        self.probe.start(model, state)
-        if state.outcome.steps == 0:
-            self._record(model, 0, state)
+        with state.whole_model(model) as whole:
+            self.probe.start(whole, state)
+            if state.outcome.steps == 0:
+                self._record(whole, 0, state)
 
     def on_step_end(self, step: int, model: torch.nn.Module, state: TrainState) -> None:
         if step % self.every == 0 or step == state.total_steps:
-            self._record(model, step, state)
+            with state.whole_model(model) as whole:
+                self._record(whole, step, state)
 
     def on_dev_check(self, step: int, model: torch.nn.Module, dev_loss: float, state: TrainState) -> None:
         if step != self._recorded:  # a curve point at this step holds the proxy already
-            state.outcome.history.append({"step": step, "tokens": state.tokens(),
-                                          "unseen_dev_loss": self.probe.proxy_loss(model)})
+            with state.whole_model(model) as whole:
+                state.outcome.history.append({"step": step, "tokens": state.tokens(),
+                                              "unseen_dev_loss": self.probe.proxy_loss(whole)})
 
     def _record(self, model: torch.nn.Module, step: int, state: TrainState) -> None:
         self._recorded = step

@@ -76,6 +76,7 @@ class AlignmentCallback(TrainCallback):
 class Alignment(Mitigation):
     """``finetune.alignment``: the alignment objective trained beside translation."""
 
+    needs_whole_model = True
     name = "alignment"
     key = "finetune.alignment"
     settings_type = AlignmentConfig

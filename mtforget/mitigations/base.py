@@ -83,6 +83,9 @@ class Mitigation:
     # Whether it reads the forgetting sampled during training (``TrialContext.forgetting_probe``):
     # the trial then samples even when ``eval.during_training.every`` is 0.
     needs_forgetting_probe: ClassVar[bool] = False
+    # True when its training term reads the whole model, which FSDP shards over processes: a study
+    # launched with FSDP that turns it on is refused up front, naming :attr:`key`.
+    needs_whole_model: ClassVar[bool] = False
 
     @classmethod
     def enabled(cls, settings: Any) -> bool:

@@ -67,18 +67,20 @@ class BudgetStop(TrainCallback):
         self.restored: str | None = None
 
     def on_steps_start(self, model: torch.nn.Module, state: TrainState) -> None:
-        self.probe.start(model, state)
-        self._keep(model, state.outcome.steps)
+        with state.whole_model(model) as whole:
+            self.probe.start(whole, state)
+            self._keep(whole, state.outcome.steps)
 
     def on_step_end(self, step: int, model: torch.nn.Module, state: TrainState) -> None:
         if step % self.every:
             return
-        reason = over_budget(self.probe.deltas(model, step), self.categories, self.max_drop, step)
-        if reason:
-            self.stopped_at, self.reason = step, reason
-            state.stop(f"forgetting budget: {self.reason}")
-        else:
-            self._keep(model, step)
+        with state.whole_model(model) as whole:
+            reason = over_budget(self.probe.deltas(whole, step), self.categories, self.max_drop, step)
+            if reason:
+                self.stopped_at, self.reason = step, reason
+                state.stop(f"forgetting budget: {self.reason}")
+            else:
+                self._keep(whole, step)
 
     def on_train_end(self, model: torch.nn.Module, state: TrainState) -> None:
         if self.stopped_at is None:

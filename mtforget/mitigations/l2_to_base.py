@@ -47,6 +47,7 @@ class L2Penalty(TrainCallback):
 class L2ToBase(Mitigation):
     """``finetune.l2_to_base``: the penalty's weight; 0 = off."""
 
+    needs_whole_model = True
     name = "l2_to_base"
     key = "finetune.l2_to_base"
     settings_type = Annotated[float, Field(ge=0)]

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import time
+from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from mtforget.study.store import ResultStore, clear_base_failures, open_store_fo
 
 log = logging.getLogger("mtforget")
 
+# How long a process of a launch waits at a collective for the others (see _launched_state).
+PROCESS_GROUP_TIMEOUT = timedelta(hours=6)
+
 
 
 def run_study(study: StudyConfig, out: Path, progress: bool = True, retry_failed: bool = False) -> int:
@@ -48,6 +52,8 @@ def run_study(study: StudyConfig, out: Path, progress: bool = True, retry_failed
     state = _launched_state()
     main = state is None or state.is_main_process
     trials = expand(study)
+    if state is not None:
+        check_launch(trials, state.num_processes)  # on every process: each one exits 2 alike
     # The main process locks the directory before it writes anything, until the run ends.
     lock = claim_study_dir(out) if main else None
     try:
@@ -74,6 +80,27 @@ def _run_locked(study: StudyConfig, out: Path, trials: list[Trial], state, main:
     if state is not None:
         state.wait_for_everyone()
     return code
+
+
+def check_launch(trials: list[Trial], processes: int) -> None:
+    """Refuse, before any trial runs, what ``processes`` launched together cannot train as one
+    process would: a batch they cannot share evenly, FSDP settings the loop cannot honour, and
+    under FSDP a mitigation that reads the whole model. A :class:`UsageError` names the key."""
+    from mtforget.mitigations import active_mitigations
+    from mtforget.train.distributed import check_batch_size, fsdp_from_launch
+
+    fsdp = fsdp_from_launch()
+    if fsdp is not None and processes < 2:
+        raise UsageError("accelerate config distributed_type: FSDP with one process shards nothing; launch it "
+                         "without FSDP")
+    for trial in trials:
+        if trial.checkpoint is not None:  # evaluated, not trained
+            continue
+        check_batch_size(trial.config.finetune.batch_size, processes)
+        for mitigation in active_mitigations(trial.config) if fsdp is not None else ():
+            if mitigation.needs_whole_model:
+                raise UsageError(f"{mitigation.key}: reads the whole model, which FSDP shards over the processes; "
+                                 "launch with DDP (examples/paper/accelerate_multi_gpu.yaml)")
 
 
 def is_main_process() -> bool:
@@ -178,8 +205,11 @@ def _launched_state():
     from accelerate import PartialState
 
     # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu` (torchrun) processes
-    # form a gloo group instead of running alone.
-    return PartialState(cpu=not torch.cuda.is_available())
+    # form a gloo group instead of running alone. The other processes wait at a collective while
+    # the main one alone scores, records, and evaluates what a mitigation asks after training
+    # (interpolated weights): the timeout leaves that its time. A failure during training reaches
+    # every process at its next step (mtforget.train.distributed), not at this timeout.
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
 
 
 def interleave_by_base(trials: list[Trial]) -> list[Trial]:

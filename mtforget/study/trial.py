@@ -57,6 +57,7 @@ from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
 from mtforget.study.result import TrialResult
 from mtforget.study.store import BASE_FAILURES
+from mtforget.train.distributed import describe
 from mtforget.train.loop import TrainOutcome, TrainSettings, train
 
 log = logging.getLogger("mtforget")
@@ -99,7 +100,8 @@ def execute_trial(trial: Trial, out: Path, progress: bool, memo: TrialMemo | Non
         log.error("trial %s: %s", trial.id, exc)
         return _failed(USAGE_PREFIX + str(exc), memo)
     except Exception as exc:  # noqa: BLE001 - any crash fails this trial only
-        reason = f"{type(exc).__name__}: {exc}"
+        # A failure shared by the processes of a launch carries the failing process's own reason.
+        reason = describe(exc)
         log.error("trial %s failed: %s\n%s", trial.id, reason, traceback.format_exc())
         return _failed(reason, memo)
     finally:

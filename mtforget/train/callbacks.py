@@ -20,7 +20,8 @@ needs:
 
 Hooks from ``on_steps_start`` on get the run's :class:`TrainState`: its outcome (whose history is
 saved with every checkpoint, so what a callback records there survives a resume) and the tokens
-trained on so far.
+trained on so far. Under FSDP the model the hooks get during training is sharded; a hook that
+translates or reads every weight does it inside :meth:`TrainState.whole_model`.
 
 A callback may also own optimizer steps of its own, interleaved with the translation steps (the
 alternating schedule of cross-lingual alignment): it then provides a :class:`StepSchedule`. At
@@ -30,6 +31,7 @@ most one callback of a run may do so.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -61,6 +63,14 @@ class TrainState:
     total_steps: int
     count_tokens: Callable[[], int] = field(repr=False)
     stop_reason: str | None = None
+    # Under FSDP: the whole model with the current weights, gathered on every process for a block.
+    gather: Callable[[], AbstractContextManager] | None = field(default=None, repr=False)
+
+    def whole_model(self, model: torch.nn.Module) -> AbstractContextManager[torch.nn.Module]:
+        """A block in which the model the hooks got (``model``) can be read whole: itself, or under
+        FSDP the whole weights gathered on every process (a collective: every process enters it
+        at the same points)."""
+        return self.gather() if self.gather is not None else nullcontext(model)
 
     def tokens(self) -> int:
         """Source and target tokens of the translation batches so far (padding excluded); it

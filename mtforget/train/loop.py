@@ -2,17 +2,18 @@
 
 Used twice with different settings: to pre-train the built-in tiny bases on every direction of a
 corpus, and to fine-tune a base on a trial's directions with early stopping on their dev set.
-Accelerate places the model, optimizer and batches: the CPU, one GPU, or several processes under
-``accelerate launch`` (DDP, or FSDP/DeepSpeed through an Accelerate config). Global batches are
-split across processes, so N processes take the same optimizer steps as one.
+Accelerate places the model and optimizer: the CPU, one GPU, or several processes under
+``accelerate launch`` (DDP, or FSDP2: see :mod:`mtforget.train.distributed`).
 
-With ``grad_accumulation``, each optimizer step draws ``batch_size × grad_accumulation`` examples
-and back-propagates them as that many micro-batches of at most ``batch_size``, one at a time, so
-that only one micro-batch's activations are held at once. Their losses are token-weighted over the
-whole step, so the summed gradient is the one the step's examples would give as a single batch.
-Under DDP each process weights the tokens of its share, as without accumulation, and the processes
-average their summed gradients once, in the last backward pass. A callback's term of the same step
-joins that last pass; a callback's own steps (see :mod:`mtforget.train.callbacks`) are never split.
+Each optimizer step draws ``batch_size × grad_accumulation`` examples (fewer at the end of an
+epoch), sorts them by length and cuts them into ``grad_accumulation`` micro-batches, each of which
+is shared out over the processes and cut into ``micro_batches`` pieces. Every piece is
+back-propagated on its own, its mean token loss weighted by its share of the target tokens of the
+whole step on all processes, so the summed gradient is the one the step's examples would give as a
+single batch in one process: N processes take the same steps, on the same examples, to the same
+weights. Only one piece's activations are held at once. A callback's term of the same step joins
+the last piece's backward pass; a callback's own steps (see :mod:`mtforget.train.callbacks`) are
+never split.
 
 With ``checkpoint_dir``, the full training state (weights, optimizer, scheduler, RNG, progress) is
 saved every ``checkpoint_every`` steps, and a later call with the same arguments resumes from it:
@@ -29,21 +30,23 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
-from torch.utils.data import DataLoader, Sampler
+from accelerate.utils import DistributedDataParallelKwargs
+from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from mtforget.data.splits import Example
-from mtforget.errors import TrialDiverged
+from mtforget.errors import TrialDiverged, UsageError
 from mtforget.models.control import BatchEncoder
 from mtforget.train.callbacks import StepSchedule, TrainCallback, TrainState, step_schedule
 from mtforget.train.checkpoint import load_best, load_checkpoint, save_best, save_checkpoint
+from mtforget.train.distributed import ShardedTraining, agree, check_batch_size, fsdp_from_launch, share_of
 from mtforget.train.precision import PrecisionPlan, WeightChanges, plan_precision
 
 
@@ -106,6 +109,8 @@ class TrainOutcome:
     tokens: int = 0  # source + target tokens of translation batches (padding excluded), all processes
     precision: str = "fp32"  # the arithmetic of training (see training_precision)
     precision_mode: str = "fp32"  # the PrecisionPlan that ran: fp32 (master weights), bf16 or bf16-kahan
+    processes: int = 1  # processes that trained together
+    sharding: str = "none"  # how they shared the model: none (one process), ddp or fsdp2
     # Share of trainable entries that training changed (see WeightChanges), as trained and once
     # cast back to the dtype they had before training (what is evaluated); None when sharded.
     weights_changed: float | None = None
@@ -188,7 +193,9 @@ def train(
     With ``log_dir``, training and dev losses are also logged for TensorBoard there.
     ``callbacks`` (:mod:`mtforget.train.callbacks`) add losses, steps of their own and checks;
     early stopping watches the dev translation loss only.
-    Raises :class:`TrialDiverged` on a non-finite loss.
+    Raises :class:`TrialDiverged` on a non-finite loss. Under a launch of several processes, every
+    process raises the same error when any of them fails (:func:`mtforget.train.distributed.agree`),
+    and ``model`` holds the trained weights on every process when it returns.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -231,6 +238,10 @@ def train(
                 run.tokens.zero_()
                 save_checkpoint(run.accelerator, checkpoint_dir, run.outcome.steps, asdict(run.outcome),
                                 run.progress)
+    except BaseException as exc:
+        if run.sharded is not None and getattr(exc, "agreed", False):
+            run.sharded.gather()  # every process is here: the model keeps the weights it got to, as in one process
+        raise
     finally:
         bar.close()
     return _finish(run, checkpoint_dir)
@@ -241,10 +252,12 @@ class _Run:
     """The state of one training run between its steps."""
 
     accelerator: Accelerator
-    model: torch.nn.Module
+    model: torch.nn.Module  # what trains: DDP's wrapper, FSDP's sharded twin, or the model itself
     optimizer: torch.optim.Optimizer
     scheduler: object
-    batches: Iterator
+    batches: Iterator[list[int]]  # each translation step's example indices (all processes')
+    examples: list[Example]
+    control: BatchEncoder
     schedule: StepSchedule
     callbacks: list[TrainCallback]
     settings: TrainSettings
@@ -255,6 +268,7 @@ class _Run:
     log_dir: Path | None
     plan: PrecisionPlan
     scaler: torch.amp.GradScaler | None = None  # float16 autocast only
+    sharded: ShardedTraining | None = None  # under FSDP: the twin that trains and the way back to whole weights
     changes: WeightChanges | None = None
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # trainable weights' dtypes before training
     start: float = 0.0
@@ -263,6 +277,10 @@ class _Run:
     running_n: int = 0
     tokens: torch.Tensor | None = None
     state: TrainState | None = None
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
 
 
 def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example], settings: TrainSettings,
@@ -274,113 +292,166 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
     # never from an Accelerator that other code in this process made before (a Trainer with
     # bf16=True): inheriting it would train this run under autocast without a word. A clash is
     # accelerate's ValueError, and the trial fails with it.
-    accelerator = Accelerator(mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+    launched_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    accelerator = Accelerator(mixed_precision=launched_precision,
+                              # The loop shares the batches out itself; split_batches only keeps the
+                              # prepared scheduler at one step per optimizer step.
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              # Buffers are never trained, so they agree on every process already; a
+                              # broadcast in every forward would be a collective between the loop's
+                              # agreement points (see mtforget.train.distributed).
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
                               log_with="tensorboard" if log_dir else None,
                               project_dir=str(log_dir) if log_dir else None)
     if log_dir:
         accelerator.init_trackers(desc.split()[0])
-    _check_distribution(accelerator, settings, callbacks)
+    fsdp = fsdp_from_launch() if accelerator.num_processes > 1 else None
+    _check_distribution(accelerator, settings, callbacks, fsdp is not None)
     schedule = step_schedule(callbacks)
     step_size = settings.batch_size * settings.grad_accumulation  # examples per optimizer step
     steps_per_epoch = math.ceil(len(examples) / step_size)
     translation_total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     total = schedule.total_steps(translation_total)
-    dtypes = plan.apply(model, uniform=accelerator.distributed_type == DistributedType.FSDP)
-    optimizer = plan.optimizer(model.parameters(), settings.lr, settings.weight_decay)
-    scheduler = get_scheduler(settings.schedule, optimizer,
-                              num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    # ``accelerate launch --mixed_precision`` puts the model's forward under autocast too.
-    launched = accelerator.mixed_precision if accelerator.mixed_precision != "no" else None
+    dtypes = plan.apply(model, uniform=fsdp is not None)
+    sharded = None
+    if fsdp is not None:
+        # Sharded by the loop itself (Accelerate's FSDP refuses CPUs, so the tested path would
+        # not be the one that runs), with the launch's mixed precision as FSDP's compute dtype.
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(launched_precision)
+        sharded = ShardedTraining(model, fsdp, accelerator.device, compute)
+        trained = sharded.twin
+        optimizer = plan.optimizer(trained.parameters(), settings.lr, settings.weight_decay)
+        sharded.optimizer = optimizer
+        scheduler = get_scheduler(settings.schedule, optimizer,
+                                  num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
+        accelerator.register_for_checkpointing(sharded, scheduler)
+        launched = launched_precision if compute is not None else None
+    else:
+        optimizer = plan.optimizer(model.parameters(), settings.lr, settings.weight_decay)
+        scheduler = get_scheduler(settings.schedule, optimizer,
+                                  num_warmup_steps=int(settings.warmup_ratio * total), num_training_steps=total)
+        trained, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        # ``accelerate launch --mixed_precision`` puts the model's forward under autocast too.
+        launched = accelerator.mixed_precision if accelerator.mixed_precision != "no" else None
     autocast = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(plan.autocast, launched)
     outcome = TrainOutcome(steps=0, seconds=0.0, train_loss=float("nan"),
-                           precision=training_precision(model, autocast), precision_mode=plan.mode)
+                           precision=training_precision(model if sharded is None else trained, autocast),
+                           precision_mode=plan.mode, processes=accelerator.num_processes,
+                           sharding="fsdp2" if sharded else "ddp" if accelerator.num_processes > 1 else "none")
     progress = {"evals_without_gain": 0, "elapsed": 0.0}
-    saved = load_checkpoint(accelerator, checkpoint_dir, model, optimizer, scheduler) if checkpoint_dir else None
+    saved = load_checkpoint(accelerator, checkpoint_dir, trained, optimizer, scheduler) if checkpoint_dir else None
     if saved:
         outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision,
-                                  "precision_mode": outcome.precision_mode})
+                                  "precision_mode": outcome.precision_mode, "processes": outcome.processes,
+                                  "sharding": outcome.sharding})
         outcome.resumed_from = outcome.steps
         progress = saved["progress"]
-    loader = accelerator.prepare(DataLoader(
-        examples, batch_sampler=StepBatches(len(examples), step_size, settings.seed,
-                                            schedule.translation_steps_done(outcome.steps), translation_total,
-                                            [_length(ex) for ex in examples] if settings.group_by_length else None),
-        collate_fn=partial(_step_micro_batches, control, settings.grad_accumulation, settings.micro_batches,
-                           settings.pad_to_multiple_of)))
-    first_label = 0 if getattr(accelerator.unwrap_model(model).config, "is_encoder_decoder", False) else 1
+    batches = iter(StepBatches(len(examples), step_size, settings.seed, schedule.translation_steps_done(outcome.steps),
+                               translation_total,
+                               [_length(ex) for ex in examples] if settings.group_by_length else None))
+    first_label = 0 if getattr(accelerator.unwrap_model(trained).config, "is_encoder_decoder", False) else 1
     zero = torch.zeros((), device=accelerator.device)
-    run = _Run(accelerator, model, optimizer, scheduler, iter(loader), schedule, callbacks, settings, outcome,
-               progress, total, first_label, log_dir, plan, plan.scaler(accelerator.device), dtypes=dtypes,
-               start=time.perf_counter() - progress["elapsed"],
+    run = _Run(accelerator, trained, optimizer, scheduler, batches, examples, control, schedule, callbacks, settings,
+               outcome, progress, total, first_label, log_dir, plan, plan.scaler(accelerator.device), sharded,
+               dtypes=dtypes, start=time.perf_counter() - progress["elapsed"],
                running=zero.clone(), tokens=torch.zeros((), dtype=torch.long, device=accelerator.device))
-    run.state = TrainState(outcome, total, lambda: outcome.tokens + int(accelerator.reduce(run.tokens, "sum")))
+    run.state = TrainState(outcome, total, lambda: outcome.tokens + int(accelerator.reduce(run.tokens, "sum")),
+                           gather=sharded.whole if sharded is not None else None)
     return run
 
 
-def _check_distribution(accelerator: Accelerator, settings: TrainSettings, callbacks: list[TrainCallback]) -> None:
+def _check_distribution(accelerator: Accelerator, settings: TrainSettings, callbacks: list[TrainCallback],
+                        fsdp: bool) -> None:
     """Refuse settings the distributed engine in use cannot honour."""
     whole = [type(c).__name__ for c in callbacks if c.needs_whole_model]
-    if whole and accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
-                                                      DistributedType.MULTI_CPU):
+    engine = "FSDP" if fsdp else accelerator.distributed_type
+    if whole and (fsdp or accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                               DistributedType.MULTI_CPU)):
         # Such a term runs the unwrapped model; sharded parameters (FSDP, DeepSpeed) are not there.
-        raise ValueError(f"{', '.join(whole)} needs one process or DDP, not {accelerator.distributed_type}")
+        raise UsageError(f"{', '.join(whole)} needs one process or DDP, not {engine}: launch with DDP "
+                         "(examples/paper/accelerate_multi_gpu.yaml)")
     if settings.grad_accumulation < 1:
         raise ValueError(f"grad_accumulation must be at least 1, not {settings.grad_accumulation}")
-    if settings.grad_accumulation > 1 and accelerator.distributed_type in (DistributedType.DEEPSPEED,
-                                                                           DistributedType.MEGATRON_LM):
-        # Those engines step and scale the loss at their own accumulation boundaries, which
-        # this loop's successive backward passes would not respect.
-        raise ValueError(f"grad_accumulation needs one process, DDP or FSDP, not {accelerator.distributed_type}")
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        # Those engines step, scale and shard at their own boundaries, which this loop's pieces,
+        # weighted by the whole step's token count, would not respect.
+        raise UsageError(f"mtforget trains with one process, DDP or FSDP2, not {accelerator.distributed_type}")
+    check_batch_size(settings.batch_size, accelerator.num_processes)
 
 
 def _train_step(run: _Run, step: int) -> None:
-    """One optimizer step: the translation micro-batches (all but the last back-propagated at
-    once), the callbacks' terms, the finiteness check, the update."""
+    """One optimizer step: this process's pieces of the step's translation examples (each
+    back-propagated on its own, the last one once every process agrees the step is sound), the
+    callbacks' terms, the update."""
     accelerator, settings = run.accelerator, run.settings
     kind = run.schedule.kind(step)
-    loss = torch.zeros((), device=accelerator.device)
-    # The loss of the micro-batches back-propagated before the step's last one (detached).
-    earlier = torch.zeros((), device=accelerator.device)
+    pieces: list[dict[str, torch.Tensor] | None] = []
+    error: BaseException | None = None
     if kind in ("translation", "both"):
-        micro = next(run.batches)
-        targets = [[(piece["labels"][:, run.first_label:] != -100).sum() for piece in pieces] for pieces in micro]
-        # Token-weighted over the whole step, so the pieces of every micro-batch add up to the
-        # mean over all the step's examples; a lone piece is that mean already.
-        total_targets = (torch.stack([n for counts in targets for n in counts]).sum().clamp(min=1)
-                         if len(micro) > 1 or len(micro[0]) > 1 else None)
-        for pieces, counts in zip(micro[:-1], targets[:-1]):
-            # The gradients of all but the last micro-batch stay local: DDP averages their sum
-            # over the processes in the last backward pass.
-            with accelerator.no_sync(run.model):
-                part = _translation_loss(run.model, pieces, counts, total_targets, accelerator.device, run.plan)
-                accelerator.backward(_scaled(run, part))
-            earlier += part.detach()
-        translation_loss = _translation_loss(run.model, micro[-1], targets[-1], total_targets, accelerator.device,
-                                             run.plan)
-        loss = loss + translation_loss
-        run.running += earlier + translation_loss.detach()
+        indices = next(run.batches)
+        try:
+            pieces = _step_micro_batches(run.control, settings.grad_accumulation, settings.micro_batches,
+                                         settings.pad_to_multiple_of, [run.examples[i] for i in indices],
+                                         accelerator.process_index, run.world)
+            pieces = [None if p is None else {k: v.to(accelerator.device) for k, v in p.items()}
+                      for micro in pieces for p in micro]
+        except Exception as exc:  # noqa: BLE001 - shared with the other processes below
+            error, pieces = exc, []
+    counts = [None if p is None else (p["labels"][:, run.first_label:] != -100).sum() for p in pieces]
+    local = torch.stack([n for n in counts if n is not None]).sum() if any(n is not None for n in counts) else None
+    local = torch.zeros((), device=accelerator.device) if local is None else local
+    # The step's target tokens on every process: each piece's weight, and a first agreement.
+    step_targets = agree(local.reshape(1), error, run.world).clamp(min=1)[0]
+    translation = torch.zeros((), device=accelerator.device)  # this process's part of the step's mean loss
+    earlier = torch.zeros((), device=accelerator.device)  # the pieces back-propagated already (detached)
+    loss = torch.zeros((), device=accelerator.device)  # what the step's last backward pass takes
+    try:
+        dummy = None
+        for i, (piece, n) in enumerate(zip(pieces, counts)):
+            if piece is None:  # no examples here: a forward all the same, weighted 0
+                dummy = dummy or _dummy_piece(run, indices)
+                piece, n = dummy, torch.zeros((), device=accelerator.device)
+            # Under DDP the gradients of all but the last piece stay local; FSDP reduces every
+            # backward pass, which adds up to the same.
+            last = i == len(pieces) - 1
+            with nullcontext() if last or run.sharded is not None else accelerator.no_sync(run.model):
+                part = _piece_loss(run, piece, n, step_targets)
+                if not last:
+                    accelerator.backward(_scaled(run, part))
+                    earlier += part.detach()
+            if last:
+                loss = part
+            translation += part.detach() / run.world
+        run.tokens += sum((p["attention_mask"].sum() + (p["labels"] != -100).sum() for p in pieces if p is not None),
+                          torch.zeros((), dtype=torch.long, device=accelerator.device))
+        for callback in run.callbacks:
+            with accelerator.autocast(), run.plan.autocasting(accelerator.device):
+                # The unwrapped model: a term may stop the forward midway, which DDP's forward cannot do.
+                extra = callback.extra_loss(accelerator.unwrap_model(run.model), step)
+            if extra is not None:
+                loss = loss + extra
+        for callback in run.callbacks:
+            loss = callback.on_loss(step, loss)
+        if not torch.isfinite(earlier + loss.detach()):
+            raise TrialDiverged(f"non-finite training loss ({(earlier + loss.detach()).item()}) at step {step}")
+    except Exception as exc:  # noqa: BLE001 - shared with the other processes below
+        error = exc
+    # Every process has its part of the loss and nothing left to back-propagate but the last piece,
+    # whose backward pass (under DDP) is a collective: all of them go on, or all of them fail.
+    step_loss = agree(translation.reshape(1), error, run.world)[0]
+    if kind != "own":
+        run.running += step_loss
         run.running_n += 1
-        run.tokens += sum(piece["attention_mask"].sum() + (piece["labels"] != -100).sum()
-                          for pieces in micro for piece in pieces)
-    for callback in run.callbacks:
-        with accelerator.autocast(), run.plan.autocasting(accelerator.device):
-            # The unwrapped model: a term may stop the forward midway, which DDP's forward cannot do.
-            extra = callback.extra_loss(accelerator.unwrap_model(run.model), step)
-        if extra is not None:
-            loss = loss + extra
-    for callback in run.callbacks:
-        loss = callback.on_loss(step, loss)
-    if not torch.isfinite(earlier + loss):
-        raise TrialDiverged(f"non-finite training loss ({(earlier + loss).item()}) at step {step}")
     accelerator.backward(_scaled(run, loss))
-    if kind == "own" and accelerator.num_processes > 1:
+    if kind == "own" and run.world > 1:
         _average_gradients(run.model)  # DDP only averages what went through its own forward
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)  # clip the true gradients
     if settings.grad_clip:
-        accelerator.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+        if run.sharded is not None:  # parameters the loop sharded itself: DTensors, whose norm is global
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+        else:
+            accelerator.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
     if run.scaler is not None:
         run.scaler.step(run.optimizer)  # skipped when a scaled gradient overflowed
         run.scaler.update()
@@ -388,6 +459,24 @@ def _train_step(run: _Run, step: int) -> None:
         run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+
+
+def _dummy_piece(run: _Run, indices: list[int]) -> dict[str, torch.Tensor]:
+    """A one-example piece for a process with no examples in a slot of the step: its forward and
+    backward keep the processes' collectives in step, its weight of 0 keeps it out of the gradient."""
+    batch = run.control.batch([run.examples[indices[0]]], run.settings.pad_to_multiple_of)
+    return {k: v.to(run.accelerator.device) for k, v in batch.items()}
+
+
+def _piece_loss(run: _Run, piece: dict[str, torch.Tensor], targets: torch.Tensor,
+                step_targets: torch.Tensor) -> torch.Tensor:
+    """A piece's mean token loss weighted by its share ``targets / step_targets`` of the step's
+    target tokens on all processes, times the number of processes (which DDP and FSDP average)."""
+    with run.plan.autocasting(run.accelerator.device):
+        mean = run.model(**piece).loss
+        # Multiplied and divided in the loss's own dtype: a float32 ratio would round the weights of a
+        # float64 run, and the pieces would no longer add up to the whole batch's mean.
+        return mean * (targets.to(mean.dtype) * run.world) / step_targets.to(mean.dtype)
 
 
 def _log_point(run: _Run, step: int) -> dict[str, float]:
@@ -410,7 +499,16 @@ def _log_point(run: _Run, step: int) -> dict[str, float]:
 def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Path | None) -> bool:
     """Evaluate the dev loss, keep the best weights; returns True when patience ran out."""
     outcome, accelerator = run.outcome, run.accelerator
-    dev_loss = mean_token_loss(run.model, dev_batches, accelerator.device)
+    error, dev_loss = None, float("nan")
+    try:
+        dev_loss = mean_token_loss(run.model, dev_batches, accelerator.device)
+    except Exception as exc:  # noqa: BLE001 - shared with the other processes below
+        error = exc
+    # Every process computed it on the same weights; the main one's value decides for all of them,
+    # so early stopping cannot part them even where a device's sums are not deterministic.
+    mine = torch.tensor([dev_loss if accelerator.is_main_process else 0.0], dtype=torch.float64,
+                        device=accelerator.device)
+    dev_loss = float(agree(mine, error, run.world)[0])
     outcome.history.append({"step": step, "dev_loss": round(dev_loss, 5)})
     if run.log_dir:
         accelerator.log({"dev_loss": dev_loss}, step=step)
@@ -419,7 +517,8 @@ def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Pa
     if outcome.best_dev_loss is None or dev_loss < outcome.best_dev_loss:
         outcome.best_dev_loss, outcome.best_step = dev_loss, step
         run.progress["evals_without_gain"] = 0
-        run.best = {k: v.detach().cpu().clone() for k, v in accelerator.get_state_dict(run.model).items()}
+        run.best = (run.sharded.full_state_dict() if run.sharded is not None else
+                    {k: v.detach().cpu().clone() for k, v in accelerator.get_state_dict(run.model).items()})
     else:
         run.progress["evals_without_gain"] += 1
         if run.settings.patience and run.progress["evals_without_gain"] >= run.settings.patience:
@@ -438,10 +537,18 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
         outcome.extra_losses.update(callback.logged())
     outcome.tokens += int(accelerator.reduce(run.tokens, "sum"))
     run.tokens.zero_()
-    unwrapped = accelerator.unwrap_model(run.model)
+    best = None
     if outcome.best_step is not None:
         best = run.best if run.best is not None else load_best(checkpoint_dir, outcome.best_step)
-        unwrapped.load_state_dict(best)  # from disk when resumed after the best step
+    if run.sharded is not None:
+        # The model the caller holds gets the whole weights on every process, and the twin goes.
+        run.sharded.load_into_model(best if best is not None else run.sharded.full_state_dict())
+        unwrapped = run.sharded.model
+        run.model = run.sharded.twin = None
+    else:
+        unwrapped = accelerator.unwrap_model(run.model)
+        if best is not None:
+            unwrapped.load_state_dict(best)  # from disk when resumed after the best step
     unwrapped.eval()
     for callback in run.callbacks:
         callback.on_train_end(unwrapped, run.state)
@@ -505,29 +612,27 @@ def _scaled(run: _Run, loss: torch.Tensor) -> torch.Tensor:
     return run.scaler.scale(loss) if run.scaler is not None else loss
 
 
-def _translation_loss(model: torch.nn.Module, pieces: list[dict[str, torch.Tensor]], targets: list[torch.Tensor],
-                      total_targets: torch.Tensor | None, device: torch.device, plan: PrecisionPlan) -> torch.Tensor:
-    """The loss of one micro-batch's ``pieces``: each piece's mean loss weighted by its share
-    ``targets / total_targets`` of the step's target tokens, or the lone piece's own mean when
-    ``total_targets`` is None."""
-    with plan.autocasting(device):
-        if total_targets is None:
-            return model(**pieces[0]).loss
-        # Multiplied and divided in the loss's own dtype: a float32 ratio would round the weights of a
-        # float64 run, and the pieces would no longer add up to the whole batch's mean.
-        return sum(model(**piece).loss * n / total_targets for piece, n in zip(pieces, targets))
-
-
 def _step_micro_batches(control: BatchEncoder, accumulation: int, pieces: int, multiple: int,
-                        examples: list[Example]) -> list[list[dict[str, torch.Tensor]]]:
-    """One optimizer step's examples as ``accumulation`` micro-batches (one if 1), each a list of
-    ``pieces`` padded batches (see :func:`_sorted_pieces`). The examples are sorted by length
-    before they are cut, so that each micro-batch pads little."""
-    if accumulation <= 1:
-        return [_sorted_pieces(control, pieces, multiple, examples)]
-    ordered = sorted(examples, key=_length)
+                        examples: list[Example], rank: int = 0,
+                        world: int = 1) -> list[list[dict[str, torch.Tensor] | None]]:
+    """This process's share of one optimizer step's examples as ``accumulation`` micro-batches
+    (one if 1), each a list of ``pieces`` padded batches (see :func:`_sorted_pieces`). The examples
+    are sorted by length before they are cut, so that each micro-batch pads little, and each
+    micro-batch is shared out over the ``world`` processes (:func:`share_of`). With several
+    processes every one of them gets exactly ``accumulation × pieces`` slots, None where it has no
+    examples for one (a short last batch), so that all of them run the same forward passes."""
+    ordered = sorted(examples, key=_length) if accumulation > 1 or world > 1 else examples
     size = math.ceil(len(ordered) / accumulation)
-    return [_sorted_pieces(control, pieces, multiple, ordered[i : i + size]) for i in range(0, len(ordered), size)]
+    micro = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    if world <= 1:
+        return [_sorted_pieces(control, pieces, multiple, m) for m in micro]
+    micro += [[]] * (accumulation - len(micro))
+    shares = [share_of(m, rank, world) for m in micro]
+    out = []
+    for share in shares:
+        batches: list[dict[str, torch.Tensor] | None] = _sorted_pieces(control, pieces, multiple, share) if share else []
+        out.append(batches + [None] * (pieces - len(batches)))
+    return out
 
 
 def _sorted_pieces(control: BatchEncoder, pieces: int, multiple: int,
