@@ -134,12 +134,19 @@ def test_accelerate_config_is_multi_gpu_ddp_in_bf16():
     assert config.num_processes == 8 and config.num_machines == 1 and not config.use_cpu
 
 
-def test_fsdp_config_shards_fully_in_bf16():
+def test_fsdp_config_is_fsdp2_in_bf16_with_settings_the_loop_honours():
     from accelerate.commands.config.config_args import load_config_from_file
+
+    from mtforget.train.distributed import FsdpSettings, fsdp_from_launch
 
     config = load_config_from_file(str(FSDP))
     assert config.distributed_type == "FSDP" and config.mixed_precision == "bf16" and config.num_processes == 8
-    assert config.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and config.fsdp_config["fsdp_use_orig_params"]
+    fsdp = config.fsdp_config
+    # What accelerate launch puts in the environment for these keys (accelerate.utils.launch).
+    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": str(fsdp["fsdp_version"]),
+           **{f"FSDP_{key.removeprefix('fsdp_').upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+              for key, value in fsdp.items() if key != "fsdp_version"}}
+    assert fsdp_from_launch(env) == FsdpSettings(reshard_after_forward=True)
 
 
 # Parameters of each recipe's hub model (from its model card), for the memory check below.
