@@ -288,8 +288,9 @@ def _expected_categories(languages: list[str], directions: list[str]) -> set[str
     return found
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path):
+def _stand_in_args(recipe: Path, data: Path, checkpoints: dict, out: Path) -> list[str]:
+    """``mtforget run`` of ``recipe`` at tiny size on the stand-ins: its models, data and sizes
+    overridden with ``--set``, the file itself as it is."""
     raw = _raw(recipe)
     study = load_study(recipe)
     overrides = [f"corpus.path={data / 'flores200'}", "corpus.test_size=24", "corpus.dev_size=4",
@@ -309,11 +310,17 @@ def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path
         overrides.append("grid.model.path=" + json.dumps([checkpoints[STAND_INS[m]] for m in grid_models[0]]))
     else:
         overrides.append(f"model.path={checkpoints[STAND_INS[study.model.path]]}")
-    out = tmp_path / "out"
     args = ["run", str(recipe), "--out", str(out), "--no-progress"]
     for item in overrides:
         args += ["--set", item]
-    assert main(args) == 0
+    return args
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path):
+    study = load_study(recipe)
+    out = tmp_path / "out"
+    assert main(_stand_in_args(recipe, data, checkpoints, out)) == 0
 
     # One trial per condition of the recipe's grid, its sizes folded into the one size set here.
     n_trials = len({tuple((k, str(v)) for k, v in t.items() if k != "finetune.size")
@@ -352,3 +359,30 @@ def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path
     aligned = [i for i in infos if "alignment" in i["mitigations"]]
     if any(t.get("finetune.alignment.enabled") for t in grid_combinations(study.grid)):
         assert len(aligned) == 1 and len(infos) == 2
+
+
+LAUNCHED = [r for r in RECIPES if "--config_file" in r.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("recipe", LAUNCHED, ids=lambda p: p.stem)
+def test_launched_recipe_runs_under_its_accelerate_config_on_two_cpu_processes(recipe, data, checkpoints, tmp_path):
+    """The launch in a recipe's header (its Accelerate config: FSDP2 or DDP, bf16), with two CPU
+    processes over gloo instead of eight GPUs: every trial done, under the sharding it names."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = next(PAPER / line.split("examples/paper/")[1].split()[0]
+                  for line in recipe.read_text(encoding="utf-8").splitlines() if "--config_file" in line)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    out = tmp_path / "out"
+    done = subprocess.run([accelerate, "launch", "--config_file", str(config), "--num_processes", "2",
+                           "-m", "mtforget.cli", *_stand_in_args(recipe, data, checkpoints, out)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    infos = [json.loads(p.read_text())["info"] for p in (out / "trials").glob("*/result.json")]
+    sharding = "fsdp2" if load_config_from_file(str(config)).distributed_type == "FSDP" else "ddp"
+    assert infos and all(i["train"]["processes"] == 2 and i["train"]["sharding"] == sharding for i in infos)
