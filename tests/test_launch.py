@@ -33,16 +33,20 @@ FLOAT32_DEV_LOSS_RTOL = 1e-5
 FLOAT32_WEIGHTS_ATOL = 3e-5
 
 
-def _train(out: Path, launch: str | None, *args: str) -> subprocess.CompletedProcess:
-    module = ["-m", "tests.launched_training", str(out), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _launch(launch: str | None, *module: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE…`` in one process, or under ``accelerate launch`` on two CPU processes."""
     if launch is None:
-        command = [PYTHON, *module]
+        command = [PYTHON, "-m", *module]
     else:
         assert ACCELERATE, "accelerate's launcher is installed with the project"
         command = [ACCELERATE, "launch", *LAUNCHES[launch], "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", *module]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *module]
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _train(out: Path, launch: str | None, *args: str) -> subprocess.CompletedProcess:
+    done = _launch(launch, "tests.launched_training", str(out), *args)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -128,10 +132,8 @@ def test_fsdp_settings_are_read_from_the_launch_or_refused_naming_the_key():
 @pytest.mark.parametrize("launch", sorted(LAUNCHES))
 def test_a_launch_stopped_after_a_checkpoint_resumes_to_the_one_process_weights(tmp_path, one_process, launch):
     out, checkpoint = tmp_path / "out", tmp_path / "checkpoint"
-    module = ["-m", "tests.launched_training", str(out), "--checkpoint", str(checkpoint)]
-    stopped = subprocess.run([ACCELERATE, "launch", *LAUNCHES[launch], "--num_processes", "2", "--num_machines", "1",
-                              "--mixed_precision", "no", "--dynamo_backend", "no", *module, "--stop-at-step", "8"],
-                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
+    stopped = _launch(launch, "tests.launched_training", str(out), "--checkpoint", str(checkpoint),
+                      "--stop-at-step", "8")
     assert stopped.returncode != 0 and (checkpoint / "state-0000006").is_dir()
     _train(out, launch, "--checkpoint", str(checkpoint))
     outcome = _outcome(out)
@@ -142,3 +144,53 @@ def test_a_launch_stopped_after_a_checkpoint_resumes_to_the_one_process_weights(
         weights = load_file(out / f"weights-{rank}.safetensors")
         for name, value in reference.items():
             assert torch.allclose(weights[name], value, rtol=0, atol=EQUIVALENCE_ATOL), (rank, name)
+
+
+def test_a_study_under_fsdp2_gives_one_process_results_for_what_reads_the_whole_model(tmp_path):
+    """The forgetting curve and budget (whole weights gathered at each check), the best dev weights,
+    checkpoints, interpolation and representations after training (the whole model on every
+    process), in a study launched with FSDP2, against the same study in one process."""
+    import yaml
+
+    from tests.conftest import tiny_study
+
+    raw = tiny_study(**{"finetune.size": [60]})
+    raw["finetune"].update(epochs=2, checkpoint_every=3, forgetting_budget={"max_drop": 50})
+    raw["eval"].update(during_training={"every": 2, "directions": 1, "sentences": 3}, interpolation=[0.5],
+                       representations=True, representation_sentences=6)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    for name, launch in (("one", None), ("fsdp", "fsdp2")):
+        done = _launch(launch, "mtforget.cli", "run", str(study), "--out", str(tmp_path / name), "--no-progress")
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def info(name: str) -> dict:
+        (path,) = (tmp_path / name / "trials").glob("*/result.json")
+        return json.loads(path.read_text())["info"]
+
+    one, two = info("one"), info("fsdp")
+    assert two["train"]["sharding"] == "fsdp2" and two["train"]["steps"] == one["train"]["steps"] == 8
+    assert two["train"]["best_dev_loss"] == pytest.approx(one["train"]["best_dev_loss"], rel=1e-5)
+    assert [p["step"] for p in two["forgetting_curve"]] == [p["step"] for p in one["forgetting_curve"]]
+    for a, b in zip(one["forgetting_curve"], two["forgetting_curve"]):
+        assert {k: pytest.approx(v, abs=1e-6) for k, v in a.items() if k != "tokens"} == \
+            {k: v for k, v in b.items() if k != "tokens"}
+    assert two["mitigations"]["interpolation"] == one["mitigations"]["interpolation"]
+    assert two["representations"] == one["representations"]
+
+
+def test_a_batch_the_launch_cannot_share_evenly_stops_it_before_any_trial_with_exit_2(tmp_path):
+    import yaml
+
+    from tests.conftest import tiny_study
+
+    raw = tiny_study()
+    raw["finetune"]["batch_size"] = 15
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    done = _launch("ddp", "mtforget.cli", "run", str(study), "--out", str(tmp_path / "out"), "--no-progress")
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: finetune.batch_size: 15 examples per micro-batch cannot be shared evenly by 2 "
+                      "processes; use a multiple of 2"]
+    assert not (tmp_path / "out" / "trials").exists()

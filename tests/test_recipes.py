@@ -288,6 +288,12 @@ def _expected_categories(languages: list[str], directions: list[str]) -> set[str
     return found
 
 
+def _grid_models(raw: dict) -> list[list[str]]:
+    """The ``model.path`` lists of a recipe's grid parts that name models."""
+    return [part["model.path"] for part in ([raw["grid"]] if isinstance(raw["grid"], dict) else raw["grid"])
+            if "model.path" in part]
+
+
 def _stand_in_args(recipe: Path, data: Path, checkpoints: dict, out: Path) -> list[str]:
     """``mtforget run`` of ``recipe`` at tiny size on the stand-ins: its models, data and sizes
     overridden with ``--set``, the file itself as it is."""
@@ -304,8 +310,7 @@ def _stand_in_args(recipe: Path, data: Path, checkpoints: dict, out: Path) -> li
     sources = [_stand_in_source(s, data) for s in study.finetune.data]
     overrides.append("finetune.data=" + json.dumps(sources))
     # Every model of the recipe, replaced by its family's stand-in.
-    grid_models = [part["model.path"] for part in ([raw["grid"]] if isinstance(raw["grid"], dict) else raw["grid"])
-                   if "model.path" in part]
+    grid_models = _grid_models(raw)
     if grid_models:
         overrides.append("grid.model.path=" + json.dumps([checkpoints[STAND_INS[m]] for m in grid_models[0]]))
     else:
@@ -346,6 +351,7 @@ def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path
         if info["method"] == "lora":
             assert 0 < info["trainable_parameters"] < info["parameters"]
     controls = {i["language_control"] for i in infos}
+    grid_models = _grid_models(_raw(recipe))
     family = {STAND_INS[m] for m in ([study.model.path] if not grid_models else grid_models[0])}
     if family == {"nllb"}:
         assert controls == {"nllb"} and infos[0]["added_language_tokens"] == []
