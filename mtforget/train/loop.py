@@ -415,7 +415,7 @@ def _train_step(run: _Run, step: int) -> None:
             # backward pass, which adds up to the same.
             last = i == len(pieces) - 1
             with nullcontext() if last or run.sharded is not None else accelerator.no_sync(run.model):
-                part = _piece_loss(run, piece, n, step_targets)
+                part = _piece_loss(run, piece, n, None if run.world == 1 and len(pieces) == 1 else step_targets)
                 if not last:
                     accelerator.backward(_scaled(run, part))
                     earlier += part.detach()
@@ -469,11 +469,14 @@ def _dummy_piece(run: _Run, indices: list[int]) -> dict[str, torch.Tensor]:
 
 
 def _piece_loss(run: _Run, piece: dict[str, torch.Tensor], targets: torch.Tensor,
-                step_targets: torch.Tensor) -> torch.Tensor:
+                step_targets: torch.Tensor | None) -> torch.Tensor:
     """A piece's mean token loss weighted by its share ``targets / step_targets`` of the step's
-    target tokens on all processes, times the number of processes (which DDP and FSDP average)."""
+    target tokens on all processes, times the number of processes (which DDP and FSDP average);
+    the mean itself when ``step_targets`` is None (the whole step)."""
     with run.plan.autocasting(run.accelerator.device):
         mean = run.model(**piece).loss
+        if step_targets is None:
+            return mean  # the step's only piece in one process: its mean is the step's loss already
         # Multiplied and divided in the loss's own dtype: a float32 ratio would round the weights of a
         # float64 run, and the pieces would no longer add up to the whole batch's mean.
         return mean * (targets.to(mean.dtype) * run.world) / step_targets.to(mean.dtype)
