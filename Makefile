@@ -4,13 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-quick test bench clean
+.PHONY: demo demo-quick test docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	# One install command, so torch==2.13.0 (the CPU build here) is resolved together with the rest.
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,7 +19,11 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/mtforget demo --quick
 
-test: $(STAMP)
+# The site, built strictly: a broken link, a missing page or a config key without a docstring fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --quiet
+
+test: docs
 	bash scripts/install_browser.sh  # Debian's Chromium for the report's browser test (once)
 	$(VENV)/bin/python -m pytest -q
 
@@ -30,4 +34,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/demo_wall.py --quick
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

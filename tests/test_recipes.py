@@ -158,7 +158,7 @@ PARAMETERS = {"facebook/nllb-200-distilled-600M": 0.62e9, "facebook/m2m100_418M"
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_each_recipe_is_launched_where_its_training_state_fits_an_80_gb_gpu(recipe):
     """The command in a recipe's header runs it on one GPU, under DDP or under FSDP; the state of
-    its precision (README's memory table) must leave room for activations on an 80 GB GPU."""
+    its precision (the memory table in docs/explanation/precision-and-memory.md) must leave room for activations on an 80 GB GPU."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     from mtforget.train.precision import STATE_BYTES

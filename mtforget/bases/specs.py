@@ -68,7 +68,7 @@ DECODER_RECIPE_VERSION = 4
 # budget runs well past its drop in loss. The instruction tuning on top is shorter, as an -Instruct
 # model is a brief tuning of its base; the chat format for a rare target language is learned from
 # the few chat examples that have it, so its budget, not its rate, decides how much of the base's
-# quality on those languages it keeps (README, "How the demo's world was chosen").
+# quality on those languages it keeps (docs/explanation/demo-world.md).
 DECODER_SPEC = DecoderSpec(d_model=96, layers=4, heads=4, ffn_dim=192, vocab_size=1500, steps=10000,
                            batch_size=64, lr=3e-3, instruct_steps=6000, instruct_lr=1e-3, task_share=0.25)
 DECODER_STYLES = {"lm": "plain prompt", "lm-instruct": "chat template"}

@@ -31,16 +31,26 @@ class AlignmentConfig(BaseModel):
     training split, for every study language or ``languages``, fine-tuned on or not.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     enabled: bool = False
-    layer: Literal["middle"] | int = "middle"  # 1-based layer of the encoder (enc-dec) / decoder stack
+    """Train the alignment loss beside translation."""
+    layer: Literal["middle"] | int = "middle"
+    """The layer whose output is pooled: `middle` (of the encoder of an encoder-decoder, of the
+    decoder stack of a decoder-only model) or a number counted from 1."""
     temperature: float = Field(0.1, gt=0)
-    schedule: Literal["alternate", "weighted"] = "alternate"  # alternate doubles the optimizer steps
-    weight: float = Field(1.0, gt=0)  # weighted: translation + weight × alignment; alternate: scales its steps
+    """InfoNCE's temperature."""
+    schedule: Literal["alternate", "weighted"] = "alternate"
+    """`alternate`: translation and alignment steps take turns (twice the optimizer steps);
+    `weighted`: translation + weight × alignment in every step."""
+    weight: float = Field(1.0, gt=0)
+    """The alignment loss's weight (`weighted`), or the scale of its steps (`alternate`)."""
     pairs_per_language: int = Field(500, ge=1)
-    batch_size: int | None = Field(None, ge=2)  # pairs per alignment batch; None: finetune.batch_size
-    languages: list[str] | None = None  # None: every study language
+    """Parallel pairs per language (each with the pivot), from the training split."""
+    batch_size: int | None = Field(None, ge=2)
+    """Pairs per alignment batch; unset: `finetune.batch_size`."""
+    languages: list[str] | None = None
+    """The languages aligned with the pivot, fine-tuned on or not; unset: every study language."""
 
     @field_validator("layer")
     @classmethod

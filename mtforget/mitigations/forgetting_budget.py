@@ -28,11 +28,15 @@ if TYPE_CHECKING:
 class BudgetConfig(BaseModel):
     """How much forgetting a trial may afford before training stops."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    max_drop: float | None = Field(None, gt=0)  # points of the metric; None: no budget
-    category: Literal[CATEGORIES] | None = None  # None: every unseen category the sample has  # type: ignore[valid-type]
+    max_drop: float | None = Field(None, gt=0)
+    """Points of the metric a watched category may lose (sampled during training) before training
+    stops; unset: no budget."""
+    category: Literal[CATEGORIES] | None = None  # type: ignore[valid-type]
+    """The category to watch; unset: every unseen category the sample has."""
     metric: Literal["chrf"] = "chrf"
+    """The metric the budget is counted in."""
 
 
 def over_budget(deltas: dict[str, float], categories: list[str], max_drop: float, step: int) -> str | None:

@@ -21,10 +21,13 @@ if TYPE_CHECKING:
 class ReplayConfig(BaseModel):
     """Replay mixed into the fine-tuning examples: other directions, or monolingual copies."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    fraction: float = Field(0.0, ge=0)  # replay examples as a share of the fine-tuning examples; 0 = off
+    fraction: float = Field(0.0, ge=0)
+    """Replay examples added, as a share of `finetune.size`; 0: off."""
     source: ReplaySource = "other_directions"
+    """`other_directions` (pairs of every direction not fine-tuned on) or `copies` (monolingual
+    copies)."""
 
 
 class Replay(Mitigation):

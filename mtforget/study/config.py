@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import itertools
 import os
 from pathlib import Path
@@ -31,29 +32,38 @@ SCHEDULES = get_args(Schedule)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A field's docstring is its description: the generated config reference prints it.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(_Strict):
     """The base model: a built-in tiny size, or a checkpoint (``path`` wins when both are set)."""
 
-    # Built-in bases: encoder-decoder "small" / "base"; decoder-only "lm" (plain prompt) and
-    # "lm-instruct" (the same, instruction-tuned through a chat template).
     tiny: Literal["small", "base", "lm", "lm-instruct"] | None = "small"
+    """A built-in base, trained here or shipped in the package: the encoder-decoders `small` (0.5M
+    parameters) and `base` (2.4M); the decoders `lm` (0.5M, plain prompt) and `lm-instruct` (`lm`
+    instruction-tuned through a chat template)."""
     path: str | None = None
+    """A checkpoint directory (safetensors) or a Hugging Face hub id; wins over `tiny`."""
     trust_remote_code: bool = False
-    gradient_checkpointing: bool = False  # trade compute for memory on large models
-    # The dtype the weights load in: auto = bfloat16 on a GPU that supports it, float32 elsewhere.
+    """Allow custom model code from the checkpoint."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing: trade compute for memory on large models."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    seed: int = Field(0, ge=0)  # initialisation and pre-training order of a tiny base
-    pretrain_steps: int | None = Field(None, ge=1)  # None: the size's own budget
-    # Start from the base shipped in the package when its manifest matches this corpus and recipe
-    # (mtforget.bases.prebuilt); false pre-trains it here (`mtforget demo --from-scratch`).
+    """The dtype the weights load and are evaluated in: `auto` is bfloat16 on a GPU that supports
+    it, float32 elsewhere. Set explicitly, it enters the trial id."""
+    seed: int = Field(0, ge=0)
+    """Initialisation and pre-training order of a tiny base."""
+    pretrain_steps: int | None = Field(None, ge=1)
+    """Pre-training steps of a tiny base; unset: the size's own budget. An error when every trial
+    starts from `path`."""
     prebuilt: bool = True
-    # A tiny base's pre-training mix: language → weight in (0, 1] (the others weigh 1). A language of
-    # weight 0.1 is seen about a tenth as often as the others, low-resource as in a real multilingual
-    # model's mix (mtforget.data.splits.sample_all_directions).
+    """Start from the base shipped in the package when its manifest matches this corpus and
+    recipe; false pre-trains it here (`mtforget demo --from-scratch`)."""
     pretrain_mix: dict[str, float] = {}
+    """A tiny base's pre-training mix: language → weight in (0, 1], the others weigh 1. A language
+    of weight 0.1 is seen about a tenth as often as the others, low-resource as in a real
+    multilingual model's mix. Part of the base's cache key; a mix no trial uses is an error."""
 
     @field_validator("pretrain_mix")
     @classmethod
@@ -77,34 +87,55 @@ class SyntheticConfig(_Strict):
     """The synthetic multilingual world used when ``corpus.path`` is absent."""
 
     languages: int = Field(10, ge=2)
+    """Languages of the world, the English-like pivot included (at most 17)."""
     segments: int = Field(20000, ge=100)
+    """Multi-parallel segments generated."""
     seed: int = Field(0, ge=0)
+    """Lexicons, grammars and sentences."""
 
 
 class CorpusConfig(_Strict):
     """Where segments come from and how they are split (by segment id)."""
 
     path: str | None = None
+    """A corpus file, folder or dataset name; unset: the synthetic world."""
     format: Literal["jsonl", "flores", "tsv", "hf"] = "jsonl"
-    tsv_languages: list[str] | None = None  # format tsv: the languages of the two columns
-    flores_splits: list[str] | None = None  # format flores: split folders to read (default: all)
-    hf_config: str | None = None  # format hf: dataset config name (e.g. "de-en")
-    hf_split: str = "train"  # format hf: split to read
+    """`jsonl` (the Hugging Face translation convention), `flores` (a FLORES-200 or FLORES+
+    folder), `tsv` (bitext), `hf` (a `datasets` name or local JSON)."""
+    tsv_languages: list[str] | None = None
+    """Format `tsv`: the languages of the two columns, e.g. `[en, de]`."""
+    flores_splits: list[str] | None = None
+    """Format `flores`: the split folders to read, e.g. `[dev, devtest]`; unset: all."""
+    hf_config: str | None = None
+    """Format `hf`: the dataset config name (e.g. `de-en`)."""
+    hf_split: str = "train"
+    """Format `hf`: the split to read."""
     synthetic: SyntheticConfig = SyntheticConfig()
-    languages: list[str] | None = None  # restrict the study to these; None: all of the corpus
-    max_words: int | None = Field(None, ge=1)  # drop segments with a longer text (or > 8×max_words characters)
+    """The synthetic world, when `path` is unset."""
+    languages: list[str] | None = None
+    """Restrict the study to these languages; unset: every language of the corpus."""
+    max_words: int | None = Field(None, ge=1)
+    """Drop segments with a text over this many words (or 8× as many characters)."""
     dev_size: int = Field(200, ge=1)
+    """Segments held out for early stopping."""
     test_size: int = Field(100, ge=1)
+    """Segments held out for testing."""
     split_seed: int = Field(0, ge=0)
+    """Seed of the hash that splits segments into train, dev and test."""
 
 
 class LoraConfig(_Strict):
     """LoRA adapters (peft). ``target_modules`` unset: attention and MLP projections, found by name."""
 
     rank: int = Field(8, ge=1)
+    """Rank of each adapter."""
     alpha: float = Field(16, gt=0)
+    """Scaling: the update is alpha / rank × BA."""
     dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout on the adapter's input."""
     target_modules: list[str] | None = None
+    """Names of the projections to adapt; unset: found per architecture (`q_proj` … `fc2`,
+    `gate_proj` …)."""
 
 
 class DataSourceConfig(_Strict):
@@ -112,11 +143,17 @@ class DataSourceConfig(_Strict):
     and how to read it."""
 
     path: str
+    """A file, folder or dataset name, read like `corpus.path`."""
     format: Literal["jsonl", "flores", "tsv", "hf"] = "jsonl"
-    tsv_languages: list[str] | None = None  # format tsv: the languages of the two columns
-    flores_splits: list[str] | None = None  # format flores: split folders to read (default: all)
+    """As `corpus.format`."""
+    tsv_languages: list[str] | None = None
+    """Format `tsv`: the languages of the two columns."""
+    flores_splits: list[str] | None = None
+    """Format `flores`: the split folders to read; unset: all."""
     hf_config: str | None = None
+    """Format `hf`: the dataset config name."""
     hf_split: str = "train"
+    """Format `hf`: the split to read."""
 
     @model_validator(mode="after")
     def _columns_named(self) -> DataSourceConfig:
@@ -128,38 +165,55 @@ class DataSourceConfig(_Strict):
 class _FinetuneCore(_Strict):
     """What a trial fine-tunes on, and how (each mitigation's key joins these: FinetuneConfig)."""
 
-    directions: list[str] | None = None  # None: English (or the most frequent) ↔ first half of the others
-    # Bitext to fine-tune on, apart from the evaluation corpus; None: the corpus's training split.
+    directions: list[str] | None = None
+    """Fine-tuning directions, a list of `src-tgt`; unset: English (or the corpus's most frequent
+    language) ↔ the first half of the others."""
     data: list[DataSourceConfig] | None = None
-    size: int = Field(1000, ge=1)  # training examples (sentence pairs), spread evenly over directions
+    """Bitext sources to fine-tune on, apart from the evaluation corpus (a benchmark such as
+    FLORES-200); pairs that repeat an evaluation or dev sentence are dropped and counted. Unset:
+    the corpus's training split."""
+    size: int = Field(1000, ge=1)
+    """Training examples (sentence pairs), spread evenly over the directions; more than the data
+    holds is an error."""
     method: Literal["full", "lora"] = "full"
+    """`full` fine-tuning, or `lora` (peft adapters, merged into the weights for evaluation)."""
     lora: LoraConfig = LoraConfig()
+    """The adapters of `method: lora`."""
     lr: float = Field(1e-4, gt=0)
+    """AdamW's learning rate."""
     epochs: float = Field(2.0, gt=0)
-    # Examples per micro-batch (summed over processes); each optimizer step trains on
-    # batch_size × grad_accumulation examples, back-propagated grad_accumulation micro-batches at a
-    # time with token-weighted losses: the gradient of one batch of that size. Steps, epochs,
-    # eval_every and checkpoint_every count optimizer steps. Alignment batches are not accumulated
-    # (InfoNCE's negatives are the rest of one batch): alignment.batch_size pairs per step.
+    """Passes over the training examples."""
     batch_size: int = Field(32, ge=1)
+    """Examples per micro-batch, summed over processes (a multiple of their number under a
+    launch). Each optimizer step trains on `batch_size × grad_accumulation` examples with
+    token-weighted losses: the gradient of one batch of that size. Steps, epochs, `eval_every` and
+    `checkpoint_every` count optimizer steps; alignment batches are not accumulated."""
     grad_accumulation: int = Field(1, ge=1)
-    # Tokens per side, special tokens included, for training and evaluation: the source and the
-    # target (encoder-decoder), the prompt and the answer (decoder-only); longer ones are cut.
+    """Micro-batches per optimizer step (`batch_size: 32, grad_accumulation: 4` is the paper's 128)."""
     max_length: int = Field(128, ge=8)
+    """Tokens per side, special tokens included, for training, alignment and evaluation inputs: the
+    source and the target (encoder-decoder), the prompt and the answer (decoder-only); longer ones
+    are cut."""
     schedule: Schedule = "constant_with_warmup"
+    """The learning-rate schedule (`transformers.get_scheduler`)."""
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    eval_every: int = Field(25, ge=1)  # steps between dev-loss checks
-    patience: int = Field(4, ge=0)  # dev checks without improvement before stopping; 0 = off
-    dev_size: int = Field(200, ge=1)  # dev examples of the fine-tuning directions
-    checkpoint_every: int = Field(100, ge=0)  # steps between resumable checkpoints; 0 = none
-    # How the trainable weights and AdamW's states are kept (mtforget.train.precision): auto =
-    # fp32 (float32 master weights, autocast in the load dtype), bf16 (pure bfloat16, updates
-    # round away), bf16-kahan (bfloat16 with Kahan-summed AdamW; the lowmem extra).
+    """Share of the steps spent warming up."""
+    eval_every: int = Field(25, ge=1)
+    """Steps between dev-loss checks; the best dev weights are kept."""
+    patience: int = Field(4, ge=0)
+    """Dev checks without improvement before stopping early; 0: never."""
+    dev_size: int = Field(200, ge=1)
+    """Dev examples of the fine-tuning directions."""
+    checkpoint_every: int = Field(100, ge=0)
+    """Steps between resumable training checkpoints; 0: none."""
     precision: Literal["auto", "fp32", "bf16", "bf16-kahan"] = "auto"
-
-    # Folders (or globs like run/checkpoint-*) fine-tuned elsewhere from model.path: each is a trial
-    # that is evaluated, not trained (mtforget.study.checkpoints); None: fine-tune here.
+    """How the trainable weights and AdamW's states are kept: `auto` = `fp32` (float32 master
+    weights, autocast in the load dtype), `bf16` (pure bfloat16: updates round away), `bf16-kahan`
+    (bfloat16 with Kahan-summed AdamW; the `lowmem` extra). Set explicitly, it enters the trial id."""
     checkpoints: list[str] | None = None
+    """Folders (or globs such as `run/checkpoint-*`, expanded in step order) fine-tuned elsewhere
+    from `model.path`: full models or PEFT adapters, each a trial that is evaluated, not trained;
+    needs `directions`."""
 
     @field_validator("checkpoints", mode="before")
     @classmethod
@@ -183,11 +237,16 @@ class _FinetuneCore(_Strict):
 class CometConfig(_Strict):
     """COMET through a subprocess in an environment that has unbabel-comet."""
 
-    python: str  # that environment's interpreter
-    checkpoint: str  # a COMET checkpoint file, e.g. wmt22-comet-da/checkpoints/model.ckpt
-    scorer: str | None = None  # a script following the protocol of comet_score.py; None: that script
+    python: str
+    """That environment's interpreter."""
+    checkpoint: str
+    """A COMET checkpoint file, e.g. `wmt22-comet-da/checkpoints/model.ckpt`."""
+    scorer: str | None = None
+    """A script following the protocol of the built-in `comet_score.py`; unset: that script."""
     batch_size: int = Field(32, ge=1)
+    """Segments per COMET batch."""
     gpus: int = Field(0, ge=0)
+    """GPUs COMET may use."""
 
 
 class BaseGateConfig(_Strict):
@@ -201,11 +260,17 @@ class BaseGateConfig(_Strict):
     """
 
     min_chrf: float = Field(10.0, ge=0, le=100)
+    """The base's chrF floor."""
     max_empty: float = Field(0.5, ge=0, le=1)
+    """The largest share of empty base outputs."""
     max_off_target: float = Field(0.5, ge=0, le=1)
+    """The largest share of base outputs in the wrong language."""
     max_repeated: float = Field(0.5, gt=0, le=1)
+    """The largest share of base outputs that are one and the same sentence."""
     min_sentences: int = Field(20, ge=1)
+    """Test sentences a direction needs."""
     include_flagged: bool = False
+    """Count flagged directions in the category means anyway."""
 
 
 class DuringTrainingConfig(_Strict):
@@ -214,33 +279,48 @@ class DuringTrainingConfig(_Strict):
     ``every`` steps (0 = off)."""
 
     every: int = Field(0, ge=0)
+    """Steps between samples; 0: off."""
     sentences: int = Field(5, ge=1)
-    directions: int = Field(2, ge=1)  # per direction category
+    """Test sentences per sampled direction."""
+    directions: int = Field(2, ge=1)
+    """Directions sampled per direction category."""
 
 
 class _EvalCore(_Strict):
     """How every direction is evaluated (greedy decoding); analyses after training join these
     (EvalConfig)."""
 
-    metrics: list[str] = []  # optional metrics beyond the always-on ones (chrF, chrF++, BLEU, off-target)
+    metrics: list[str] = []
+    """Optional metrics beyond the ones always computed (chrF, chrF++, BLEU, off-target):
+    `comet`, `ter`."""
     comet: CometConfig | None = None
-
-    max_sentences: int = Field(50, ge=1)  # test sentences per direction
-    batch_size: int | None = Field(None, ge=1)  # sentences per batch at most; None: sized for the device
+    """COMET's environment and checkpoint, for `metrics: [comet]`."""
+    max_sentences: int = Field(50, ge=1)
+    """Test sentences per direction."""
+    batch_size: int | None = Field(None, ge=1)
+    """Sentences per decoding batch at most; unset: 128 on a CPU, as many as free GPU memory holds
+    on a GPU."""
     max_new_tokens: int = Field(64, ge=1)
-    # Generation engine: a name in mtforget.evaluate.engines.registry, or "auto" = CTranslate2 when
-    # it can run the model, else Hugging Face generate (the reason is logged); "ctranslate2" fails
-    # when it cannot; "hf" never converts.
+    """New tokens per greedy translation."""
     engine: str = "auto"
-    # CTranslate2 weights/arithmetic: "default" = float32 on the CPU (the HF model's numbers),
-    # the model's half precision on a GPU; int8 / int8_float32 trade exactness for speed.
+    """The generation engine: `auto` (CTranslate2 once it has translated a probe sentence on the
+    model's device, else Hugging Face `generate`, the reason logged), `ctranslate2` (exit 2 when
+    it cannot translate), `hf`."""
     compute_type: Literal["default", "float32", "int8", "int8_float32"] = "default"
-    bootstrap_resamples: int = Field(2000, ge=100)  # report: intervals over directions and seeds
-    paired_resamples: int = Field(1000, ge=100)  # per direction: paired bootstrap over test sentences
-    representations: bool = True  # layer-wise cross-lingual retrieval, base and fine-tuned
-    representation_sentences: int = Field(100, ge=2)  # test sentences per language for it
+    """CTranslate2's arithmetic: `default` is float32 on a CPU (the Hugging Face model's numbers)
+    and the model's half precision on a GPU; the int8 types trade exactness for speed."""
+    bootstrap_resamples: int = Field(2000, ge=100)
+    """Resamples of the report's intervals over directions and seeds."""
+    paired_resamples: int = Field(1000, ge=100)
+    """Resamples of the paired bootstrap over test sentences, per direction."""
+    representations: bool = True
+    """Layer-wise cross-lingual retrieval of the base and the fine-tuned model."""
+    representation_sentences: int = Field(100, ge=2)
+    """Test sentences per language for the representations."""
     base_gate: BaseGateConfig = BaseGateConfig()
+    """When a direction's base cannot translate well enough to be scored."""
     during_training: DuringTrainingConfig = DuringTrainingConfig()
+    """Forgetting sampled while a trial fine-tunes."""
 
     @field_validator("metrics")
     @classmethod
@@ -264,7 +344,8 @@ class _EvalCore(_Strict):
 def _with_mitigations(name: str, core: type[_Strict], section: str) -> type[_Strict]:
     """``core`` plus a field for each mitigation whose key lives in ``section`` (registry order):
     a mitigation declares its own key and settings, so adding one does not touch this file."""
-    fields = {m.key.split(".", 1)[1]: (m.settings_type, Field(default_factory=lambda m=m: copy.deepcopy(m.default)))
+    fields = {m.key.split(".", 1)[1]: (m.settings_type, Field(default_factory=lambda m=m: copy.deepcopy(m.default),
+                                                              description=inspect.cleandoc(m.__doc__ or "")))
               for m in MITIGATIONS.values() if m.key.split(".", 1)[0] == section}
     return create_model(name, __base__=core, __module__=__name__, **fields)
 
@@ -274,30 +355,28 @@ EvalConfig = _with_mitigations("EvalConfig", _EvalCore, "eval")
 
 
 class RayConfig(_Strict):
-    """Where Ray runs trials: ``address`` of a running cluster, or None for a local Ray."""
+    """Where Ray runs trials."""
 
     address: str | None = None
+    """The address of a running Ray cluster; unset: a local Ray."""
 
 
 class ResourcesConfig(_Strict):
     """What one trial needs; the executor reserves it (Ray) and gives the trial that many threads.
 
-    ``cpus`` unset: the cores that are free when the study starts (usable cores minus those other
-    processes keep busy) for an in-process trial, an equal share of them per worker process, one
-    core per Ray task; each trial records the threads it ran with. The thread count changes the
-    order of floating-point sums, so set it to compare numbers across runs and executors bit for
-    bit.
-
-    ``fresh_process``: a trial that runs outside the scheduling process (``workers`` > 1, Ray)
-    gets a process of its own that exits after it, so everything it allocated goes back to the
-    system before the next trial starts; off, a worker process runs trial after trial and keeps
-    the high-water mark of all of them, for the imports it saves per trial
-    (``benchmarks/demo_wall.py`` measures both).
+    The thread count changes the order of floating-point sums, so set ``cpus`` to compare numbers
+    across runs and executors bit for bit.
     """
 
     cpus: int | None = Field(None, ge=1)
+    """Cores (threads) per trial; unset: the cores free when the study starts for an in-process
+    trial, an equal share of them per worker process, one core per Ray task."""
     gpus: float = Field(0, ge=0)
+    """GPUs per trial (Ray)."""
     fresh_process: bool = True
+    """A trial that runs outside the scheduling process (`workers` > 1, Ray) gets a process of its
+    own that exits after it, so its memory goes back to the system; false keeps the workers for the
+    whole study and saves their start-up."""
 
 
 def _check_comet(study: StudyConfig) -> None:
@@ -316,18 +395,30 @@ class StudyConfig(_Strict):
     """
 
     name: str = "study"
-    seed: int = Field(0, ge=0)  # fine-tuning data sample and training order
+    """The study's label (not part of trial identity)."""
+    seed: int = Field(0, ge=0)
+    """The fine-tuning data sample and the training order."""
     model: ModelConfig = ModelConfig()
+    """The base model."""
     corpus: CorpusConfig = CorpusConfig()
+    """The evaluation corpus (and the fine-tuning data, unless `finetune.data`)."""
     finetune: FinetuneConfig = FinetuneConfig()
+    """What each trial fine-tunes on and how, with its mitigations."""
     eval: EvalConfig = EvalConfig()
+    """How every direction is evaluated, and the analyses after training."""
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = {}
+    """Dotted key → list of values; the cross product is the set of trials. A list of such
+    mappings: the union of their cross products."""
     executor: Literal["local", "ray"] = "local"
-    workers: int = Field(1, ge=1)  # local executor: trials in this many separate processes when > 1
+    """Where trials run: in this process or local worker processes (`workers`), or on Ray."""
+    workers: int = Field(1, ge=1)
+    """Local executor: trials in this many separate processes when more than 1."""
     ray: RayConfig = RayConfig()
+    """The Ray cluster of `executor: ray`."""
     resources: ResourcesConfig = ResourcesConfig()
-    tensorboard: bool = False  # also log training curves for TensorBoard under trials/<id>/tensorboard
-
+    """What one trial reserves."""
+    tensorboard: bool = False
+    """Also log training curves for TensorBoard under `trials/<id>/tensorboard`."""
 
     @model_validator(mode="after")
     def _metrics_have_settings(self) -> StudyConfig:

@@ -26,7 +26,7 @@ intervals are over seeds and directions. ``quick`` is the CI-sized variant: the 
 
 from __future__ import annotations
 
-# Chosen by the demo's runs (README, "How the demo's world was chosen"): at 5,000 pairs the bases
+# Chosen by the demo's runs (docs/explanation/demo-world.md): at 5,000 pairs the bases
 # gain about +10 chrF on their supervised directions, at 10,000 about +13.
 LARGEST = 10000
 MITIGATION_SIZE = 5000
@@ -39,7 +39,7 @@ FULL_SEEDS = [0, 1, 2]
 # The fine-tuning languages are low-resource in the bases' pre-training, as in every real
 # multilingual model: each is drawn a hundredth as often as the other languages, so the bases are
 # mediocre on them and strong elsewhere, and fine-tuning has something to teach. Chosen by the
-# pilot in README ("How the demo's world was chosen"): at a tenth, the bases already translate them and
+# pilot in docs/explanation/demo-world.md: at a tenth, the bases already translate them and
 # fine-tuning teaches nothing.
 LOW_RESOURCE = ("xa", "xb", "xc", "xd")
 PRETRAIN_MIX = {lang: 0.01 for lang in LOW_RESOURCE}
