@@ -141,10 +141,10 @@ def _write_with_gen_files() -> None:
             f.write(page())
 
 
-if __name__ == "__main__" and len(sys.argv) > 1:
+if __name__ == "<run_path>":  # how mkdocs-gen-files runs it, during a build
+    _write_with_gen_files()
+elif __name__ == "__main__":
     for path, page in PAGES.items():
         target = Path(sys.argv[1]) / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page(), encoding="utf-8")
-else:
-    _write_with_gen_files()
