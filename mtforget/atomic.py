@@ -10,6 +10,7 @@ version is written to a hidden temporary sibling, flushed to disk, and swapped i
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -73,5 +74,20 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Replace ``path`` with ``obj`` as indented JSON atomically (see :func:`atomic_path`)."""
-    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+    """Replace ``path`` with ``obj`` as indented JSON atomically (see :func:`atomic_path`).
+
+    Strict JSON: a float that is not a number (NaN, an infinity) is written as null, which every
+    JSON reader takes (``NaN`` is not JSON: jq and a browser's JSON.parse reject it)."""
+    text = json.dumps(strict_json(obj), ensure_ascii=False, indent=2, sort_keys=False, allow_nan=False)
+    write_text_atomic(path, text + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (tuples become lists, as in JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj

@@ -169,6 +169,9 @@ def test_a_study_under_fsdp2_gives_one_process_results_for_what_reads_the_whole_
         return json.loads(path.read_text())["info"]
 
     one, two = info("one"), info("fsdp")
+    # Each process logs to a file of its own.
+    trial_dir = next((tmp_path / "fsdp" / "trials").glob("*/result.json")).parent
+    assert (trial_dir / "trial.log").is_file() and (trial_dir / "trial.rank1.log").is_file()
     assert two["train"]["sharding"] == "fsdp2" and two["train"]["steps"] == one["train"]["steps"] == 8
     assert two["train"]["best_dev_loss"] == pytest.approx(one["train"]["best_dev_loss"], rel=1e-5)
     assert [p["step"] for p in two["forgetting_curve"]] == [p["step"] for p in one["forgetting_curve"]]

@@ -146,8 +146,11 @@ def test_a_study_whose_base_fails_everywhere_says_so_and_shows_absolute_scores(t
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.strip().splitlines()[-1].startswith("warning: base model tiny:small fails the "
-                                                              "base-quality gate on every direction")
+    warning = captured.err.strip().splitlines()[-1]
+    assert warning.startswith("warning: base model tiny:small fails the base-quality gate on every direction")
+    # The warning gives the gate's own reasons, with how many directions each flagged.
+    assert "too few test sentences per direction (eval.max_sentences under eval.base_gate.min_sentences)" in warning
+    assert "(20 of 20 directions)" in warning
     summary = (tmp_path / "out" / "report" / "summary.md").read_text()
     assert "## Base model quality" in summary and "6 test sentences (< 20)" in summary
     assert "## chrF delta" not in summary  # no mean over directions that mean nothing
@@ -274,3 +277,57 @@ def test_trials_of_a_base_that_failed_fail_at_once_with_its_reason(tmp_path):
     # The next run tries the base again (the user may have fixed it).
     build_checkpoint("nllb", ckpt)
     assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+
+
+def test_a_short_test_set_alone_is_named_as_the_reason_not_the_base_quality():
+    from mtforget.report.tables import gate_failure_reasons
+
+    rows = [{"metric": "chrf", "model": "m", "base_flag": "10 test sentences (< 20)"} for _ in range(3)]
+    assert gate_failure_reasons(rows, "m") == ["too few test sentences per direction (eval.max_sentences under "
+                                               "eval.base_gate.min_sentences), whatever the base's quality "
+                                               "(3 of 3 directions)"]
+
+
+def test_json_files_are_strict_json_with_null_for_what_is_not_a_number(tmp_path):
+    import json
+    import math
+
+    from mtforget.atomic import write_json_atomic
+
+    write_json_atomic(tmp_path / "r.json", {"train_loss": math.nan, "curve": [math.inf, 1.5, (2.0, -math.inf)]})
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == \
+        {"train_loss": None, "curve": [None, 1.5, [2.0, None]]}
+
+
+def test_the_quick_demo_on_an_untrained_checkpoint_runs_without_its_curve_and_scores_every_direction(
+        tmp_path, capsys):
+    """A user's weak base: no direction passes the gate, so forgetting cannot be sampled during
+    training; the curve is skipped with one warning, and every trial still runs and is scored."""
+    import csv
+    import json
+
+    from tests.test_families import build_checkpoint
+
+    checkpoint = build_checkpoint("llama-plain", tmp_path / "untrained")
+    out = tmp_path / "out"
+    args = ["demo", "--quick", "--out", str(out), "--no-progress", "--set", f"model.path={checkpoint}",
+            "--set", "grid.finetune.size=[40]", "--set", "eval.max_sentences=3", "--set", "eval.max_new_tokens=4",
+            "--set", "corpus.synthetic.languages=4", "--set", "eval.representations=false"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if "eval.during_training skipped" in line]
+    assert len(skipped) == 1 and "no direction of the base passes the base-quality gate" in skipped[0]
+    with (out / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "chrf"]
+    assert len({(r["src"], r["tgt"]) for r in rows}) == 4 * 3 and all(r["base_flag"] for r in rows)
+    (result,) = out.glob("trials/*/result.json")
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    info = json.loads(result.read_text(), parse_constant=refuse)["info"]
+    assert not info["forgetting_curve"] and info["train"]["steps"] == 2

@@ -134,6 +134,10 @@ class ForgettingCallback(TrainerCallback):
         with torch.no_grad():
             base_eval = evaluate_base(run, data, base)
         self.probe = make_probe(cfg, data, base, base_eval, gate)
+        if self.probe is None:
+            raise UsageError("ForgettingCallback: no direction of the base passes the base-quality gate "
+                             "(eval.base_gate), so there is nothing to sample; see the base's scores in the study's "
+                             "report, or set eval.base_gate.include_flagged: true")
         if self.stop_at is not None:
             self.watched = watched_categories(self._budget_category, self.probe.categories)
         self._curve = ForgettingCurve(self.probe, self.every)

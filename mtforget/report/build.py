@@ -21,7 +21,8 @@ from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
 from mtforget.report.forecast import forecast
 from mtforget.report.tables import (axis_comparisons, base_quality, category_table, checkpoint_curves, controlled_contrasts,
-                                    direction_matrix, flagged_directions, forgetting_curves, gate_failures,
+                                    direction_matrix, flagged_directions, forgetting_curves, gate_failure_reasons,
+                                    gate_failures,
                                     interpolation_curves, layer_series, trial_summaries)
 from mtforget.study.store import CSV_COLUMNS, open_store_for_report
 
@@ -89,7 +90,7 @@ def _build_report(out: Path) -> Path:
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
                "examples": examples, "contrasts": controlled_contrasts(trials, rows), "interpolation": curves,
                "layers": layers, "base_quality": base_quality(all_rows), "flagged": flagged_directions(all_rows),
-               "gate_failures": gate_failures(all_rows), "include_flagged": include_flagged,
+               "gate_failures": {m: gate_failure_reasons(all_rows, m) for m in gate_failures(all_rows)}, "include_flagged": include_flagged,
                "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, budget)}
     write_text_atomic(report / "summary.md", render_markdown(context))
     html_path = report / "index.html"
@@ -104,9 +105,15 @@ def gate_warnings(out: Path) -> list[str]:
         rows = store.rows()
     finally:
         store.close()
-    return [f"warning: base model {model} fails the base-quality gate on every direction (eval.base_gate): "
-            "it cannot translate these languages, so its forgetting deltas mean nothing"
-            for model in gate_failures(rows)]
+    lines = []
+    for model in gate_failures(rows):
+        reasons = gate_failure_reasons(rows, model)
+        # Too few sentences says nothing of the base's quality; the other reasons do.
+        quality = any("too few test sentences" not in r for r in reasons)
+        lines.append(f"warning: base model {model} fails the base-quality gate on every direction (eval.base_gate): "
+                     f"{'; '.join(reasons)}" + ("; it does not translate these directions well enough for its "
+                                               "forgetting deltas to mean anything" if quality else ""))
+    return lines
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:

@@ -178,9 +178,9 @@ def _base_rows(context: dict) -> list[list[str]]:
 def _gate_lines(context: dict) -> list[str]:
     """The warning and the flagged directions, as plain sentences (both renderers use them)."""
     lines = []
-    for model in context.get("gate_failures", []):
-        lines.append(f"Warning: base model {model} fails the base-quality gate on every direction: its "
-                     "deltas mean nothing (see Base model quality).")
+    for model, reasons in context.get("gate_failures", {}).items():
+        lines.append(f"Warning: base model {model} fails the base-quality gate on every direction "
+                     f"({'; '.join(reasons)}): its deltas are not counted as forgetting (see Base model quality).")
     verb = "are included in" if context.get("include_flagged") else "are left out of"
     for model, flagged in context.get("flagged", {}).items():
         listed = [f"{d} ({reason})" for d, reason in list(flagged.items())[:MAX_FLAGGED_LISTED]]

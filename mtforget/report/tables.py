@@ -4,7 +4,7 @@ per-trial summaries, per-direction matrices and comparisons along each grid axis
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -310,6 +310,23 @@ def gate_failures(rows: list[dict]) -> list[str]:
         if row["metric"] == "chrf":
             flags[row["model"]].append(bool(row.get("base_flag")))
     return [model for model, flagged in flags.items() if flagged and all(flagged)]
+
+
+# The kinds of reason the gate gives (mtforget.evaluate.forgetting.BaseGate.flag), and what each says.
+_GATE_REASONS = (("test sentences", "too few test sentences per direction (eval.max_sentences under "
+                  "eval.base_gate.min_sentences), whatever the base's quality"),
+                 ("base chrF", "base chrF under eval.base_gate.min_chrf"),
+                 ("empty", "empty base outputs"),
+                 ("one and the same", "the base repeating one sentence"),
+                 ("off-target", "base outputs in the wrong language"))
+
+
+def gate_failure_reasons(rows: list[dict], model: str) -> list[str]:
+    """Why the gate flagged ``model``'s directions: each kind of reason, most frequent first, with
+    the share of directions it flagged."""
+    flags = [row["base_flag"] for row in rows if row["metric"] == "chrf" and row["model"] == model]
+    counts = Counter(said for flag in flags for key, said in _GATE_REASONS if key in flag)
+    return [f"{said} ({n} of {len(flags)} directions)" for said, n in counts.most_common()]
 
 
 def forgetting_curves(summaries: list[TrialSummary]) -> list[dict]:

@@ -56,7 +56,7 @@ from mtforget.study.checkpoints import load_checkpoint
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
 from mtforget.study.result import TrialResult
-from mtforget.study.store import BASE_FAILURES
+from mtforget.study.store import BASE_FAILURES, warn
 from mtforget.train.distributed import describe
 from mtforget.train.loop import TrainOutcome, TrainSettings, train
 
@@ -388,7 +388,7 @@ def from_checkpoint(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetun
              f", step {folder.step}" if folder.step is not None else "")
     outcome = TrainOutcome(steps=folder.step or 0, seconds=0.0,
                            train_loss=folder.train_loss if folder.train_loss is not None else float("nan"),
-                           tokens=folder.tokens or 0, precision="unknown")
+                           tokens=folder.tokens or 0, precision="external", precision_mode="external")
     return Finetuned(loaded.model, outcome, 0, loaded.trainable, 0, None, [], control)
 
 
@@ -399,20 +399,30 @@ def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eva
     weights again at every check. Under a launch, the main process draws the sample (it holds the
     base's scores) and every process translates its share of each check."""
     sampled = run.cfg.eval.during_training
-    if not sampled.every and not any(m.needs_forgetting_probe for m in mitigations):
+    needing = [m.key for m in mitigations if m.needs_forgetting_probe]
+    if not sampled.every and not needing:
         return None
-    return make_probe(run.cfg, data, base, base_eval, run.gate, run.group)
+    probe = make_probe(run.cfg, data, base, base_eval, run.gate, run.group)
+    if probe is None:
+        reason = "no direction of the base passes the base-quality gate (eval.base_gate), so none can be sampled"
+        if needing:  # a budget that cannot watch anything would let the trial forget without a word
+            raise UsageError(f"{needing[0]}: needs forgetting sampled during training, but {reason}")
+        if run.main:
+            warn(f"trial {run.trial.id}: eval.during_training skipped: {reason}; the trial runs without its curve")
+    return probe
 
 
 def make_probe(cfg: StudyConfig, data: TrialData, base: LoadedBase, base_eval: dict | None,
-               gate: BaseGate, group: EvalGroup = ALONE) -> ForgettingProbe:
+               gate: BaseGate, group: EvalGroup = ALONE) -> ForgettingProbe | None:
     """The sampled evaluation of ``eval.during_training`` for the model of ``base`` (whose
-    evaluation ``base_eval`` decides which directions can be sampled). The main process of
-    ``group`` draws the sample (it alone holds the base's scores); every process translates its
-    share of each check."""
+    evaluation ``base_eval`` decides which directions can be sampled), or None when the base
+    passes the base-quality gate on no direction. The main process of ``group`` draws the sample
+    (it alone holds the base's scores); every process translates its share of each check."""
     sampled = cfg.eval.during_training
     sample = group.broadcast(draw_sample(base_eval, data.directions, gate, sampled.directions, sampled.sentences,
                                          cfg.seed) if group.is_main else None)
+    if not sample:
+        return None
     dev_pairs = unseen_dev_pairs(data.splits.dev, sample, sampled.sentences)
 
     def engine(model: torch.nn.Module) -> GenerationEngine:
@@ -729,7 +739,10 @@ def _write_outputs(trial_dir: Path, base_eval: dict, ft_eval: dict) -> None:
 
 
 def _trial_log(trial_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(trial_dir / "trial.log", encoding="utf-8")
+    """The trial's log file: ``trial.log``, or ``trial.rank<N>.log`` for process N > 0 of a launch
+    (each process its own file, never two appending to one)."""
+    rank = int(os.environ.get("RANK", "0"))
+    handler = logging.FileHandler(trial_dir / ("trial.log" if rank == 0 else f"trial.rank{rank}.log"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
