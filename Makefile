@@ -24,6 +24,7 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --quiet
 
 test: docs
+	$(VENV)/bin/lint-imports --no-cache  # the package's layers (pyproject.toml, tool.importlinter)
 	bash scripts/install_browser.sh  # Debian's Chromium for the report's browser test (once)
 	$(VENV)/bin/python -m pytest -q
 
