@@ -3,6 +3,9 @@ language identifiers.
 
 Every entry lives in ``<root>/<kind>/<key>`` where ``key`` is a hash of everything that determines
 the entry, so deleting the cache only costs time and two studies that need the same base share it.
+An entry carries the digest of each of its files (``.mtforget-digest.json``), checked whenever it
+is used: a damaged entry (a file cut short by a power cut, changed or gone) is removed with a
+warning and built again, never trusted.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from mtforget.atomic import fsync_tree
 from mtforget.errors import UsageError
 
 
@@ -44,21 +49,65 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
     together instead (they train the entry jointly), and the first rename wins.
     """
     final = cache_root() / kind / key
-    if final.is_dir():
+    if final.is_dir() and _intact(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _build(final, key, build)
     with FileLock(str(final) + ".lock"):
-        if final.is_dir():  # built by another process while this one waited
+        if final.is_dir() and _intact(final):  # built by another process while this one waited
             return final
         return _build(final, key, build)
+
+
+def existing_entry(kind: str, key: str) -> Path | None:
+    """``<root>/<kind>/<key>`` when it is there and intact, else None (a damaged one is removed)."""
+    final = cache_root() / kind / key
+    return final if final.is_dir() and _intact(final) else None
+
+
+DIGEST_FILE = ".mtforget-digest.json"
+
+
+def _digests(entry: Path) -> dict[str, str]:
+    return {f.relative_to(entry).as_posix(): file_digest(f) for f in sorted(entry.rglob("*"))
+            if f.is_file() and f.name != DIGEST_FILE}
+
+
+def _intact(entry: Path) -> bool:
+    """Whether ``entry`` holds the files its digest names, unchanged; a damaged entry is removed
+    with a warning (it is this cache's own). An entry written before entries carried a digest gets
+    one, unless a file of it is empty (what a power cut leaves)."""
+    manifest = entry / DIGEST_FILE
+    try:
+        expected = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
+        found = _digests(entry)
+    except (OSError, ValueError, UsageError):
+        expected, found = {}, None
+    if expected is None and found is not None and all(f.stat().st_size for f in entry.rglob("*") if f.is_file()):
+        _write_digests(entry, found)
+        return True
+    if found is not None and found == expected:
+        return True
+    sys.stderr.write(f"warning: cache entry {entry} is damaged (its files do not match their digest); "
+                     "it is built again\n")
+    shutil.rmtree(entry, ignore_errors=True)
+    return False
+
+
+def _write_digests(entry: Path, digests: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f"{DIGEST_FILE}.", dir=entry)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(digests, f, indent=0, sort_keys=True)
+    os.replace(tmp, entry / DIGEST_FILE)
 
 
 def _build(final: Path, key: str, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
         build(tmp)
+        _write_digests(tmp, _digests(tmp))
+        fsync_tree(tmp)  # on disk before it is named: a power cut leaves no entry rather than an empty file
         try:
             os.replace(tmp, final)
         except OSError:

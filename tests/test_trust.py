@@ -331,3 +331,35 @@ def test_the_quick_demo_on_an_untrained_checkpoint_runs_without_its_curve_and_sc
 
     info = json.loads(result.read_text(), parse_constant=refuse)["info"]
     assert not info["forgetting_curve"] and info["train"]["steps"] == 2
+
+
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning_never_trusted(capsys):
+    from mtforget.cache import DIGEST_FILE, cached_dir, existing_entry
+
+    builds = []
+
+    def build(out):
+        builds.append(out)
+        (out / "eval.json").write_text('{"chrf": 81.4}')
+        (out / "sub").mkdir()
+        (out / "sub" / "more.txt").write_text("abc")
+
+    key = "damaged-entry"  # this test's own (the session's cache is private to the tests)
+    entry = cached_dir("tests", key, build)
+    assert (entry / DIGEST_FILE).is_file() and len(builds) == 1
+    assert cached_dir("tests", key, build) == entry and len(builds) == 1  # intact: used as it is
+    for damage in (lambda: (entry / "eval.json").write_text(""),  # cut short by a power cut
+                   lambda: (entry / "sub" / "more.txt").write_text("abd"),  # changed
+                   lambda: (entry / "sub" / "more.txt").unlink()):  # gone
+        damage()
+        assert existing_entry("tests", key) is None  # the base evaluation's reader: not trusted
+        assert "is damaged" in capsys.readouterr().err
+        entry = cached_dir("tests", key, build)
+        assert (entry / "eval.json").read_text() == '{"chrf": 81.4}'
+    assert len(builds) == 4
+    # An entry from before entries carried a digest is adopted, unless a file of it is empty.
+    (entry / DIGEST_FILE).unlink()
+    assert existing_entry("tests", key) == entry and (entry / DIGEST_FILE).is_file()
+    (entry / DIGEST_FILE).unlink()
+    (entry / "eval.json").write_text("")
+    assert existing_entry("tests", key) is None

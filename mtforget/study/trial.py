@@ -28,7 +28,7 @@ from accelerate import PartialState
 import mtforget
 from mtforget.atomic import atomic_path, write_json_atomic
 from mtforget.bases.tiny import tiny_base
-from mtforget.cache import cache_root, cached_dir, content_fingerprint, fingerprint
+from mtforget.cache import cached_dir, content_fingerprint, existing_entry, fingerprint
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
 from mtforget.data.categories import CATEGORIES, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
@@ -655,9 +655,9 @@ def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings
             "transformers": transformers.__version__,
         })
         cached = shared.base_evals.get(key)
-        path = cache_root() / "base_evals" / key / "eval.json"
-        if cached is None and path.is_file():
-            cached = shared.base_evals[key] = json.loads(path.read_text(encoding="utf-8"))
+        entry = existing_entry("base_evals", key) if cached is None else None
+        if entry is not None:
+            cached = shared.base_evals[key] = json.loads((entry / "eval.json").read_text(encoding="utf-8"))
     if not group.broadcast(cached is None):
         return cached
     # Translated here rather than inside the cache's build, so that every process joins it
