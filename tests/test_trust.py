@@ -363,3 +363,22 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_warning_never_trusted(capsys):
     (entry / DIGEST_FILE).unlink()
     (entry / "eval.json").write_text("")
     assert existing_entry("tests", key) is None
+
+
+def test_an_identifier_follows_the_split_it_is_trained_on_not_its_size():
+    from mtforget.study.config import CorpusConfig
+    from mtforget.study.trial import TrialMemo, _corpus_and_splits, _identifier
+
+    shared = TrialMemo()
+    splits = []
+    for split_seed in (0, 1):  # the same sizes, other segments
+        cfg = CorpusConfig(synthetic={"languages": 3, "segments": 300}, dev_size=20, test_size=20,
+                           split_seed=split_seed)
+        corpus, split = _corpus_and_splits(cfg, shared)
+        splits.append((corpus, split))
+    (corpus, a), (_, b) = splits
+    assert len(a.train) == len(b.train) and [s.id for s in a.train] != [s.id for s in b.train]
+    languages = list(corpus.languages)
+    assert _identifier(corpus, a, languages, shared) is _identifier(corpus, a, languages, shared)  # memo
+    assert _identifier(corpus, b, languages, shared) is not _identifier(corpus, a, languages, shared)
+    assert len(shared.identifiers) == 2

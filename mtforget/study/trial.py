@@ -8,6 +8,7 @@ and records their results.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -25,7 +26,6 @@ import torch
 import transformers
 from accelerate import PartialState
 
-import mtforget
 from mtforget.atomic import atomic_path, write_json_atomic
 from mtforget.bases.tiny import tiny_base
 from mtforget.cache import cached_dir, content_fingerprint, existing_entry, fingerprint
@@ -530,8 +530,9 @@ def resolve_directions(given: list[str] | None, corpus: Corpus, languages: list[
 
 def synthetic_corpus_path(n_languages: int, segments: int, seed: int) -> Path:
     """The cached JSON-lines file of a synthetic world corpus (generated on first use)."""
+    # The generator's own source, not a version string: a change to how the world is made is a new corpus.
     key = fingerprint({"languages": n_languages, "segments": segments, "seed": seed,
-                       "generator": mtforget.__version__})
+                       "generator": content_fingerprint(inspect.getsourcefile(SyntheticWorld))})
 
     def build(out: Path) -> None:
         world = SyntheticWorld(seed=seed, n_languages=n_languages)
@@ -603,8 +604,14 @@ def _base_model(cfg: StudyConfig, corpus: Corpus, splits: Splits, progress: bool
                      progress=progress, names=_language_names(cfg.corpus), prebuilt=cfg.model.prebuilt, mix=mix)
 
 
+def _ids(segments) -> str:
+    """A digest of which segments a split holds."""
+    return fingerprint([s.id for s in segments])
+
+
 def _identifier(corpus: Corpus, splits: Splits, languages: list[str], shared: TrialMemo) -> tuple[object, float]:
-    key = fingerprint([corpus.fingerprint(), languages, len(splits.train)])
+    # The split's contents, not its size: a split_seed grid in one process trains one identifier per split.
+    key = fingerprint([corpus.fingerprint(), languages, _ids(splits.train), _ids(splits.dev)])
     if key not in shared.identifiers:
         lid = make_identifier(splits.train, languages)
         shared.identifiers[key] = (lid, lid.accuracy(splits.dev))
@@ -650,7 +657,7 @@ def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings
             "format": 3,
             "metrics": signatures(sorted({t for _, t in directions})),
             "lid": type(lid).__name__,
-            "lid_train": len(splits.train),
+            "lid_train": _ids(splits.train),  # the identifier is trained on the training split
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         })
@@ -679,6 +686,7 @@ def _base_representations(base: LoadedBase, data: TrialData, sentences: int, sha
     """Layer-wise retrieval accuracy of the base model, cached like the base evaluation."""
     key = fingerprint({
         "base": _model_fingerprint(base.dir),
+        "dtype": str(next(base.model.parameters()).dtype),  # the arithmetic of the hidden states
         "added_tokens": base.added,
         "corpus": data.corpus.fingerprint(),
         "test": [s.id for s in data.splits.test],
