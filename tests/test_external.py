@@ -214,10 +214,14 @@ def test_bad_checkpoints_exit_2_naming_the_folder(runs, tmp_path, capsys, case, 
         assert str(folder) in err
 
 
-def test_a_resumed_trainer_run_keeps_its_step_0_reference(runs, tmp_path):
+def test_a_resumed_trainer_run_keeps_its_step_0_reference(runs, tmp_path, monkeypatch):
     shutil.copytree(runs["dir"] / "run", tmp_path / "run")
     before = json.loads((tmp_path / "run" / "forgetting_curve.json").read_text())
     data = study_data(parse_study(_study(), "study"), TrialMemo())
+    # A cold cache: the Trainer loads checkpoint-3 before the callback starts, so the model it sees
+    # is no longer the base; it must neither be measured as the base nor cached as it.
+    cold = tmp_path / "cold-cache"
+    monkeypatch.setenv("MTFORGET_CACHE", str(cold))
     model, tokenizer = load_model(BASE)
     control, _ = make_control(model, tokenizer, data.languages, {}, 64)
     examples = sample_directions(data.splits.train, data.directions, 96, seed=0)
@@ -231,6 +235,8 @@ def test_a_resumed_trainer_run_keeps_its_step_0_reference(runs, tmp_path):
     assert reference == [h for h in before["history"] if "forgetting_reference" in h]
     logged = [h["step"] for h in trainer.state.log_history if "forgetting/supervised/chrf" in h]
     assert logged[-2:] == [4, 6]
+    assert after["sample"] == before["sample"]
+    assert not list(cold.glob("base_evals/*/eval.json"))  # nothing was cached as the base
 
 
 def test_under_two_processes_the_main_one_samples_and_every_process_logs_and_stops_alike(runs, tmp_path):

@@ -66,6 +66,18 @@ def draw_sample(base_eval: dict[str, dict], directions: list[tuple[str, str]], g
     return sample
 
 
+def sample_again(kept: list[dict], test, max_sentences: int, sentences: int) -> list[SampledDirection]:
+    """The sample a run drew, from what it recorded of it (``{"src", "tgt", "category"}`` per
+    direction): the same test sentences as :func:`draw_sample` took from the base's evaluation,
+    which holds the first ``max_sentences`` test segments of each direction."""
+    sample = []
+    for d in kept:
+        examples = direction_examples(test, d["src"], d["tgt"])[:max_sentences][:sentences]
+        sample.append(SampledDirection(d["src"], d["tgt"], d["category"], tuple(e.src for e in examples),
+                                       tuple(e.tgt for e in examples)))
+    return sample
+
+
 def unseen_dev_pairs(dev: list, sample: list[SampledDirection], per_direction: int) -> list[Example]:
     """Dev pairs of the sample's unseen directions (the proxy's data): up to ``per_direction`` each."""
     pairs: list[Example] = []

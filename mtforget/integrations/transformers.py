@@ -38,7 +38,7 @@ from transformers import Trainer, TrainerCallback
 
 from mtforget.atomic import write_json_atomic
 from mtforget.errors import UsageError
-from mtforget.evaluate.during_training import ForgettingCurve, ForgettingProbe, curve_of, proxy_of
+from mtforget.evaluate.during_training import ForgettingCurve, ForgettingProbe, curve_of, proxy_of, sample_again
 from mtforget.evaluate.forgetting import BaseGate
 from mtforget.evaluate.sharding import launch_group
 from mtforget.report.curve import CURVE_FILE
@@ -48,7 +48,7 @@ from mtforget.models.loading import make_control
 from mtforget.study.config import StudyConfig, load_study
 from mtforget.study.grid import Trial
 from mtforget.study.trial import (LoadedBase, TrialMemo, TrialRun, _language_names, eval_settings, evaluate_base,
-                                  make_probe, study_data)
+                                  make_probe, probe_of_sample, study_data)
 from mtforget.train.callbacks import TrainState
 
 log = logging.getLogger("mtforget")
@@ -129,11 +129,21 @@ class ForgettingCallback(TrainerCallback):
         control = _control(model, tokenizer, data.languages, cfg)
         base = LoadedBase(cfg.model.path, model, tokenizer, control, [], next(model.parameters()).device,
                           eval_settings(cfg))
-        run = TrialRun(Trial("callback", cfg, {}), Path(self._path).parent, shared, False, True)
-        gate = BaseGate(**cfg.eval.base_gate.model_dump())
-        with torch.no_grad():
-            base_eval = evaluate_base(run, data, base)
-        self.probe = make_probe(cfg, data, base, base_eval, gate)
+        kept = self._kept_sample() if state.global_step else None
+        if state.global_step and kept is None:
+            # The Trainer loaded its checkpoint before this call: the model is no longer the base,
+            # and measuring it as one would record (and cache) the wrong reference.
+            raise UsageError(f"ForgettingCallback: the run resumes at step {state.global_step}, but {self._path} holds "
+                             "no sample from its start; resume a run that the callback followed from step 0")
+        if kept is not None:  # the sample and its step-0 scores are the run's own, from its start
+            self.probe = probe_of_sample(cfg, data, base, sample_again(kept, data.splits.test, cfg.eval.max_sentences,
+                                                                       cfg.eval.during_training.sentences))
+        else:  # step 0 of a fresh run: the model is the base
+            run = TrialRun(Trial("callback", cfg, {}), Path(self._path).parent, shared, False, True)
+            gate = BaseGate(**cfg.eval.base_gate.model_dump())
+            with torch.no_grad():
+                base_eval = evaluate_base(run, data, base)
+            self.probe = make_probe(cfg, data, base, base_eval, gate)
         if self.probe is None:
             raise UsageError("ForgettingCallback: no direction of the base passes the base-quality gate "
                              "(eval.base_gate), so there is nothing to sample; see the base's scores in the study's "
@@ -198,6 +208,14 @@ class ForgettingCallback(TrainerCallback):
                                             for d in self.probe.sample],
             "stop_at": self.stop_at, "watched": self.watched, "stopped_at": self.stopped_at, "reason": self.reason,
             "history": history})
+
+    def _kept_sample(self) -> list[dict] | None:
+        """The sample that the curve file of this output folder recorded, or None."""
+        try:
+            kept = json.loads(self._path.read_text(encoding="utf-8")).get("sample")
+        except (OSError, ValueError):
+            return None
+        return kept or None
 
     def _resumed_history(self, step: int) -> list[dict]:
         """A resumed run's history up to ``step`` (its step-0 reference above all), from the curve

@@ -37,8 +37,8 @@ from mtforget.data.loaders import load_corpus
 from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
-from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, curve_of, draw_sample, proxy_of,
-                                               unseen_dev_pairs)
+from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, SampledDirection, curve_of,
+                                               draw_sample, proxy_of, unseen_dev_pairs)
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
@@ -421,8 +421,13 @@ def make_probe(cfg: StudyConfig, data: TrialData, base: LoadedBase, base_eval: d
     sampled = cfg.eval.during_training
     sample = group.broadcast(draw_sample(base_eval, data.directions, gate, sampled.directions, sampled.sentences,
                                          cfg.seed) if group.is_main else None)
-    if not sample:
-        return None
+    return probe_of_sample(cfg, data, base, sample, group) if sample else None
+
+
+def probe_of_sample(cfg: StudyConfig, data: TrialData, base: LoadedBase, sample: list[SampledDirection],
+                    group: EvalGroup = ALONE) -> ForgettingProbe:
+    """The sampled evaluation of a sample drawn before (see :func:`make_probe`)."""
+    sampled = cfg.eval.during_training
     dev_pairs = unseen_dev_pairs(data.splits.dev, sample, sampled.sentences)
 
     def engine(model: torch.nn.Module) -> GenerationEngine:
