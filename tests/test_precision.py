@@ -182,3 +182,24 @@ def test_fp16_loaded_weights_train_as_float32_master_weights_with_a_loss_scaler(
     assert outcome.precision_mode == "fp32" and outcome.precision == "fp16 autocast"
     assert all(p.dtype == torch.float16 for p in model.parameters())
     assert math.isfinite(outcome.train_loss) and outcome.weights_changed > 0.5
+
+
+def test_a_launch_under_mixed_precision_leaves_no_autocast_on_the_model_it_trained(monkeypatch):
+    """``accelerate launch --mixed_precision bf16`` patches the trained model's forward with
+    autocast; evaluated with that patch, the fine-tuned model would run in another arithmetic than
+    its base. Training hands the model back without it."""
+    from mtforget.bases.specs import TinySpec
+    from mtforget.bases.tiny_seq2seq import build_model
+    from mtforget.models.language import LanguageTokens
+    from mtforget.train.loop import TrainSettings, train
+    from tests.conftest import tiny_world
+
+    _, _, tokenizer, examples = tiny_world(n_languages=3, segments=200, n_examples=40)
+    torch.manual_seed(0)
+    model = build_model(TinySpec(d_model=32, layers=2, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8,
+                                 lr=1e-3), tokenizer)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    outcome = train(model, LanguageTokens(tokenizer), examples, TrainSettings(lr=1e-3, batch_size=8, max_steps=2),
+                    progress=False)
+    assert outcome.precision == "bf16 autocast"  # it trained under the launch's autocast ...
+    assert not hasattr(model, "_original_forward") and not hasattr(model.forward, "__wrapped__")  # ... plain again

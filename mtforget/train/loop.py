@@ -549,7 +549,9 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
         unwrapped = run.sharded.model
         run.model = run.sharded.twin = None
     else:
-        unwrapped = accelerator.unwrap_model(run.model)
+        # Without the autocast patch that a launch's mixed precision put on forward: the trained
+        # model is evaluated in the same arithmetic as its base.
+        unwrapped = accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
         if best is not None:
             unwrapped.load_state_dict(best)  # from disk when resumed after the best step
     unwrapped.eval()
