@@ -144,3 +144,26 @@ def test_a_checkpoint_of_an_earlier_version_is_cleared_not_trusted(setup, tmp_pa
     model, outcome = _train(setup, tmp_path)
     _assert_equal_to_reference(setup, model, outcome)
     assert not {"state", "progress.json", "best.safetensors"} & {p.name for p in tmp_path.iterdir()}
+
+
+def test_best_weights_go_to_disk_only_for_a_resumable_run_and_hold_only_what_trains(setup, tmp_path):
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    tokenizer, examples, _, _ = setup
+    plain = tmp_path / "plain"
+    train(_model(tokenizer), LanguageTokens(tokenizer), examples[16:], replace(SETTINGS, checkpoint_every=0),
+          dev=examples[:16], progress=False, checkpoint_dir=plain)
+    assert not list(plain.glob("best-*.safetensors"))  # nothing to resume, so no copy on disk
+
+    lora = tmp_path / "lora"
+    model = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    outcome = train(model, LanguageTokens(tokenizer), examples[16:], SETTINGS, dev=examples[:16], progress=False,
+                    checkpoint_dir=lora)
+    best = sorted(lora.glob("best-*.safetensors"))[-1]
+    kept = load_file(best)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert kept and set(kept) == trainable and all("lora_" in n for n in kept)  # the adapters, not the model
+    assert outcome.best_step is not None

@@ -93,11 +93,13 @@ class BudgetStop(TrainCallback):
         if best is not None and best <= self.kept_step:
             self.restored = f"best dev checkpoint (step {best})"
             return
-        model.load_state_dict(self.kept)
+        model.load_state_dict(self.kept, strict=False)
         self.restored = f"last check within the budget (step {self.kept_step})"
 
     def _keep(self, model: torch.nn.Module, step: int) -> None:
-        self.kept = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        # The trainable weights only (the rest does not change): for LoRA, the adapters.
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.kept = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in trainable}
         self.kept_step = step
 
 

@@ -520,13 +520,16 @@ def _dev_check(run: _Run, step: int, dev_batches: list[dict], checkpoint_dir: Pa
     if outcome.best_dev_loss is None or dev_loss < outcome.best_dev_loss:
         outcome.best_dev_loss, outcome.best_step = dev_loss, step
         run.progress["evals_without_gain"] = 0
-        run.best = (run.sharded.full_state_dict() if run.sharded is not None else
-                    {k: v.detach().cpu().clone() for k, v in accelerator.get_state_dict(run.model).items()})
+        # The trainable weights only (the rest does not change): for LoRA, the adapters.
+        trainable = {n for n, p in accelerator.unwrap_model(run.model).named_parameters() if p.requires_grad}
+        weights = run.sharded.full_state_dict() if run.sharded is not None else accelerator.get_state_dict(run.model)
+        run.best = {k: v.detach().cpu().clone() for k, v in weights.items() if k in trainable}
     else:
         run.progress["evals_without_gain"] += 1
         if run.settings.patience and run.progress["evals_without_gain"] >= run.settings.patience:
             return True
-    if checkpoint_dir and outcome.best_step == step and accelerator.is_main_process:
+    # On disk only for a resumable run, which may need them after a restart.
+    if checkpoint_dir and run.settings.checkpoint_every and outcome.best_step == step and accelerator.is_main_process:
         save_best(checkpoint_dir, step, run.best)
     return False
 
@@ -545,15 +548,17 @@ def _finish(run: _Run, checkpoint_dir: Path | None) -> TrainOutcome:
         best = run.best if run.best is not None else load_best(checkpoint_dir, outcome.best_step)
     if run.sharded is not None:
         # The model the caller holds gets the whole weights on every process, and the twin goes.
-        run.sharded.load_into_model(best if best is not None else run.sharded.full_state_dict())
+        run.sharded.load_into_model({**run.sharded.full_state_dict(), **(best or {})})
         unwrapped = run.sharded.model
         run.model = run.sharded.twin = None
     else:
         # Without the autocast patch that a launch's mixed precision put on forward: the trained
         # model is evaluated in the same arithmetic as its base.
         unwrapped = accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
-        if best is not None:
-            unwrapped.load_state_dict(best)  # from disk when resumed after the best step
+        if best is not None:  # from disk when resumed after the best step
+            unexpected = unwrapped.load_state_dict(best, strict=False).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"the best dev weights name weights the model does not have: {unexpected[:3]}")
     unwrapped.eval()
     for callback in run.callbacks:
         callback.on_train_end(unwrapped, run.state)
