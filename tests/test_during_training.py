@@ -211,3 +211,45 @@ def test_the_held_out_size_leaves_every_seed_of_it_out_of_the_fit():
     small = next(h for h in held if h["model"] == "small")
     # Both seeds at 5,000 are off the trend by +5: left out together, the fit predicts the trend.
     assert small["trials"] == 2 and small["error"] == pytest.approx(-5.0)
+
+
+def test_a_budget_trial_killed_between_a_checkpoint_and_its_next_check_resumes_to_the_same_results(
+        tmp_path, monkeypatch):
+    """A checkpoint that falls between two checks: resumed from it, a budget that trips at the
+    next check must restore the weights of the last check within the budget (as the uninterrupted
+    run does), not the weights of the checkpoint, which no check saw."""
+    from mtforget.study.config import parse_study
+    from mtforget.study.runner import run_study
+    from tests.conftest import Kill, watch_trials
+
+    raw = _forgetting_study(**{"finetune.forgetting_budget.max_drop": [7.0]})
+    raw["eval"]["during_training"]["every"] = 3  # checks at steps 3 and 6
+    # A checkpoint at step 4, between them; no dev check, so the budget's own weights are restored.
+    raw["finetune"].update(checkpoint_every=4, eval_every=100)
+    study = parse_study(raw, "t")
+    reference = tmp_path / "reference"
+    assert run_study(study, reference, progress=False) == 0
+    (result,) = _infos(reference).values()
+    budget = result["mitigations"]["forgetting_budget"]
+    assert budget["stopped_at"] == 6 and budget["kept"] == "last check within the budget (step 3)"
+
+    def kill(trial_id, step, loss):
+        if step == 5:  # after the checkpoint at step 4, before the check that trips the budget
+            raise Kill()
+        return loss
+
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        watch_trials(patch, kill)
+        with pytest.raises(Kill):
+            run_study(study, killed, progress=False)
+    assert run_study(study, killed, progress=False) == 0
+    (resumed,) = _infos(killed).values()
+    assert resumed["train"]["resumed_from"] == 4
+    assert resumed["mitigations"]["forgetting_budget"] == budget
+
+    def table(out):
+        with (out / "results.csv").open() as f:
+            return sorted((r["src"], r["tgt"], r["metric"], r["finetuned"]) for r in csv.DictReader(f))
+
+    assert table(killed) == table(reference)

@@ -73,7 +73,16 @@ class BudgetStop(TrainCallback):
     def on_steps_start(self, model: torch.nn.Module, state: TrainState) -> None:
         with state.whole_model(model) as whole:
             self.probe.start(whole, state)
-            self._keep(whole, state.outcome.steps)
+            if self.kept is None:  # a resumed run has the weights of its last check back (load_state_dict)
+                self._keep(whole, state.outcome.steps)
+
+    def state_dict(self) -> dict:
+        # The weights of the last check within the budget: a resumed run restores these, not the
+        # weights it resumed from, which no check may have seen.
+        return {"kept": self.kept, "kept_step": self.kept_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kept, self.kept_step = state["kept"], state["kept_step"]
 
     def on_step_end(self, step: int, model: torch.nn.Module, state: TrainState) -> None:
         if step % self.every:

@@ -16,7 +16,9 @@ needs:
 - :meth:`TrainCallback.on_step_end` runs after the optimizer step, and may stop the run
   (:meth:`TrainState.stop`);
 - :meth:`TrainCallback.on_dev_check` sees each dev-loss check;
-- :meth:`TrainCallback.on_train_end` sees the final model, after the best dev weights are back.
+- :meth:`TrainCallback.on_train_end` sees the final model, after the best dev weights are back;
+- :meth:`TrainCallback.state_dict` / :meth:`TrainCallback.load_state_dict` carry a callback's own
+  state through a resumable checkpoint.
 
 Hooks from ``on_steps_start`` on get the run's :class:`TrainState`: its outcome (whose history is
 saved with every checkpoint, so what a callback records there survives a resume) and the tokens
@@ -118,6 +120,20 @@ class TrainCallback:
 
     def on_train_end(self, model: torch.nn.Module, state: TrainState) -> None:
         """Called once training ends, with the final weights in ``model`` (unwrapped)."""
+
+    def state_dict(self) -> dict:
+        """What this callback must get back when a run resumes (saved with every resumable
+        checkpoint when a callback overrides it, and given to :meth:`load_state_dict` before
+        :meth:`on_steps_start`)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what :meth:`state_dict` returned when the checkpoint was saved."""
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether this callback has state of its own to save with a checkpoint."""
+        return type(self).state_dict is not TrainCallback.state_dict
 
 
 class TranslationOnly:

@@ -339,7 +339,13 @@ def _start(model: torch.nn.Module, control: BatchEncoder, examples: list[Example
                            precision_mode=plan.mode, processes=accelerator.num_processes,
                            sharding="fsdp2" if sharded else "ddp" if accelerator.num_processes > 1 else "none")
     progress = {"evals_without_gain": 0, "elapsed": 0.0}
+    own_state = [(c, c.state_dict()) for c in callbacks if c.checkpointed] if checkpoint_dir else []
+    for callback, _ in own_state:  # saved and restored with the training state
+        accelerator.register_for_checkpointing(callback)
     saved = load_checkpoint(accelerator, checkpoint_dir, trained, optimizer, scheduler) if checkpoint_dir else None
+    if not saved:  # a checkpoint that failed to load may have restored some of it: start afresh
+        for callback, state in own_state:
+            callback.load_state_dict(state)
     if saved:
         outcome = TrainOutcome(**{**saved["outcome"], "precision": outcome.precision,
                                   "precision_mode": outcome.precision_mode, "processes": outcome.processes,
