@@ -7,6 +7,7 @@ named a model or dataset while offline should hear at once what is wrong and wha
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from mtforget.errors import UsageError
 
@@ -35,3 +36,25 @@ def require_hub(key: str, name: str) -> None:
         raise UsageError(f"{key}: {name!r} is not a local path and not in the local Hugging Face cache, and the hub "
                          f"cannot be reached ({reason}); give a local directory, or download it where the hub is "
                          "reachable (hf download) so that it is in the cache")
+
+
+def resolve_revision(name: str, revision: str | None, key: str = "model.revision") -> str:
+    """The commit that ``revision`` (a branch, tag or commit; None: the default branch) of hub
+    model ``name`` stands for: from the local Hugging Face cache when it holds it, else from the
+    hub. A hub model's identity is its commit, so a branch that moved on is a new base."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        # Only config.json: the snapshot folder that the cache resolves the revision to is named by its commit.
+        folder = huggingface_hub.snapshot_download(name, revision=revision, local_files_only=True,
+                                                   allow_patterns=["config.json"])
+        return Path(folder).name
+    except LocalEntryNotFoundError:
+        pass
+    require_hub("model.path", name)
+    try:
+        return huggingface_hub.HfApi().model_info(name, revision=revision).sha
+    except Exception as exc:  # noqa: BLE001 - an unknown id or revision is the user's to fix
+        raise UsageError(f"{key}: cannot resolve {revision or 'the default branch'} of {name!r} "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None

@@ -382,3 +382,49 @@ def test_an_identifier_follows_the_split_it_is_trained_on_not_its_size():
     assert _identifier(corpus, a, languages, shared) is _identifier(corpus, a, languages, shared)  # memo
     assert _identifier(corpus, b, languages, shared) is not _identifier(corpus, a, languages, shared)
     assert len(shared.identifiers) == 2
+
+
+def test_a_hub_base_is_identified_by_its_commit_so_a_branch_that_moved_is_a_new_base(tmp_path):
+    """A hub id names a branch that can move on: the base is the commit it resolves to (from the
+    local Hugging Face cache here, offline), recorded and part of every key of the base."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.test_families import build_checkpoint
+
+    files = build_checkpoint("llama-plain", tmp_path / "files")
+    repo = tmp_path / "hub" / "models--test-org--tiny"
+    commits = ["a" * 40, "b" * 40]
+    for commit in commits:
+        shutil.copytree(files, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from mtforget.models.loading import load_model
+        from mtforget.study.trial import LoadedBase, hub_revision
+        refs = Path({str(repo / "refs" / "main")!r})
+        refs.write_text({commits[0]!r})
+        first = hub_revision("test-org/tiny", None)
+        model, _ = load_model("test-org/tiny", revision=first)
+        refs.write_text({commits[1]!r})  # main moved on
+        moved = hub_revision("test-org/tiny", None)
+        pinned = hub_revision("test-org/tiny", {commits[0]!r})
+        identities = {{LoadedBase("test-org/tiny", model, None, None, [], None, None, revision=r).identity
+                       for r in (first, moved)}}
+        print(first, moved, pinned, len(identities))
+    """)
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [commits[0], commits[1], commits[0], "2"]
+
+
+def test_a_revision_for_a_local_base_is_an_error_naming_the_key(tmp_path):
+    from mtforget.models.loading import load_model
+    from tests.test_families import build_checkpoint
+
+    folder = build_checkpoint("llama-plain", tmp_path / "local")
+    with pytest.raises(UsageError, match="model.revision: .* is a local directory"):
+        load_model(folder, revision="main")

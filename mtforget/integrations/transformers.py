@@ -48,7 +48,7 @@ from mtforget.models.loading import make_control
 from mtforget.study.config import StudyConfig, load_study
 from mtforget.study.grid import Trial
 from mtforget.study.trial import (LoadedBase, TrialMemo, TrialRun, _language_names, eval_settings, evaluate_base,
-                                  make_probe, probe_of_sample, study_data)
+                                  hub_revision, make_probe, probe_of_sample, study_data)
 from mtforget.train.callbacks import TrainState
 
 log = logging.getLogger("mtforget")
@@ -128,7 +128,7 @@ class ForgettingCallback(TrainerCallback):
         tokenizer = tokenizer if hasattr(tokenizer, "get_vocab") else _base_tokenizer(cfg)
         control = _control(model, tokenizer, data.languages, cfg)
         base = LoadedBase(cfg.model.path, model, tokenizer, control, [], next(model.parameters()).device,
-                          eval_settings(cfg))
+                          eval_settings(cfg), revision=hub_revision(cfg.model.path, cfg.model.revision))
         kept = self._kept_sample() if state.global_step else None
         if state.global_step and kept is None:
             # The Trainer loaded its checkpoint before this call: the model is no longer the base,
@@ -245,7 +245,8 @@ def _control(model: torch.nn.Module, tokenizer, languages: list[str], cfg: Study
 def _base_tokenizer(cfg: StudyConfig):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    return AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
+                                         revision=hub_revision(cfg.model.path, cfg.model.revision))
 
 
 def _calling_trainer(callback: TrainerCallback) -> Trainer | None:

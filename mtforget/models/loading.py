@@ -25,17 +25,20 @@ def default_device() -> torch.device:
 
 
 def load_model(path: str | Path, trust_remote_code: bool = False, gradient_checkpointing: bool = False,
-               dtype: str = "auto"):
+               dtype: str = "auto", revision: str | None = None):
     """Load an encoder-decoder or decoder-only model and its tokenizer, by local path or hub id.
 
     Weights load from safetensors only (``use_safetensors=True``): a pickle checkpoint is refused,
     since unpickling runs arbitrary code. ``dtype`` is ``model.dtype``: ``auto`` is bfloat16 on a
     GPU that supports it, float32 otherwise (see :func:`mtforget.models.dtypes.resolve_dtype`);
-    the model stays on the CPU and callers move it.
+    the model stays on the CPU and callers move it. ``revision`` (a hub model's commit) pins what
+    is loaded; a local directory has none.
     """
     where = str(path)
     local = Path(where)
     if local.exists():
+        if revision is not None:
+            raise UsageError(f"model.revision: {where} is a local directory, which has no revision; remove the key")
         if not (local / "config.json").is_file():
             raise UsageError(f"model.path: {where} is not a model directory (no config.json)")
         if not any(local.glob("*.safetensors")):
@@ -45,14 +48,14 @@ def load_model(path: str | Path, trust_remote_code: bool = False, gradient_check
     else:
         _require_cached_or_hub(where, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as exc:
         raise UsageError(f"model.path: cannot load a model config from {where!r} ({_first_line(exc)})") from None
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code,
-                                     dtype=resolve_dtype(dtype))
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+                                     dtype=resolve_dtype(dtype), revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError, SafetensorError) as exc:  # a damaged weight file is the user's to fix too
         raise UsageError(f"model.path: cannot load {where!r} as a translation model ({_first_line(exc)})") from None
     if gradient_checkpointing:

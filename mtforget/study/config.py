@@ -45,6 +45,10 @@ class ModelConfig(_Strict):
     instruction-tuned through a chat template)."""
     path: str | None = None
     """A checkpoint directory (safetensors) or a Hugging Face hub id; wins over `tiny`."""
+    revision: str | None = None
+    """A hub model's branch, tag or commit to load. It is resolved to its commit (from the local
+    Hugging Face cache, else the hub), which identifies the base and is recorded with each trial:
+    unset, the default branch as it is now. An error with a local `path`."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint."""
     gradient_checkpointing: bool = False

@@ -55,6 +55,7 @@ class TrialResult:
     # A checkpoint fine-tuned elsewhere (finetune.checkpoints), evaluated instead of trained: its
     # folder, kind (full or adapter), method, Trainer step and tokens, run folder and tokenizer.
     checkpoint: dict | None = None
+    base_revision: str | None = None  # a hub base's commit (model.revision as resolved); None for a local one
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""

@@ -37,6 +37,7 @@ from mtforget.data.loaders import load_corpus
 from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
+from mtforget.hub import resolve_revision
 from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, SampledDirection, curve_of,
                                                draw_sample, proxy_of, unseen_dev_pairs)
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
@@ -232,6 +233,13 @@ class LoadedBase:
     engine_kind: str = ""  # the engine the base was evaluated with; the fine-tuned model gets the same
     engine_name: str = ""
     engine_fallback: str | None = None
+    revision: str | None = None  # a hub base's commit
+
+    @property
+    def identity(self) -> str:
+        """What decides this base's numbers: the contents of a local checkpoint, a hub id at its commit."""
+        identity = _model_fingerprint(self.dir)
+        return f"{identity}@{self.revision}" if self.revision else identity
 
 
 @dataclass
@@ -278,15 +286,25 @@ def load_base(run: TrialRun, data: TrialData) -> LoadedBase:
         raise BaseFailed(json.loads(marker.read_text(encoding="utf-8"))["reason"])
     run.shared.base_stage = marker if run.main else None
     base_dir = _base_model(cfg, data.corpus, data.splits, run.progress)
+    revision = hub_revision(base_dir, cfg.model.revision)
     model, tokenizer = load_model(base_dir, cfg.model.trust_remote_code, cfg.model.gradient_checkpointing,
-                                  cfg.model.dtype)
+                                  cfg.model.dtype, revision)
     control, added = make_control(model, tokenizer, data.languages, _language_names(cfg.corpus),
                                   cfg.finetune.max_length)
     if added:
         log.info("added language tokens for %s (embeddings resized)", ", ".join(added))
     device = default_device()
     model.to(device)
-    return LoadedBase(base_dir, model, tokenizer, control, added, device, eval_settings(cfg))
+    return LoadedBase(base_dir, model, tokenizer, control, added, device, eval_settings(cfg), revision=revision)
+
+
+def hub_revision(base: Path | str, revision: str | None) -> str | None:
+    """The commit of a hub base (``model.revision`` resolved, the default branch when unset), or
+    None for a local one (where a revision is an error, which loading reports)."""
+    local = Path(str(base))
+    if local.exists() or local.is_absolute() or str(base).startswith(("./", "../", "~")):
+        return revision
+    return resolve_revision(str(base), revision)
 
 
 def eval_settings(cfg: StudyConfig) -> EvalSettings:
@@ -309,7 +327,7 @@ def evaluate_base(run: TrialRun, data: TrialData, base: LoadedBase) -> dict | No
     # process picks it ("auto" tries the fast one first); the others open the same kind.
     with _picked_engine(run, base) as engine:
         base.engine_kind, base.engine_name, base.engine_fallback = engine.kind, engine.name, engine.fallback_reason
-        scores = _base_evaluation(base.dir, data.corpus, data.splits, data.all_directions, engine, base.lid,
+        scores = _base_evaluation(base.identity, data.corpus, data.splits, data.all_directions, engine, base.lid,
                                   base.settings, run.shared, run.progress, base.added,
                                   str(next(base.model.parameters()).dtype), run.group)
     run.shared.base_stage = None
@@ -501,7 +519,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         category_ci=category_ci, lid=base.lid.name, lid_accuracy=base.lid_accuracy,
         metric_signatures=signatures(data.languages, run.cfg.eval.metrics), device=str(base.device),
         gpu=torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None,
-        engine=base.engine_name, engine_fallback_reason=base.engine_fallback,
+        engine=base.engine_name, engine_fallback_reason=base.engine_fallback, base_revision=base.revision,
         eval_processes=run.group.size, processes=PartialState().num_processes, threads=torch.get_num_threads(),
         pid=os.getpid(),
         timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
@@ -640,7 +658,7 @@ def _probe_sentence(test, directions: list[tuple[str, str]]) -> tuple[str, str, 
     return None
 
 
-def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings, shared,
+def _base_evaluation(identity: str, corpus, splits, directions, engine, lid, settings, shared,
                      progress, added, dtype: str, group: EvalGroup = ALONE) -> dict | None:
     """Scores of the base model on every direction, cached on disk under everything that decides
     them. The processes of ``group`` all call it: the main one looks the scores up and tells the
@@ -648,7 +666,7 @@ def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings
     key = cached = None
     if group.is_main:
         key = fingerprint({
-            "base": _model_fingerprint(base_dir),
+            "base": identity,  # LoadedBase.identity
             "dtype": dtype,  # model.dtype: the arithmetic of the translations
             "engine": engine.name,  # engines differ in floating-point detail: never reuse another's scores
             "added_tokens": added,
@@ -690,7 +708,7 @@ def _base_evaluation(base_dir, corpus, splits, directions, engine, lid, settings
 def _base_representations(base: LoadedBase, data: TrialData, sentences: int, shared: TrialMemo) -> dict:
     """Layer-wise retrieval accuracy of the base model, cached like the base evaluation."""
     key = fingerprint({
-        "base": _model_fingerprint(base.dir),
+        "base": base.identity,
         "dtype": str(next(base.model.parameters()).dtype),  # the arithmetic of the hidden states
         "added_tokens": base.added,
         "corpus": data.corpus.fingerprint(),
