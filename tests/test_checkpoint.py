@@ -13,7 +13,7 @@ import mtforget.train.loop as loop
 from mtforget.bases.specs import TinySpec
 from mtforget.bases.tiny_seq2seq import build_model
 from mtforget.models.language import LanguageTokens
-from mtforget.train.checkpoint import POINTER
+from mtforget.train.checkpoint import POINTER, CheckpointUnusable
 from mtforget.train.loop import TrainSettings, train
 from tests.conftest import Kill, tiny_world
 
@@ -118,11 +118,45 @@ def test_an_unloadable_checkpoint_is_a_warning_and_training_starts_again(setup, 
         _Faults(patch, save=2, kill_at=0)  # killed at the start of the second save: step 2 is current
         _train(setup, tmp_path)
     (tmp_path / "state-0000002" / "model.safetensors").write_bytes(b"not safetensors")
-    with caplog.at_level(logging.WARNING, logger="mtforget"):
-        model, outcome = _train(setup, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mtforget"), pytest.raises(CheckpointUnusable):
+        _train(setup, tmp_path)  # what it loaded into may be half-changed: no copy is kept to undo it
     assert "the checkpoint cannot be loaded" in caplog.text and "starts again from the beginning" in caplog.text
+    assert not list(tmp_path.iterdir())  # cleared: the next call starts from the beginning
+    model, outcome = _train(setup, tmp_path)  # on the weights training began with, as a trial reloads its base
     assert outcome.resumed_from is None
     _assert_equal_to_reference(setup, model, outcome)
+
+
+def test_a_trial_whose_checkpoint_cannot_be_loaded_starts_again_from_its_base(tmp_path, monkeypatch):
+    import csv
+
+    from mtforget.study.config import parse_study
+    from mtforget.study.runner import run_study
+    from tests.conftest import tiny_study, watch_trials
+
+    raw = tiny_study(**{"finetune.size": [48]})
+    raw["finetune"].update(checkpoint_every=2, eval_every=2, patience=0)
+    study = parse_study(raw, "t")
+
+    def table(out):
+        with (out / "results.csv").open() as f:
+            return sorted((r["src"], r["tgt"], r["metric"], r["finetuned"]) for r in csv.DictReader(f))
+
+    assert run_study(study, tmp_path / "reference", progress=False) == 0
+
+    def kill(trial_id, step, loss):
+        if step == 3:
+            raise Kill()
+        return loss
+
+    out = tmp_path / "damaged"
+    with monkeypatch.context() as patch, pytest.raises(Kill):
+        watch_trials(patch, kill)
+        run_study(study, out, progress=False)
+    (state,) = out.glob("trials/*/checkpoint/state-0000002")
+    (state / "model.safetensors").write_bytes(b"not safetensors")
+    assert run_study(study, out, progress=False) == 0
+    assert table(out) == table(tmp_path / "reference")
 
 
 def test_a_damaged_pointer_is_a_warning_and_training_starts_again(setup, tmp_path, monkeypatch, caplog):

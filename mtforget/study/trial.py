@@ -58,6 +58,7 @@ from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
 from mtforget.study.result import TrialResult
 from mtforget.study.store import BASE_FAILURES, warn
+from mtforget.train.checkpoint import CheckpointUnusable
 from mtforget.train.distributed import describe
 from mtforget.train.loop import TrainOutcome, TrainSettings, train
 
@@ -154,7 +155,15 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
             base_representations = _base_representations(base, data, run.cfg.eval.representation_sentences,
                                                          shared)
     with run.stage("finetune"):
-        tuned = finetune(run, data, base, base_eval) if run.trial.checkpoint is None else from_checkpoint(run, data, base)
+        if run.trial.checkpoint is not None:
+            tuned = from_checkpoint(run, data, base)
+        else:
+            try:
+                tuned = finetune(run, data, base, base_eval)
+            except CheckpointUnusable:
+                # Its load may have changed the weights already: the trial starts again from its base.
+                base = _reloaded(run, data, base)
+                tuned = finetune(run, data, base, base_eval)
     with run.stage("finetuned_eval"):
         ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned", run.group, tuned.control)
     if not run.main:
@@ -305,6 +314,13 @@ def hub_revision(base: Path | str, revision: str | None) -> str | None:
     if local.exists() or local.is_absolute() or str(base).startswith(("./", "../", "~")):
         return revision
     return resolve_revision(str(base), revision)
+
+
+def _reloaded(run: TrialRun, data: TrialData, base: LoadedBase) -> LoadedBase:
+    """``base`` with its weights loaded again as the trial began with them (its evaluation kept)."""
+    fresh = load_base(run, data)
+    run.shared.base_stage = None  # the base was evaluated already: a failure now is this trial's
+    return replace(base, model=fresh.model, tokenizer=fresh.tokenizer, control=fresh.control, added=fresh.added)
 
 
 def eval_settings(cfg: StudyConfig) -> EvalSettings:

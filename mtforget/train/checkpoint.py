@@ -12,20 +12,20 @@ to it by replacing ``checkpoint.json`` in one ``os.replace``; the folders and be
 pointer does not name are deleted after the switch. So at every instant the pointer names a
 complete state, and a resume reads only what it names; anything else in the directory is a
 leftover of an interrupted save and is removed. A checkpoint that still cannot be loaded (a
-damaged disk, another library version) is a warning: training starts again from the beginning.
+damaged disk, another library version) is a warning and :class:`CheckpointUnusable`: the load may
+have changed the model already, so the caller starts again from the weights it began with (a
+trial reloads its base) rather than this module keeping a copy of the model and optimizer to undo
+it with.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
@@ -86,15 +86,20 @@ def load_best(directory: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(directory / best_name(step))
 
 
+class CheckpointUnusable(RuntimeError):
+    """The current checkpoint cannot be loaded; it has been cleared. What it was loaded into may be
+    half-changed: train again from the start, on the weights training began with."""
+
+
 def load_checkpoint(accelerator: Accelerator, directory: Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler) -> dict | None:
     """Restore the current checkpoint of ``directory`` into the prepared ``model``, ``optimizer``
     and ``scheduler`` (and the random generators); returns its pointer (``outcome``,
     ``progress``), or None when there is none to resume from.
 
-    Leftovers of interrupted saves are removed. A checkpoint that cannot be loaded is logged as
-    a warning and discarded, with everything it may have half-restored put back as it was, so
-    that training starts again from the beginning rather than failing on every later attempt.
+    Leftovers of interrupted saves are removed. A checkpoint that cannot be loaded (on any process
+    of a launch) is logged as a warning and cleared, and :class:`CheckpointUnusable` is raised on
+    every process.
     """
     if not directory.is_dir():
         return None
@@ -105,21 +110,26 @@ def load_checkpoint(accelerator: Accelerator, directory: Path, model: torch.nn.M
     accelerator.wait_for_everyone()
     if pointer is None:
         return None
-    before = _snapshot(accelerator.unwrap_model(model), optimizer, scheduler)
+    reason = ""
     try:
         accelerator.load_state(str(directory / pointer["state"]))
         best = best_name(pointer["outcome"].get("best_step"))
         if best is not None and not (directory / best).is_file():
             raise FileNotFoundError(f"{directory / best} is missing")
     except Exception as exc:  # noqa: BLE001 - whatever the reason, the remedy is the same
-        log.warning("%s: the checkpoint cannot be loaded (%s: %s); training starts again from the beginning",
-                    directory, type(exc).__name__, exc)
-        _restore(before, accelerator.unwrap_model(model), optimizer, scheduler)
+        reason = f"{type(exc).__name__}: {exc}"
+    failed = torch.tensor([1.0 if reason else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, "sum")  # one process's failure is every process's
+    if failed.item():
+        log.warning("%s: the checkpoint cannot be loaded (%s); training starts again from the beginning",
+                    directory, reason or "on another process")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            (directory / POINTER).unlink(missing_ok=True)  # first: without it, the rest is a leftover
             _remove_unnamed(directory, set())
         accelerator.wait_for_everyone()
-        return None
+        raise CheckpointUnusable(f"{directory}: {reason or 'unusable on another process'}")
     return pointer
 
 
@@ -160,42 +170,3 @@ def _remove_unnamed(directory: Path, keep: set[str]) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-
-
-def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """What loading a checkpoint overwrites, copied (weights to the CPU) so that a failed load can
-    be undone."""
-    state = {
-        "model": _cpu_copy(model.state_dict()),
-        # On the CPU too: a copy on the device would double the optimizer's memory there.
-        "optimizer": _cpu_copy(optimizer.state_dict()),
-        "scheduler": copy.deepcopy(scheduler.state_dict()),
-        "torch": torch.get_rng_state(),
-        "random": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _cpu_copy(value):
-    """``value`` (a state dict, nested) with every tensor copied to the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _cpu_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cpu_copy(v) for v in value)
-    return copy.deepcopy(value)
-
-
-def _restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
