@@ -203,3 +203,28 @@ def test_a_launch_under_mixed_precision_leaves_no_autocast_on_the_model_it_train
                     progress=False)
     assert outcome.precision == "bf16 autocast"  # it trained under the launch's autocast ...
     assert not hasattr(model, "_original_forward") and not hasattr(model.forward, "__wrapped__")  # ... plain again
+
+
+def test_a_lora_update_that_rounds_away_when_merged_into_bfloat16_is_measured():
+    """What LoRA changed survives a merge into float32 weights, but an update far below bfloat16's
+    spacing at the weights rounds away: the share that survives says so."""
+    from peft import LoraConfig, get_peft_model
+
+    from mtforget.models.lora import merge_survival
+    from tests.conftest import tiny_world
+
+    _, _, tokenizer, _ = tiny_world(n_languages=3, segments=200, n_examples=10)
+    spec = TinySpec(d_model=32, layers=1, heads=2, ffn_dim=64, vocab_size=300, steps=1, batch_size=8, lr=1e-3)
+    shares = {}
+    for dtype, scale in ((torch.float32, 1e-2), (torch.bfloat16, 1e-2), (torch.bfloat16, 1e-6)):
+        torch.manual_seed(0)
+        model = get_peft_model(build_model(spec, tokenizer).to(dtype), LoraConfig(r=4, target_modules=["q_proj"]))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # as training leaves it: a nonzero update
+                param.data = torch.full_like(param, scale)
+        shares[(dtype, scale)] = merge_survival(model)
+    assert shares[(torch.float32, 1e-2)] == 1.0
+    assert shares[(torch.bfloat16, 1e-2)] > 0.9
+    assert shares[(torch.bfloat16, 1e-6)] < 0.1
+    torch.manual_seed(0)
+    assert merge_survival(build_model(spec, tokenizer)) is None  # no adapters

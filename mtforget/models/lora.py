@@ -69,3 +69,26 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float,
 def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
     """Fold the adapters into the base weights (a plain model again, for fast evaluation)."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+@torch.no_grad()
+def merge_survival(model: torch.nn.Module) -> float | None:
+    """Of the base-weight entries that the adapters of ``model`` change, the share that still
+    differs from the base once the update is folded into the weights in their own dtype (what
+    :func:`merge_lora` gives and evaluation sees): updates smaller than the dtype's spacing at a
+    weight round away in bfloat16. None for a model without adapters. One layer at a time, so the
+    memory it takes is one layer's."""
+    changed = survived = 0
+    for module in model.modules():
+        if not (hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")):
+            continue
+        weight = module.base_layer.weight
+        for adapter in getattr(module, "active_adapters", []):
+            if adapter not in getattr(module, "lora_A", {}):
+                continue
+            delta = module.get_delta_weight(adapter).to(torch.float32)
+            merged = (weight.to(torch.float32) + delta).to(weight.dtype)
+            moved = delta != 0
+            changed += int(moved.sum())
+            survived += int((moved & (merged != weight)).sum())
+    return survived / changed if changed else None

@@ -52,7 +52,7 @@ from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
 from mtforget.models.control import Control
 from mtforget.models.hidden import resolve_layer
 from mtforget.models.loading import count_parameters, default_device, load_model, make_control
-from mtforget.models.lora import apply_lora, merge_lora
+from mtforget.models.lora import apply_lora, merge_lora, merge_survival
 from mtforget.study.checkpoints import load_checkpoint
 from mtforget.study.config import CorpusConfig, StudyConfig, study_to_dict
 from mtforget.study.grid import Trial
@@ -63,6 +63,9 @@ from mtforget.train.distributed import describe
 from mtforget.train.loop import TrainOutcome, TrainSettings, train
 
 log = logging.getLogger("mtforget")
+
+# Below this share of LoRA's changed entries surviving the merge, a trial warns (see merge_survival).
+MERGE_SURVIVAL_WARNING = 0.9
 
 
 @dataclass
@@ -405,6 +408,13 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
              outcome.best_dev_loss, outcome.best_step, ", stopped early" if outcome.stopped_early else "",
              f", resumed from step {outcome.resumed_from}" if outcome.resumed_from else "")
     # Evaluate a plain model: adapters folded into the weights.
+    if ft.method == "lora":
+        outcome.merge_survival = merge_survival(model)
+        if outcome.merge_survival is not None and outcome.merge_survival < MERGE_SURVIVAL_WARNING:
+            warn(f"trial {run.trial.id}: folded into the {next(model.parameters()).dtype} base weights, only "
+                 f"{outcome.merge_survival:.0%} of the entries LoRA changed still differ from the base (the rest "
+                 "round away): the evaluated model is closer to the base than the trained one; load the base in "
+                 "float32 (model.dtype) to evaluate the adapters' full update")
     return Finetuned(merge_lora(model), outcome, len(examples), trainable, overlap_dropped, finetune_data,
                      mitigations)
 

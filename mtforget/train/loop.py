@@ -115,6 +115,9 @@ class TrainOutcome:
     # cast back to the dtype they had before training (what is evaluated); None when sharded.
     weights_changed: float | None = None
     weights_changed_evaluated: float | None = None
+    # LoRA: of the base entries the adapters change, the share still changed once merged into the
+    # base's dtype (what is evaluated); set by the trial (mtforget.models.lora.merge_survival).
+    merge_survival: float | None = None
     # The callbacks' logged losses (e.g. ``align_loss``) at the last log point, or since it.
     extra_losses: dict[str, float] = field(default_factory=dict)
     # Log points {"step", "train_loss" (translation), and what callbacks log} and dev checks.
