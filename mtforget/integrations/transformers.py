@@ -125,10 +125,11 @@ class ForgettingCallback(TrainerCallback):
         cfg = self.study
         shared = TrialMemo()
         data = study_data(cfg, shared)
-        tokenizer = tokenizer if hasattr(tokenizer, "get_vocab") else _base_tokenizer(cfg)
+        revision = hub_revision(cfg.model.path, cfg.model.revision)
+        tokenizer = tokenizer if hasattr(tokenizer, "get_vocab") else _base_tokenizer(cfg, revision)
         control = _control(model, tokenizer, data.languages, cfg)
         base = LoadedBase(cfg.model.path, model, tokenizer, control, [], next(model.parameters()).device,
-                          eval_settings(cfg), revision=hub_revision(cfg.model.path, cfg.model.revision))
+                          eval_settings(cfg), revision=revision)
         kept = self._kept_sample() if state.global_step else None
         if state.global_step and kept is None:
             # The Trainer loaded its checkpoint before this call: the model is no longer the base,
@@ -242,11 +243,11 @@ def _control(model: torch.nn.Module, tokenizer, languages: list[str], cfg: Study
     return control
 
 
-def _base_tokenizer(cfg: StudyConfig):
+def _base_tokenizer(cfg: StudyConfig, revision: str | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
-                                         revision=hub_revision(cfg.model.path, cfg.model.revision))
+                                         revision=revision)
 
 
 def _calling_trainer(callback: TrainerCallback) -> Trainer | None:

@@ -174,6 +174,7 @@ class ShardedTraining:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         self.model, self.device = model, device
+        self.optimizer: torch.optim.Optimizer | None = None  # the twin's, set by the loop once it made one
         params = list(model.parameters())
         # Parameters become meta tensors of the same shape (nothing copied); buffers are copied.
         memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
@@ -238,8 +239,6 @@ class ShardedTraining:
 
         set_state_dict(self.twin, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
-
-    optimizer: torch.optim.Optimizer | None = None  # set by the loop once it has made one
 
 
 def _to_cpu(value):

@@ -407,8 +407,7 @@ def _train_step(run: _Run, step: int) -> None:
         except Exception as exc:  # noqa: BLE001 - shared with the other processes below
             error, pieces = exc, []
     counts = [None if p is None else (p["labels"][:, run.first_label:] != -100).sum() for p in pieces]
-    local = torch.stack([n for n in counts if n is not None]).sum() if any(n is not None for n in counts) else None
-    local = torch.zeros((), device=accelerator.device) if local is None else local
+    local = sum((n for n in counts if n is not None), torch.zeros((), dtype=torch.long, device=accelerator.device))
     # The step's target tokens on every process: each piece's weight, and a first agreement.
     step_targets = agree(local.reshape(1), error, run.world).clamp(min=1)[0]
     translation = torch.zeros((), device=accelerator.device)  # this process's part of the step's mean loss
