@@ -269,6 +269,10 @@ def test_under_two_processes_the_main_one_samples_and_every_process_logs_and_sto
                          "step": trainer.state.global_step, "sampled": callback.probe is not None}}
         with open(f"{{sys.argv[1]}}/rank{{state.process_index}}.json", "w") as f:
             json.dump(out, f)
+        # An explicit teardown: gloo's default one at interpreter exit can abort a process
+        state.wait_for_everyone()
+        import torch.distributed
+        torch.distributed.destroy_process_group()
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
