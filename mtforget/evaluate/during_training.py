@@ -105,7 +105,11 @@ class ForgettingProbe:
         self.dev_batches = [control.batch(dev_pairs[i : i + 32]) for i in range(0, len(dev_pairs), 32)]
         self.metric = get_metric(metric)
         self.reference: dict[str, float] | None = None
+        # Per sampled direction ("src-tgt"), its score at step 0 (None after a resume from a run
+        # that recorded only the categories' means).
+        self.direction_reference: dict[str, float] | None = None
         self._last: tuple[int, dict[str, float]] | None = None
+        self._last_directions: dict[str, tuple[str, float]] | None = None
 
     @property
     def categories(self) -> list[str]:
@@ -117,13 +121,17 @@ class ForgettingProbe:
         it back from there when the run resumed (the weights are no longer the start's then)."""
         if self.reference is not None:
             return
-        kept = next((h["forgetting_reference"] for h in state.outcome.history if "forgetting_reference" in h), None)
+        kept = next((h for h in state.outcome.history if "forgetting_reference" in h), None)
         if kept is not None:
-            self.reference = kept
+            self.reference = kept["forgetting_reference"]
+            self.direction_reference = kept.get("forgetting_reference_by_direction")
             return
         self.reference = self.scores(model)
+        self.direction_reference = dict(self._direction_scores)
         self._last = (0, {c: 0.0 for c in self.categories})
-        state.outcome.history.append({"step": 0, "forgetting_reference": self.reference})
+        self._last_directions = {key: (category, 0.0) for key, (category, _) in self._by_direction().items()}
+        state.outcome.history.append({"step": 0, "forgetting_reference": self.reference,
+                                      "forgetting_reference_by_direction": self.direction_reference})
 
     def scores(self, model: torch.nn.Module) -> dict[str, float]:
         """Per category, the mean score of the sampled directions (the model translates in eval
@@ -138,9 +146,22 @@ class ForgettingProbe:
         finally:
             model.train(was_training)
         per_category: dict[str, list[float]] = defaultdict(list)
+        self._direction_scores = {}
         for d, hyps in zip(self.sample, outputs):
-            per_category[d.category].append(corpus_score(self.metric, Outputs(d.tgt, d.sources, hyps, d.references)))
+            score = corpus_score(self.metric, Outputs(d.tgt, d.sources, hyps, d.references))
+            per_category[d.category].append(score)
+            self._direction_scores[f"{d.src}-{d.tgt}"] = score
         return {c: sum(v) / len(v) for c, v in per_category.items()}
+
+    def _by_direction(self) -> dict[str, tuple[str, float]]:
+        return {f"{d.src}-{d.tgt}": (d.category, self._direction_scores[f"{d.src}-{d.tgt}"]) for d in self.sample}
+
+    def direction_deltas(self, step: int) -> dict[str, tuple[str, float]] | None:
+        """Per sampled direction, its category and its change since step 0, as of the check at
+        ``step`` (:meth:`deltas` measures it); None when step 0's per-direction scores are unknown."""
+        if self._last is None or self._last[0] != step or self.direction_reference is None:
+            return None
+        return self._last_directions
 
     def deltas(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Per category, the change of the mean score since step 0 (see :meth:`start`)."""
@@ -151,6 +172,9 @@ class ForgettingProbe:
         scores = self.scores(model)
         deltas = {c: scores[c] - self.reference[c] for c in self.categories}
         self._last = (step, deltas)
+        if self.direction_reference is not None:
+            self._last_directions = {key: (category, score - self.direction_reference[key])
+                                     for key, (category, score) in self._by_direction().items()}
         return deltas
 
     def proxy_loss(self, model: torch.nn.Module) -> float | None:
@@ -203,14 +227,22 @@ class ForgettingCurve(TrainCallback):
 
     def _record(self, model: torch.nn.Module, step: int, state: TrainState) -> None:
         self._recorded = step
-        state.outcome.history.append({"step": step, "tokens": state.tokens() if step else 0,
-                                      "forgetting": self.probe.deltas(model, step),
+        deltas = self.probe.deltas(model, step)
+        state.outcome.history.append({"step": step, "tokens": state.tokens() if step else 0, "forgetting": deltas,
+                                      "forgetting_by_direction": self.probe.direction_deltas(step),
                                       "unseen_dev_loss": self.probe.proxy_loss(model)})
 
 
 def curve_of(history: list[dict]) -> list[dict]:
     """The forgetting curve a run's history holds: ``{"step", "tokens", <category>: delta}``."""
     return [{"step": h["step"], "tokens": h["tokens"], **h["forgetting"]} for h in history if "forgetting" in h]
+
+
+def curve_by_direction_of(history: list[dict]) -> list[dict]:
+    """Per curve point, each sampled direction's category and change:
+    ``{"step", "directions": {"src-tgt": [category, delta]}}`` (points without them left out)."""
+    return [{"step": h["step"], "directions": {k: list(v) for k, v in h["forgetting_by_direction"].items()}}
+            for h in history if h.get("forgetting_by_direction")]
 
 
 def proxy_of(history: list[dict]) -> dict:

@@ -7,8 +7,12 @@ category's directions (and seeds) with a 95% percentile-bootstrap interval over 
 
 from __future__ import annotations
 
+import csv
 import json
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,10 +24,13 @@ from mtforget.errors import UsageError
 from mtforget.report import plots
 from mtforget.report.page import render_html, render_markdown
 from mtforget.report.forecast import forecast
-from mtforget.report.tables import (axis_comparisons, base_quality, category_table, checkpoint_curves, controlled_contrasts,
-                                    direction_matrix, flagged_directions, forgetting_curves, gate_failure_reasons,
-                                    gate_failures,
-                                    interpolation_curves, layer_series, trial_summaries)
+from mtforget.report.frontier import FRONTIER_COLUMNS, end_points, frontier_points, frontier_rows
+from mtforget.report.matched import law_contradictions, matched_gain_readings
+from mtforget.report.tables import (axis_comparisons, base_quality, category_table, checkpoint_curves,
+                                    condition_budgets, controlled_contrasts, direction_matrix, flagged_directions,
+                                    forgetting_curves, gate_failure_reasons, gate_failures, interpolation_curves,
+                                    layer_series, rate_sensitivity, trial_summaries)
+from mtforget.study.selection import selected_trials
 from mtforget.study.store import CSV_COLUMNS, open_store_for_report
 
 MAX_HEATMAPS = 12
@@ -49,22 +56,29 @@ def build_report(out: Path) -> Path:
 
 def _build_report(out: Path) -> Path:
     report = out / "report"
-    resamples, include_flagged, budget = 2000, False, FORECAST_BUDGET
+    resamples, include_flagged, budget, select, gain = 2000, False, FORECAST_BUDGET, {}, None
     if (out / "study.yaml").is_file():
         study = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8")) or {}
         resamples = study.get("eval", {}).get("bootstrap_resamples", resamples)
         include_flagged = bool(study.get("eval", {}).get("base_gate", {}).get("include_flagged", False))
         budget = (study.get("finetune", {}).get("forgetting_budget") or {}).get("max_drop") or budget
+        select = study.get("select") or {}
+        gain = (study.get("report") or {}).get("matched_gain")
     store = open_store_for_report(out)
     try:
-        trials, all_rows, meta = store.trials(), store.rows(), store.meta()
+        trials, all_rows, meta = store.trials(), store.rows(select), store.meta()
     finally:
         store.close()
     report.mkdir(exist_ok=True)
     _write_parquet(all_rows, out / "results.parquet")
     # Directions the base cannot translate give deltas that mean nothing: every mean below is
     # over the others, unless the study opted in (the files above keep every row, with its flag).
-    rows = [r for r in all_rows if include_flagged or not r["base_flag"]]
+    gated = [r for r in all_rows if include_flagged or not r["base_flag"]]
+    # The headline reads the selected trials (every done one when the study selects nothing);
+    # the frontiers and the sensitivity table read them all.
+    chosen = selected_trials(trials, select)
+    headline = [t for t in trials if t["status"] != "done" or chosen[t["trial_id"]]]
+    rows = [r for r in gated if r["lr_selected"]]
 
     table = category_table(trials, rows, resamples)
     summaries = trial_summaries(trials, rows)
@@ -86,9 +100,22 @@ def _build_report(out: Path) -> Path:
     figures["layers"] = plots.layer_accuracy(layers, report / "layer_retrieval.png")
     during = forgetting_curves(summaries) + checkpoint_curves(summaries, rows)
     figures["forgetting_curves"] = plots.forgetting_curves(during, report / "forgetting_curves.png")
+    points = frontier_points(trials, gated)
+    _write_csv(frontier_rows(points, resamples), FRONTIER_COLUMNS, out / "frontier.csv")
+    figures["frontiers"] = plots.frontiers(points, report / "frontiers.png")
+    contrasts = controlled_contrasts(headline, rows, tuple(select))
+    readings = matched_gain_readings(contrasts, points, end_points(headline, rows, source="end"), resamples, gain)
+    _write_csv(matched_gain_rows(readings), MATCHED_COLUMNS, out / "matched_gain.csv")
+    ratios = defaultdict(list)
+    for s in summaries:
+        if s.result.tokens_per_parameter:
+            ratios[s.condition].append(s.result.tokens_per_parameter)
+    law = law_contradictions(readings, fit, {c: float(np.mean(v)) for c, v in ratios.items()})
 
     context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
-               "examples": examples, "contrasts": controlled_contrasts(trials, rows), "interpolation": curves,
+               "examples": examples, "contrasts": contrasts, "interpolation": curves,
+               "matched": readings, "law": law, "budgets": condition_budgets(headline), "select": select,
+               "sensitivity": rate_sensitivity(trials, gated, chosen, "finetune.lr") if select else [],
                "layers": layers, "base_quality": base_quality(all_rows), "flagged": flagged_directions(all_rows),
                "gate_failures": {m: gate_failure_reasons(all_rows, m) for m in gate_failures(all_rows)}, "include_flagged": include_flagged,
                "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, budget)}
@@ -114,6 +141,43 @@ def gate_warnings(out: Path) -> list[str]:
                      f"{'; '.join(reasons)}" + ("; it does not translate these directions well enough for its "
                                                "forgetting deltas to mean anything" if quality else ""))
     return lines
+
+
+def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({c: row.get(c) for c in columns} for row in rows)
+
+
+MATCHED_COLUMNS = ["axis", "condition", "value", "category", "gain", "gain_given", "reaches", "end_gain",
+                   "end", "end_low", "end_high", "at_gain", "at_gain_low", "at_gain_high",
+                   "difference_end", "difference_end_low", "difference_end_high",
+                   "difference_at_gain", "difference_at_gain_low", "difference_at_gain_high"]
+
+
+def matched_gain_rows(readings: list[dict]) -> list[dict]:
+    """``matched_gain.csv``: per contrast, condition and category, the end-point and matched-gain
+    readings with their intervals, and the difference from the contrast's first condition (an
+    empty ``at_gain``: the condition does not reach the gain)."""
+    out = []
+    for reading in readings:
+        diffs = {d["condition"]: d for d in reading["differences"]}
+        for entry in reading["conditions"]:
+            for category, end in entry["end"].items():
+                at = entry["at"].get(category)
+                diff = diffs.get(entry["condition"], {"end": {}, "at": {}})
+                d_end, d_at = diff["end"].get(category), diff["at"].get(category)
+                out.append({"axis": reading["axis"], "condition": entry["condition"], "value": entry["value"],
+                            "category": category, "gain": reading["gain"], "gain_given": reading["given"],
+                            "reaches": entry["reaches"], "end_gain": entry["end_gain"],
+                            "end": end[0], "end_low": end[1], "end_high": end[2],
+                            **dict(zip(("at_gain", "at_gain_low", "at_gain_high"), at or (None,) * 3)),
+                            **dict(zip(("difference_end", "difference_end_low", "difference_end_high"),
+                                       d_end or (None,) * 3)),
+                            **dict(zip(("difference_at_gain", "difference_at_gain_low", "difference_at_gain_high"),
+                                       d_at or (None,) * 3))})
+    return out
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:

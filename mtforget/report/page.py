@@ -114,7 +114,8 @@ CONTRAST_INTRO = ("Trials whose configs differ in exactly one key, everything el
                   "group is one controlled comparison. chrF delta per category with its 95% paired-bootstrap "
                   "interval; off-target delta on unseen targets in percentage points.")
 CONTRAST_HEADER = ["differs in", "value", "condition", "architecture", "control", "parameters", "trainable",
-                   *(c.replace("_", " ") for c in CONTRAST_CATEGORIES), "off-target unseen tgt"]
+                   "selected", "steps", "tokens", *(c.replace("_", " ") for c in CONTRAST_CATEGORIES),
+                   "off-target unseen tgt"]
 
 
 def _contrast_rows(context: dict) -> list[list[str]]:
@@ -126,7 +127,69 @@ def _contrast_rows(context: dict) -> list[list[str]]:
         value = c["value"] if isinstance(c["value"], str) else json.dumps(c["value"])
         rows.append([c["axis"], value, c["condition"], str(c["architecture"]), str(c["control"]),
                      f"{c['parameters']:,}" if c["parameters"] else "", f"{c['trainable']:,}" if c["trainable"] else "",
+                     ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in c.get("selected", {}).items()),
+                     str(c.get("steps") or ""), f"{c['tokens']:,}" if c.get("tokens") else "",
                      *cells, f"{off:+.1f}" if off is not None else "–"])
+    return rows
+
+
+SENSITIVITY_INTRO = ("Every learning rate of each condition (the study selects one per condition by the lowest dev "
+                     "loss on the fine-tuning directions; `selected` counts the seeds that chose it): mean chrF "
+                     "delta per category over seeds and directions, and the off-target delta on unseen targets "
+                     "in percentage points.")
+SENSITIVITY_HEADER = ["condition", "lr", "selected", "dev loss", "steps", "supervised", "unseen source",
+                      "unseen target", "unseen both", "off-target unseen tgt"]
+
+
+def _number(value: float | None, sign: bool = True) -> str:
+    if value is None or value != value:
+        return "–"
+    return f"{value:+.1f}" if sign else f"{value:.4f}"
+
+
+def _sensitivity_rows(context: dict) -> list[list[str]]:
+    return [[e["condition"], f"{e['value']:g}", f"{e['selected']}/{e['trials']}", _number(e["dev_loss"], False),
+             ", ".join(str(s) for s in e["steps"]), *(_number(e[c]) for c in
+                                                     ("supervised", "unseen_source", "unseen_target", "unseen_both")),
+             _number(e["off_target"])] for e in context["sensitivity"]]
+
+
+MATCHED_CATEGORIES = ("unseen_source", "unseen_target", "unseen_both")
+MATCHED_INTRO = ("Each contrast read twice. End point: the conditions' selected trials, as in the tables above. At "
+                 "matched gain G: the forgetting each condition shows where its learning–forgetting frontier "
+                 "(frontier.csv: learning rates, forgetting-curve steps, interpolation with the base) reaches a "
+                 "supervised chrF gain of G, read off its Pareto front by linear interpolation between neighbouring "
+                 "points; G is the largest gain every condition of the contrast reaches, unless report.matched_gain "
+                 "sets it. 95% paired bootstrap intervals over directions and seeds; a Δ row is the difference "
+                 "from the contrast's first condition; 'not reached': its frontier stops below G.")
+MATCHED_HEADER = ["differs in", "condition", "end-point gain",
+                  *(f"end point: {c.replace('_', ' ')}" for c in MATCHED_CATEGORIES), "G",
+                  *(f"at G: {c.replace('_', ' ')}" for c in MATCHED_CATEGORIES)]
+FRONTIER_INTRO = ("Per condition, supervised chrF gain against the change on each unseen category: circles are "
+                  "learning rates, dots forgetting-curve checks, triangles interpolations with the base, the cross "
+                  "the base; the line joins the condition's Pareto front (no other point learns more and forgets "
+                  "less). The points are in frontier.csv.")
+
+
+def _interval(cell) -> str:
+    return f"{cell[0]:+.1f} [{cell[1]:+.1f}, {cell[2]:+.1f}]" if cell else "not reached"
+
+
+def _matched_rows(context: dict) -> list[list[str]]:
+    rows = []
+    for reading in context["matched"]:
+        gain = "none common" if reading["gain"] is None else (
+            f"{reading['gain']:+.1f}" + (" (report.matched_gain)" if reading["given"] else ""))
+        for entry in reading["conditions"]:
+            rows.append([reading["axis"], entry["condition"], _number(entry["end_gain"]),
+                         *(_interval(entry["end"].get(c)) if c in entry["end"] else "–" for c in MATCHED_CATEGORIES),
+                         gain, *(_interval(entry["at"].get(c)) if c in entry["end"] else "–"
+                                 for c in MATCHED_CATEGORIES)])
+        for diff in reading["differences"]:
+            rows.append([reading["axis"], f"Δ {diff['condition']} − {reading['conditions'][0]['condition']}", "",
+                         *(_interval(diff["end"].get(c)) if c in diff["end"] else "–" for c in MATCHED_CATEGORIES),
+                         gain, *(_interval(diff["at"].get(c)) if c in diff["end"] else "–"
+                                 for c in MATCHED_CATEGORIES)])
     return rows
 
 
@@ -271,11 +334,15 @@ def render_markdown(context: dict) -> str:
     lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {_intro(context)}", ""]
     lines += [f"**{_md(line)}**" for line in _gate_lines(context) if line.startswith("Warning")]
     lines += [""] if context.get("gate_failures") else []
+    budgets = context.get("budgets", {})
     for title, conditions, cells in _metric_sections(context):
-        lines += [f"## {title}", "", "| condition | " + " | ".join(CATEGORIES) + " |",
-                  "|---|" + "---|" * len(CATEGORIES)]
-        lines += [_md_row([c, *(cells[c].get(k, "–") for k in CATEGORIES)]) for c in conditions]
+        lines += [f"## {title}", "", "| condition | trained | " + " | ".join(CATEGORIES) + " |",
+                  "|---|---|" + "---|" * len(CATEGORIES)]
+        lines += [_md_row([c, budgets.get(c, ""), *(cells[c].get(k, "–") for k in CATEGORIES)]) for c in conditions]
         lines.append("")
+    if context.get("sensitivity"):
+        lines += ["## Learning-rate sensitivity", "", SENSITIVITY_INTRO, ""]
+        lines += _md_table(SENSITIVITY_HEADER, _sensitivity_rows(context)) + [""]
     if context["fit"]:
         fit = context["fit"]
         lines += ["## Forgetting against data/model scale", "",
@@ -286,6 +353,10 @@ def render_markdown(context: dict) -> str:
         lines += ["## Controlled contrasts", "", CONTRAST_INTRO, "", "| " + " | ".join(CONTRAST_HEADER) + " |",
                   "|---" * len(CONTRAST_HEADER) + "|"]
         lines += [_md_row(r) for r in contrasts] + [""]
+    if context.get("matched"):
+        lines += ["## At matched gain", "", MATCHED_INTRO, ""]
+        lines += _md_table(MATCHED_HEADER, _matched_rows(context)) + [""]
+        lines += [f"**{_md(line)}**" for line in context.get("law", [])] + [""]
     if context.get("interpolation"):
         lines += ["## Weight interpolation with the base", "", INTERPOLATION_INTRO, ""]
         lines += _md_table(INTERPOLATION_HEADER, _interpolation_rows(context)) + [""]
@@ -323,7 +394,7 @@ def render_html(context: dict, figures: dict) -> str:
     parts.append(_figure(figures.get("by_size"), "chrF delta against fine-tuning size, per direction category"))
     parts += _html_metric_tables(context)
     parts += _html_figures(context, figures)
-    parts += _html_contrasts(context)
+    parts += _html_contrasts(context, figures)
     parts += _html_analyses(context, figures)
     parts += _html_examples(context)
     parts += _html_paired(context)
@@ -366,9 +437,16 @@ def _html_top(context: dict) -> list[str]:
 def _html_metric_tables(context: dict) -> list[str]:
     """One table per metric: mean delta with its interval per condition and category."""
     parts = []
+    budgets = context.get("budgets", {})
     for title, conditions, cells in _metric_sections(context):
-        parts.append(f"<h2>{html.escape(title)}</h2><table>" + _header_row(["condition", *CATEGORIES]))
-        parts += _body_rows([[cond, *(cells[cond].get(c, "–") for c in CATEGORIES)] for cond in conditions], 1)
+        parts.append(f"<h2>{html.escape(title)}</h2><table>" + _header_row(["condition", "trained", *CATEGORIES]))
+        parts += _body_rows([[cond, budgets.get(cond, ""), *(cells[cond].get(c, "–") for c in CATEGORIES)]
+                             for cond in conditions], 2)
+        parts.append("</table>")
+    if context.get("sensitivity"):
+        parts.append(f"<h2>Learning-rate sensitivity</h2><p class='muted'>{html.escape(SENSITIVITY_INTRO)}</p>"
+                     "<table>" + _header_row(SENSITIVITY_HEADER))
+        parts += _body_rows(_sensitivity_rows(context), 3)
         parts.append("</table>")
     return parts
 
@@ -397,12 +475,22 @@ def _html_figures(context: dict, figures: dict) -> list[str]:
     return parts
 
 
-def _html_contrasts(context: dict) -> list[str]:
+def _html_contrasts(context: dict, figures: dict) -> list[str]:
+    """The controlled contrasts, read at their end points and at matched gain, and the frontiers."""
+    e = html.escape
+    parts = []
     contrasts = _contrast_rows(context)
-    if not contrasts:
-        return []
-    return [f"<h2>Controlled contrasts</h2><p class='muted'>{html.escape(CONTRAST_INTRO)}</p><table>"
-            + _header_row(CONTRAST_HEADER), *_body_rows(contrasts, 5), "</table>"]
+    if contrasts:
+        parts += [f"<h2>Controlled contrasts</h2><p class='muted'>{e(CONTRAST_INTRO)}</p><table>"
+                  + _header_row(CONTRAST_HEADER), *_body_rows(contrasts, 5), "</table>"]
+    if context.get("matched"):
+        parts += [f"<h2>At matched gain</h2><p class='muted'>{e(MATCHED_INTRO)}</p><table>"
+                  + _header_row(MATCHED_HEADER), *_body_rows(_matched_rows(context), 2), "</table>"]
+        parts += [f"<p><strong>{e(line)}</strong></p>" for line in context.get("law", [])]
+    if figures.get("frontiers"):
+        parts.append("<h2>Learning–forgetting frontiers</h2><p class='muted'>" + e(FRONTIER_INTRO) + "</p>"
+                     + _figure(figures["frontiers"], "supervised gain against unseen change, per condition"))
+    return parts
 
 
 def _html_analyses(context: dict, figures: dict) -> list[str]:

@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mtforget.atomic import atomic_path
-from mtforget.data.categories import CATEGORIES
+from mtforget.data.categories import CATEGORIES, UNSEEN
 from mtforget.evaluate.metrics import get_metric
+from mtforget.report.frontier import Point, front_of
 from mtforget.report.tables import TrialSummary, log_fit
 
 
@@ -204,4 +205,37 @@ def forgetting_curves(curves: list[dict], path: Path) -> Path | None:
             by_step.axvline(curve["stopped_at"], color="black", ls=":", lw=1)
         by_step.set_title(curve["condition"], fontsize=8, loc="left")
         by_tokens.legend(fontsize=6, loc="lower left")
+    return _save(fig, path)
+
+
+FRONTIER_MARKERS = {"base": "x", "lr": "o", "step": ".", "alpha": "^", "checkpoint": "s"}
+
+
+def frontiers(points: list[Point], path: Path) -> Path | None:
+    """Gain on the fine-tuning directions against the change on each unseen category, one colour
+    per condition: its frontier points by source (marker) and its Pareto front (line)."""
+    conditions = list(dict.fromkeys(p.condition for p in points if p.source != "base"))
+    categories = [c for c in UNSEEN if any(p.deltas.get(c) for p in points)]
+    if not conditions or not categories:
+        return None
+    fig, axes = plt.subplots(1, len(categories), figsize=(4.2 * len(categories), 3.8), sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab20")
+    for ax, category in zip(axes[0], categories):
+        for i, condition in enumerate(conditions):
+            members = [p for p in points if p.condition == condition]
+            colour = colours(i % 20)
+            for source, marker in FRONTIER_MARKERS.items():
+                chosen = [p for p in members if p.source == source and np.isfinite(p.mean_delta(category))]
+                ax.scatter([p.mean_gain() for p in chosen], [p.mean_delta(category) for p in chosen],
+                           marker=marker, color=colour, s=18, alpha=0.8)
+            front = front_of(members, category)
+            ax.plot([p.mean_gain() for p in front], [p.mean_delta(category) for p in front], color=colour, lw=1.2,
+                    label=condition)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(category.replace("_", " "))
+        ax.set_xlabel("chrF gain, supervised directions")
+    axes[0][0].set_ylabel("chrF delta (line: Pareto front)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), fontsize=7, bbox_to_anchor=(0.5, -0.02))
     return _save(fig, path)

@@ -13,6 +13,7 @@ from mtforget.data.categories import CATEGORIES, UNSEEN
 from mtforget.evaluate.metrics import all_metrics
 from mtforget.report.stats import bootstrap_mean_ci
 from mtforget.study.result import TrialResult
+from mtforget.study.selection import dev_loss, flatten_config, selected_value
 
 @dataclass
 class TrialSummary:
@@ -143,26 +144,12 @@ def log_fit(xs: list[float], ys: list[float], seed: int = 0, resamples: int = 10
             "y": intercept + slope * grid, "low": low, "high": high}
 
 
-# Config keys that say how a study runs, not what a trial computes: never a contrast.
-_NOT_CONDITIONS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard")
 # Analyses added after evaluation: they do not change a trial's scores, so trials that differ
 # only in them (and in one condition) still form a controlled contrast.
 _ANALYSES = ("eval.interpolation", "eval.representations", "eval.representation_sentences", "eval.during_training.")
 # Keys a study may vary together as one condition: a fine-tuning method at its own learning rate.
 TIED_AXES = (("finetune.method", "finetune.lr"),)
 CONTRAST_CATEGORIES = ("supervised", "unseen_source", "unseen_target", "unseen_both")
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    flat = {}
-    for key, value in config.items():
-        if not prefix and key in _NOT_CONDITIONS:
-            continue
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
-    return flat
 
 
 def _contrast_groups(flat: dict[str, dict[str, str]]) -> list[tuple[str, dict[str, object]]]:
@@ -184,7 +171,14 @@ def _contrast_groups(flat: dict[str, dict[str, str]]) -> list[tuple[str, dict[st
     return out
 
 
-def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
+def _value_order(value) -> tuple:
+    """Numbers in numeric order (50 before 3000), before any other value in JSON order."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True))
+
+
+def controlled_contrasts(trials: list[dict], rows: list[dict], selected: tuple[str, ...] = ()) -> list[dict]:
     """Groups of done trials whose configs differ in exactly one key, one row per trial.
 
     This is how a mixed grid is read: ``model.tiny`` small vs lm at the same data size is the
@@ -193,17 +187,20 @@ def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
     with everything else held equal. Each row has the trial's parameter counts and its mean
     chrF delta per category with the paired-bootstrap interval, and the unseen-target off-target
     delta in percentage points.
+
+    ``selected``: keys the study selects per condition (``select``); the trials given are the
+    selected ones, which may differ in those keys and still pair (each row records its values).
     """
     done = [t for t in trials if t["status"] == "done"]
-    flat = {t["trial_id"]: {k: v for k, v in _flatten(json.loads(t["config"])).items()
-                            if not k.startswith(_ANALYSES)} for t in done}
+    flat = {t["trial_id"]: {k: v for k, v in flatten_config(json.loads(t["config"])).items()
+                            if not k.startswith(_ANALYSES) and k not in selected} for t in done}
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in rows:
         means[(row["trial_id"], row["metric"], row["category"])].append(row["delta"])
     by_id = {t["trial_id"]: t for t in done}
     out = []
     for number, (key, values) in enumerate(_contrast_groups(flat)):
-        for trial_id in sorted(values, key=lambda m: json.dumps(values[m], sort_keys=True)):
+        for trial_id in sorted(values, key=lambda m: _value_order(values[m])):
             result = TrialResult.from_json(by_id[trial_id]["info"])
             ci = (result.category_ci or {}).get("chrf", {})
             cells = {}
@@ -215,6 +212,8 @@ def controlled_contrasts(trials: list[dict], rows: list[dict]) -> list[dict]:
             off = means.get((trial_id, "off_target", "unseen_target"))
             out.append({"group": number, "axis": key, "value": values[trial_id],
                         "trial_id": trial_id, "condition": by_id[trial_id]["condition"],
+                        "selected": {key: selected_value(by_id[trial_id], key) for key in selected},
+                        "steps": (result.train or {}).get("steps"), "tokens": (result.train or {}).get("tokens"),
                         "architecture": result.architecture or "", "control": result.language_control or "",
                         "parameters": result.parameters, "trainable": result.trainable_parameters,
                         "chrf": cells, "unseen_target_off_target": 100 * float(np.mean(off)) if off else None})
@@ -369,4 +368,62 @@ def checkpoint_curves(summaries: list[TrialSummary], rows: list[dict]) -> list[d
         name = run.rstrip("/").rsplit("/", 1)[-1]
         out.append({"trial_id": f"{name}/checkpoint-*", "condition": f"{members[0].model} checkpoints of {run}",
                     "points": points, "stopped_at": None, "kept": None, "correlation": None})
+    return out
+
+
+SENSITIVITY_CATEGORIES = ("supervised", "unseen_source", "unseen_target", "unseen_both")
+
+
+def rate_sensitivity(trials: list[dict], rows: list[dict], chosen: dict[str, bool], key: str) -> list[dict]:
+    """Per condition and value of the selected ``key`` (a learning rate), over seeds: the mean chrF
+    delta per category, the unseen-target off-target delta in points, the mean dev loss, the
+    steps, and how many of the seeds selected it."""
+    done = {t["trial_id"]: t for t in trials if t["status"] == "done"}
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    members: dict[tuple, list[dict]] = defaultdict(list)
+    for t in done.values():
+        members[(t["condition"], selected_value(t, key))].append(t)
+    for row in rows:
+        t = done.get(row["trial_id"])
+        if t is None:
+            continue
+        cell = values[(t["condition"], selected_value(t, key))]
+        if row["metric"] == "chrf":
+            cell[row["category"]].append(row["delta"])
+        elif row["metric"] == "off_target" and row["category"] == "unseen_target":
+            cell["off_target"].append(100 * row["delta"])
+    out = []
+    for (condition, value), group in sorted(members.items(), key=lambda m: (m[0][0], m[0][1])):
+        cell = values[(condition, value)]
+        losses = [loss for loss in (dev_loss(t) for t in group) if loss is not None]
+        steps = [(TrialResult.from_json(t["info"]).train or {}).get("steps") for t in group]
+        out.append({"condition": condition, "value": value, "trials": len(group),
+                    "selected": sum(chosen.get(t["trial_id"], False) for t in group),
+                    "dev_loss": float(np.mean(losses)) if losses else None,
+                    "steps": sorted({s for s in steps if s is not None}),
+                    **{c: float(np.mean(cell[c])) if cell.get(c) else None for c in SENSITIVITY_CATEGORIES},
+                    "off_target": float(np.mean(cell["off_target"])) if cell.get("off_target") else None})
+    return out
+
+
+def condition_budgets(trials: list[dict]) -> dict[str, str]:
+    """Per condition, the optimizer steps and tokens its trials trained for (a range over seeds
+    and rates where they differ): data size is not training budget."""
+    steps: dict[str, set] = defaultdict(set)
+    tokens: dict[str, list[int]] = defaultdict(list)
+    for t in trials:
+        result = TrialResult.from_json(t["info"]) if t["status"] == "done" else None
+        if result is None:
+            continue
+        train = result.train or {}
+        if train.get("steps") is not None:
+            steps[t["condition"]].add(train["steps"])
+        if train.get("tokens"):
+            tokens[t["condition"]].append(train["tokens"])
+    out = {}
+    for condition in steps:
+        s = sorted(steps[condition])
+        span = f"{s[0]}" if len(s) == 1 else f"{s[0]}–{s[-1]}"
+        mean_tokens = np.mean(tokens[condition]) if tokens[condition] else 0
+        out[condition] = f"{span} steps, {mean_tokens / 1e3:,.0f}k tokens" if mean_tokens else f"{span} steps"
     return out

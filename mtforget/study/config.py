@@ -187,6 +187,10 @@ class _FinetuneCore(_Strict):
     """AdamW's learning rate."""
     epochs: float = Field(2.0, gt=0)
     """Passes over the training examples."""
+    steps: int | None = Field(None, ge=1)
+    """Optimizer steps, whatever the data size: the examples are repeated (a new order each pass)
+    as often as needed, so a study can hold the training budget fixed while `size` varies. Unset:
+    `epochs` decide; setting both is an error."""
     batch_size: int = Field(32, ge=1)
     """Examples per micro-batch, summed over processes (a multiple of their number under a
     launch). Each optimizer step trains on `batch_size × grad_accumulation` examples with
@@ -383,6 +387,19 @@ class ResourcesConfig(_Strict):
     whole study and saves their start-up."""
 
 
+class ReportConfig(_Strict):
+    """How the report reads a study (not part of any trial's identity)."""
+
+    matched_gain: float | None = None
+    """The supervised chrF gain at which each contrast's forgetting is read off the conditions'
+    learning–forgetting frontiers; unset: the largest gain that every condition of the contrast
+    reaches."""
+
+
+# Rules that pick one value of a swept key per condition, from finished trials alone.
+SelectRule = Literal["dev_loss"]
+
+
 def _check_comet(study: StudyConfig) -> None:
     if "comet" in study.eval.metrics and study.eval.comet is None:
         raise ValueError("eval.comet: 'comet' is in eval.metrics; give eval.comet.python and eval.comet.checkpoint")
@@ -423,6 +440,14 @@ class StudyConfig(_Strict):
     """What one trial reserves."""
     tensorboard: bool = False
     """Also log training curves for TensorBoard under `trials/<id>/tensorboard`."""
+    select: dict[Literal["finetune.lr"], SelectRule] = {}
+    """A key swept by the grid, chosen per condition: `{finetune.lr: dev_loss}` takes, for every
+    combination of the other keys (model, method, mitigations, size, seed), the trial with the
+    lowest dev loss on the fine-tuning directions (never looking at the other directions). The
+    report's headline tables and contrasts use the selected trials; every rate stays in the store,
+    in the sensitivity table and on the frontiers."""
+    report: ReportConfig = ReportConfig()
+    """How the report reads the study."""
 
     @model_validator(mode="after")
     def _metrics_have_settings(self) -> StudyConfig:
@@ -430,8 +455,8 @@ class StudyConfig(_Strict):
         return self
 
 
-# How a study runs, not what a trial computes (excluded from trial ids).
-EXECUTION_KEYS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard")
+# How a study runs or is read, not what a trial computes (excluded from trial ids).
+EXECUTION_KEYS = ("name", "grid", "executor", "workers", "ray", "resources", "tensorboard", "select", "report")
 
 
 def valid_keys(model: type[BaseModel] = StudyConfig, prefix: str = "") -> list[str]:
@@ -594,13 +619,23 @@ def parse_study(raw: dict, source: str, overrides: list[str] | None = None) -> S
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
         raise UsageError(f"{_blame(source, _error_key(exc), overrides)}: {_describe(exc)}") from None
+    for key in study.select:
+        if not any(key in part for part in grid_parts(grid)):
+            raise UsageError(f"{_blame(source, 'select', overrides)}: select.{key}: {key} is not swept by the grid; "
+                             f"give its values to choose from, e.g. grid: {{{key}: [3e-4, 1e-3]}}")
     # Every trial the grid makes must be a valid config too (values can conflict only in
     # combination): check them all before any trial runs.
-    for chosen in grid_combinations(grid):
+    for chosen in grid_combinations(grid) or [{}]:
         probe = _deep_copy(raw)
         probe.pop("grid", None)
         for axis, value in chosen.items():
             set_dotted(probe, axis, value)
+        finetune = probe.get("finetune") if isinstance(probe.get("finetune"), dict) else {}
+        if finetune.get("steps") is not None and "epochs" in finetune:
+            # Both given by the user (a resolved config always holds epochs, so not a schema rule).
+            where = next((b for b in (_blame(source, f"grid.{axis}", overrides) for axis in chosen) if b != source),
+                         _blame(source, "finetune.steps", overrides))
+            raise UsageError(f"{where}: finetune.steps: give finetune.steps or finetune.epochs, not both")
         try:
             StudyConfig.model_validate(probe)
         except ValidationError as exc:

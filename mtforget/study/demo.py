@@ -11,7 +11,7 @@ of parts, so the study's axes are covered without crossing all of them:
 1. model size × fine-tuning data size (two encoder-decoder sizes, data sizes spanning 200×);
 2. encoder-decoder vs decoder-only at similar size, and plain-prompt vs instruction-tuned, at the
    largest size (:data:`LARGEST`), where every base gains most and forgetting is strongest;
-3. full fine-tuning vs LoRA, each at its own learning rate (:data:`FULL_LR`, :data:`LORA_LR`);
+3. full fine-tuning vs LoRA, each at its own learning rate;
 4. the mitigations: cross-lingual alignment and replay.
 
 Parts 3–4 run on the small model at :data:`MITIGATION_SIZE` (half the largest, for the demo's
@@ -30,12 +30,18 @@ from __future__ import annotations
 # gain about +10 chrF on their supervised directions, at 10,000 about +13.
 LARGEST = 10000
 MITIGATION_SIZE = 5000
-# Learning rates chosen by examples/demo-lr-sweep.yaml: for each method, the rate of the sweep
-# whose fine-tuning reached the lowest dev loss on the fine-tuning directions (a choice that does
-# not look at what the other directions lose).
-FULL_LR = 1e-3
-LORA_LR = 3e-3
+# The learning rates ``--full`` sweeps, per method; it selects one per condition and seed
+# (``select: {finetune.lr: dev_loss}``: the lowest dev loss on the fine-tuning directions, a
+# choice that never looks at what the other directions lose).
+FULL_RATES = [3e-4, 1e-3, 3e-3]
+LORA_RATES = [1e-3, 3e-3, 1e-2]
 FULL_SEEDS = [0, 1, 2]
+# The rates the main demo and ``--quick`` train each condition at: the rate ``mtforget demo
+# --full`` selected for it on most of its seeds (its report's learning-rate sensitivity table;
+# docs/explanation/findings.md). Keyed by the part of the grid below.
+SELECTED_BY_FULL = {"small": 1e-3, "base": 1e-3, "lm": 1e-3, "lm-instruct": 1e-3,
+                    "small n=50": 1e-3, "base n=50": 1e-3, "small n=500": 1e-3, "base n=500": 1e-3,
+                    "lora": 3e-3, "alignment": 1e-3, "replay": 1e-3, "plain": 1e-3}
 # The fine-tuning languages are low-resource in the bases' pre-training, as in every real
 # multilingual model: each is drawn a hundredth as often as the other languages, so the bases are
 # mediocre on them and strong elsewhere, and fine-tuning has something to teach. Chosen by the
@@ -45,9 +51,30 @@ LOW_RESOURCE = ("xa", "xb", "xc", "xd")
 PRETRAIN_MIX = {lang: 0.01 for lang in LOW_RESOURCE}
 
 
+def _parts(rates) -> list[dict]:
+    """The demo's grid; ``rates(name, method)`` gives the learning rates of the part ``name``."""
+    interpolation = {"eval.interpolation": [[0.25, 0.5, 0.75]]}
+    parts = []
+    for tiny in ("small", "base"):
+        for size in (50, 500):
+            parts.append({"model.tiny": [tiny], "finetune.size": [size], "finetune.lr": rates(f"{tiny} n={size}")})
+        # Interpolation with the base where forgetting is largest (it does not change the trial's
+        # own scores, so these trials still pair with the ones below).
+        parts.append({"model.tiny": [tiny], "finetune.size": [LARGEST], **interpolation, "finetune.lr": rates(tiny)})
+    for tiny in ("lm", "lm-instruct"):
+        parts.append({"model.tiny": [tiny], "finetune.size": [LARGEST], "finetune.lr": rates(tiny)})
+    parts += [
+        {"finetune.size": [MITIGATION_SIZE], "finetune.lr": rates("plain")},
+        {"finetune.method": ["lora"], "finetune.size": [MITIGATION_SIZE], "finetune.lr": rates("lora", "lora")},
+        {"finetune.alignment.enabled": [True], "finetune.size": [MITIGATION_SIZE], "finetune.lr": rates("alignment")},
+        {"finetune.replay.fraction": [0.25], "finetune.size": [MITIGATION_SIZE], "finetune.lr": rates("replay")},
+    ]
+    return parts
+
+
 def demo_study(quick: bool = False, full: bool = False) -> dict:
-    """The demo study as a raw config mapping (``--set`` overrides apply on top); ``full`` repeats
-    every condition over :data:`FULL_SEEDS`."""
+    """The demo study as a raw config mapping (``--set`` overrides apply on top); ``full`` sweeps
+    the learning rates and repeats every condition over :data:`FULL_SEEDS`."""
     world = {"synthetic": {"languages": 10, "segments": 20000}, "dev_size": 200, "test_size": 40}
     if quick:
         # The demo's world, so the shipped tiny:small serves (no pre-training), with two data sizes
@@ -56,32 +83,28 @@ def demo_study(quick: bool = False, full: bool = False) -> dict:
             "name": "demo-quick",
             "model": {"tiny": "small", "pretrain_mix": dict(PRETRAIN_MIX)},
             "corpus": world,
-            "finetune": {"lr": FULL_LR, "epochs": 1, "eval_every": 20},
+            "finetune": {"lr": SELECTED_BY_FULL["small"], "epochs": 1, "eval_every": 20},
             # 20 sentences: the base-quality gate needs 20 per direction. The curve samples
             # forgetting while each trial trains (a budget, --set
             # finetune.forgetting_budget.max_drop=N, stops a trial on it).
             "eval": {"max_sentences": 20, "during_training": {"every": 20}},
             "grid": {"finetune.size": [50, 3000]},
         }
-    parts = [
-        {"model.tiny": ["small", "base"], "finetune.size": [50, 500]},
-        # Interpolation with the base where forgetting is largest (it does not change the
-        # trial's own scores, so these trials still pair with the ones below).
-        {"model.tiny": ["small", "base"], "finetune.size": [LARGEST], "eval.interpolation": [[0.25, 0.5, 0.75]]},
-        {"model.tiny": ["lm", "lm-instruct"], "finetune.size": [LARGEST]},
-        {"finetune.size": [MITIGATION_SIZE]},
-        {"finetune.method": ["lora"], "finetune.size": [MITIGATION_SIZE], "finetune.lr": [LORA_LR]},
-        {"finetune.alignment.enabled": [True], "finetune.size": [MITIGATION_SIZE]},
-        {"finetune.replay.fraction": [0.25], "finetune.size": [MITIGATION_SIZE]},
-    ]
     if full:
-        parts = [{**part, "seed": FULL_SEEDS} for part in parts]
+        parts = [{**part, "seed": FULL_SEEDS} for part in
+                 _parts(lambda name, method="full": LORA_RATES if method == "lora" else FULL_RATES)]
+    else:
+        parts = _parts(lambda name, method="full": [SELECTED_BY_FULL[name]])
     return {
         "name": "demo-full" if full else "demo",
         "model": {"tiny": "small", "pretrain_mix": dict(PRETRAIN_MIX)},
         "corpus": world,
-        "finetune": {"lr": FULL_LR, "epochs": 1, "eval_every": 25},
-        "eval": {"max_sentences": 40, "paired_resamples": 500, "during_training": {"every": 50}},
+        "finetune": {"epochs": 1, "eval_every": 25},
+        # The curve's sample (3 directions per category, 20 sentences each) is also the frontier's
+        # step points, each with its interval.
+        "eval": {"max_sentences": 40, "paired_resamples": 500,
+                 "during_training": {"every": 50, "directions": 3, "sentences": 20}},
+        "select": {"finetune.lr": "dev_loss"},
         # Two worker processes of one thread each: on two cores they run two trials at once,
         # which is faster than one process with two threads (small matrices scale poorly). They
         # stay for the whole demo: a new process per trial would import PyTorch and transformers

@@ -61,8 +61,9 @@ def condition_label(config: StudyConfig, model_label: str, grid_values: dict,
         settings = settings_of(config, m.key)
         if m.changes_training and m.enabled(settings):
             parts.append(f"{m.short}={m.label(settings)}")
+    # A key the study selects per condition (``select``) is chosen within the condition, not part of it.
     shown = ("seed", "model.tiny", "model.path", "finetune.size", "finetune.method", "eval.representations",
-             "eval.representation_sentences")
+             "eval.representation_sentences", *config.select)
     other = {k: v for k, v in grid_values.items()
              if k not in shown and not any(k == m.key or k.startswith(m.key + ".") for m in MITIGATIONS.values())}
     return " ".join(parts + [f"{k}={v}" for k, v in sorted(other.items())])
@@ -126,6 +127,8 @@ def _trial(raw: dict, chosen: dict, contents: dict[str, str | None], checkpoint:
         identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
     _identify_contents(identity, config, contents)
     _leave_out_automatic_precision(identity)
+    if identity["finetune"].get("steps") is None:  # a key that came later: trials by epochs keep their ids
+        identity["finetune"].pop("steps", None)
     _leave_out_mitigations_that_are_off(identity, config)
     readable = _readable(config) if checkpoint is None else _readable_checkpoint(config, checkpoint)
     return Trial(readable + "-" + fingerprint(identity, length=8), config, chosen, checkpoint)

@@ -50,6 +50,8 @@ class TrialResult:
     # from step 0, and the proxy loss on unseen dev pairs with its correlation to that change.
     forgetting_curve: list[dict] | None = None
     forgetting_proxy: dict | None = None
+    # Per curve point: {"step", "directions": {"src-tgt": [category, chrF change]}}.
+    forgetting_curve_by_direction: list[dict] | None = None
     dtype: str | None = None  # model.dtype as resolved: the weights' dtype when loaded and evaluated
     eval_processes: int | None = None  # processes that translated the fine-tuned evaluation
     # A checkpoint fine-tuned elsewhere (finetune.checkpoints), evaluated instead of trained: its

@@ -177,7 +177,7 @@ def _execute(study: StudyConfig, out: Path, store: ResultStore, total: int, todo
     finally:
         bar.close()
         store.set_meta({"last_run_seconds": round(time.perf_counter() - started, 1)})
-        store.export_csv(out / "results.csv")
+        store.export_csv(out / "results.csv", dict(study.select))
         failed = any(t["status"] == "failed" for t in store.trials())
         store.close()
     return 1 if failed else 0

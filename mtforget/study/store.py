@@ -18,6 +18,7 @@ from pathlib import Path
 from mtforget.atomic import atomic_path
 from mtforget.errors import UsageError
 from mtforget.mitigations import MITIGATIONS
+from mtforget.study.selection import selected_trials
 
 
 def warn(message: str) -> None:
@@ -64,10 +65,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # when a run starts, so that a later run tries every base again.
 BASE_FAILURES = "base_failures"
 
-# Each registered mitigation has a column (its label, ``none`` when off) after the method.
-CSV_COLUMNS = ["trial_id", "model", "method", *MITIGATIONS, "finetune_size", "seed",
+# Each registered mitigation has a column (its label, ``none`` when off) after the method. Beside
+# the data size, the optimizer steps and tokens the trial trained for (size is not budget: a fixed
+# ``finetune.steps`` repeats a small set). ``lr_selected``: whether the headline reads the trial
+# (see mtforget.study.selection; every done trial when the study selects nothing).
+CSV_COLUMNS = ["trial_id", "model", "method", *MITIGATIONS, "finetune_size", "steps", "tokens", "seed",
                "src", "tgt", "category", "metric", "base", "finetuned", "delta",
-               "delta_low", "delta_high", "source_copy", "base_flag"]
+               "delta_low", "delta_high", "source_copy", "base_flag", "lr_selected"]
 
 
 class StoreUnusable(Exception):
@@ -193,8 +197,15 @@ class ResultStore:
         rows = self.db.execute("SELECT * FROM trials ORDER BY rowid").fetchall()
         return [dict(r) for r in rows]
 
-    def rows(self) -> list[dict]:
-        """Result rows of done trials joined with their conditions (the ``results.csv`` table)."""
+    def rows(self, select: dict[str, str] | None = None) -> list[dict]:
+        """Result rows of done trials joined with their conditions (the ``results.csv`` table);
+        ``select``: the study's ``select``, which decides ``lr_selected``."""
+        trials = self.trials()
+        chosen = selected_trials(trials, select or {})
+        budget = {}
+        for t in trials:
+            train = (json.loads(t["info"]).get("train") or {}) if t["info"] else {}
+            budget[t["trial_id"]] = (train.get("steps"), train.get("tokens"))
         # A store of an earlier version read without migrating it lacks the later columns.
         later = ", ".join(f"r.{c}" if c in self.columns else f"NULL AS {c}"
                           for c in ("delta_low", "delta_high", "source_copy"))
@@ -209,15 +220,17 @@ class ResultStore:
         for r in cur.fetchall():
             row = dict(r)
             labels = json.loads(row.pop("mitigations"))
+            row["steps"], row["tokens"] = budget[row["trial_id"]]
+            row["lr_selected"] = chosen[row["trial_id"]]
             rows.append({c: row[c] if c in row else labels.get(c, "none") for c in CSV_COLUMNS})
         return rows
 
-    def export_csv(self, path: Path) -> None:
-        """Write ``results.csv``: one row per trial × direction × metric."""
+    def export_csv(self, path: Path, select: dict[str, str] | None = None) -> None:
+        """Write ``results.csv``: one row per trial × direction × metric (``select``: see :meth:`rows`)."""
         with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
-            writer.writerows(self.rows())
+            writer.writerows(self.rows(select))
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:

@@ -38,8 +38,9 @@ from mtforget.data.splits import Example, Splits, direction_examples, pivot_lang
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.hub import resolve_revision
-from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, SampledDirection, curve_of,
-                                               draw_sample, proxy_of, unseen_dev_pairs)
+from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, SampledDirection,
+                                               curve_by_direction_of, curve_of, draw_sample, proxy_of,
+                                               unseen_dev_pairs)
 from mtforget.evaluate.engines.base import GenerationEngine, make_engine
 from mtforget.evaluate.forgetting import BaseGate, EvalSettings, evaluate_directions, forgetting_rows
 from mtforget.evaluate.lid import make_identifier
@@ -394,7 +395,8 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
         torch.manual_seed(cfg.seed)
         model = apply_lora(model, ft.lora.rank, ft.lora.alpha, ft.lora.dropout, ft.lora.target_modules)
     trainable = count_parameters(model, trainable_only=True)
-    settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, schedule=ft.schedule,
+    settings = TrainSettings(lr=ft.lr, batch_size=ft.batch_size, epochs=ft.epochs, max_steps=ft.steps,
+                             schedule=ft.schedule,
                              warmup_ratio=ft.warmup_ratio, eval_every=ft.eval_every, patience=ft.patience,
                              seed=cfg.seed, log_every=10, checkpoint_every=ft.checkpoint_every,
                              grad_accumulation=ft.grad_accumulation, precision=ft.precision)
@@ -551,6 +553,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         timings_s=dict(run.timings), peak_rss_mb=run.peak_rss, finetune_data=tuned.finetune_data,
         mitigations=mitigations, representations=analyses.get("representations"),
         forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
+        forgetting_curve_by_direction=curve_by_direction_of(outcome.history) or None,
     )
 
 
@@ -773,6 +776,8 @@ def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str
         for m in metrics:
             summary[category][m] = sum(evaluated[k][m] for k in keys) / len(keys)
             summary[category][f"{m}_delta"] = sum(evaluated[k][m] - base_eval[k][m] for k in keys) / len(keys)
+        if "chrf" in metrics:  # the units of the report's frontier intervals
+            summary[category]["chrf_by_direction"] = {k: evaluated[k]["chrf"] - base_eval[k]["chrf"] for k in keys}
     return summary
 
 
