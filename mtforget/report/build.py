@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,33 +55,56 @@ def build_report(out: Path) -> Path:
                          f"themselves are in {out / 'results.sqlite'}") from None
 
 
-def _build_report(out: Path) -> Path:
-    report = out / "report"
-    resamples, include_flagged, budget, select, gain = 2000, False, FORECAST_BUDGET, {}, None
-    if (out / "study.yaml").is_file():
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the study file says about reading it (defaults for a directory without one)."""
+
+    resamples: int = 2000
+    include_flagged: bool = False
+    budget: float = FORECAST_BUDGET
+    select: dict = field(default_factory=dict)
+    matched_gain: float | None = None
+
+    @classmethod
+    def of(cls, out: Path) -> ReportSettings:
+        """The settings of study directory ``out``'s ``study.yaml``."""
+        if not (out / "study.yaml").is_file():
+            return cls()
         study = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8")) or {}
-        resamples = study.get("eval", {}).get("bootstrap_resamples", resamples)
-        include_flagged = bool(study.get("eval", {}).get("base_gate", {}).get("include_flagged", False))
-        budget = (study.get("finetune", {}).get("forgetting_budget") or {}).get("max_drop") or budget
-        select = study.get("select") or {}
-        gain = (study.get("report") or {}).get("matched_gain")
+        ev, ft = study.get("eval", {}), study.get("finetune", {})
+        return cls(ev.get("bootstrap_resamples", 2000), bool(ev.get("base_gate", {}).get("include_flagged", False)),
+                   (ft.get("forgetting_budget") or {}).get("max_drop") or FORECAST_BUDGET,
+                   study.get("select") or {}, (study.get("report") or {}).get("matched_gain"))
+
+
+def _build_report(out: Path) -> Path:
+    report, settings = out / "report", ReportSettings.of(out)
     store = open_store_for_report(out)
     try:
-        trials, all_rows, meta = store.trials(), store.rows(select), store.meta()
+        trials, all_rows, meta = store.trials(), store.rows(settings.select), store.meta()
     finally:
         store.close()
     report.mkdir(exist_ok=True)
     _write_parquet(all_rows, out / "results.parquet")
     # Directions the base cannot translate give deltas that mean nothing: every mean below is
     # over the others, unless the study opted in (the files above keep every row, with its flag).
-    gated = [r for r in all_rows if include_flagged or not r["base_flag"]]
-    # The headline reads the selected trials (every done one when the study selects nothing);
-    # the frontiers and the sensitivity table read them all.
-    chosen = selected_trials(trials, select)
-    headline = [t for t in trials if t["status"] != "done" or chosen[t["trial_id"]]]
-    rows = [r for r in gated if r["lr_selected"]]
+    gated = [r for r in all_rows if settings.include_flagged or not r["base_flag"]]
+    context, figures = _headline(out, trials, [r for r in gated if r["lr_selected"]], settings)
+    context.update(meta=meta, base_quality=base_quality(all_rows), flagged=flagged_directions(all_rows),
+                   gate_failures={m: gate_failure_reasons(all_rows, m) for m in gate_failures(all_rows)},
+                   include_flagged=settings.include_flagged)
+    _matched_gain(out, trials, gated, context, figures, settings)
+    write_text_atomic(report / "summary.md", render_markdown(context))
+    html_path = report / "index.html"
+    write_text_atomic(html_path, render_html(context, figures))
+    return html_path
 
-    table = category_table(trials, rows, resamples)
+
+def _headline(out: Path, trials: list[dict], rows: list[dict], settings: ReportSettings) -> tuple[dict, dict]:
+    """The tables and figures of the selected trials' ``rows`` (every done trial's when the study
+    selects nothing): per category and condition, per trial, per direction, along each axis."""
+    report = out / "report"
+    table = category_table(trials, rows, settings.resamples)
     summaries = trial_summaries(trials, rows)
     conditions = list(dict.fromkeys(e["condition"] for e in table))
     figures: dict[str, object] = {"by_size": plots.by_size(table, report / "forgetting_by_size.png")}
@@ -91,38 +115,42 @@ def _build_report(out: Path) -> Path:
     figures["heatmaps"] = heatmaps
     figures["scale"], fit = plots.scale_fit(summaries, report / "forgetting_vs_scale.png")
     figures["gain_loss"] = plots.gain_vs_loss(summaries, report / "gain_vs_loss.png")
-    comparisons = axis_comparisons(summaries, resamples)
+    comparisons = axis_comparisons(summaries, settings.resamples)
     figures["comparisons"] = [(axis, entries, plots.comparison(axis, entries, report / f"compare_{i}.png"))
                               for i, (axis, entries) in enumerate(comparisons.items())]
-    examples = _examples(out, summaries, rows)
     curves, layers = interpolation_curves(summaries), layer_series(summaries)
     figures["interpolation"] = plots.interpolation_curves(curves, report / "interpolation.png")
     figures["layers"] = plots.layer_accuracy(layers, report / "layer_retrieval.png")
     during = forgetting_curves(summaries) + checkpoint_curves(summaries, rows)
     figures["forgetting_curves"] = plots.forgetting_curves(during, report / "forgetting_curves.png")
+    context = {"table": table, "trials": trials, "rows": rows, "summaries": summaries, "fit": fit,
+               "examples": _examples(out, summaries, rows), "interpolation": curves, "layers": layers,
+               "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, settings.budget)}
+    return context, figures
+
+
+def _matched_gain(out: Path, trials: list[dict], gated: list[dict], context: dict, figures: dict,
+                  settings: ReportSettings) -> None:
+    """The controlled contrasts of the selected trials, read at their end points and at matched
+    gain on the frontiers of every trial (``frontier.csv``, ``matched_gain.csv``), the
+    learning-rate sensitivity table, and the contrasts the fitted scale law fails."""
+    chosen = selected_trials(trials, settings.select)
+    headline = [t for t in trials if t["status"] != "done" or chosen[t["trial_id"]]]
+    rows = context["rows"]
     points = frontier_points(trials, gated)
-    _write_csv(frontier_rows(points, resamples), FRONTIER_COLUMNS, out / "frontier.csv")
-    figures["frontiers"] = plots.frontiers(points, report / "frontiers.png")
-    contrasts = controlled_contrasts(headline, rows, tuple(select))
-    readings = matched_gain_readings(contrasts, points, end_points(headline, rows, source="end"), resamples, gain)
+    _write_csv(frontier_rows(points, settings.resamples), FRONTIER_COLUMNS, out / "frontier.csv")
+    figures["frontiers"] = plots.frontiers(points, out / "report" / "frontiers.png")
+    contrasts = controlled_contrasts(headline, rows, tuple(settings.select))
+    readings = matched_gain_readings(contrasts, points, end_points(headline, rows, source="end"),
+                                     settings.resamples, settings.matched_gain)
     _write_csv(matched_gain_rows(readings), MATCHED_COLUMNS, out / "matched_gain.csv")
     ratios = defaultdict(list)
-    for s in summaries:
+    for s in context["summaries"]:
         if s.result.tokens_per_parameter:
             ratios[s.condition].append(s.result.tokens_per_parameter)
-    law = law_contradictions(readings, fit, {c: float(np.mean(v)) for c, v in ratios.items()})
-
-    context = {"table": table, "trials": trials, "rows": rows, "meta": meta, "summaries": summaries, "fit": fit,
-               "examples": examples, "contrasts": contrasts, "interpolation": curves,
-               "matched": readings, "law": law, "budgets": condition_budgets(headline), "select": select,
-               "sensitivity": rate_sensitivity(trials, gated, chosen, "finetune.lr") if select else [],
-               "layers": layers, "base_quality": base_quality(all_rows), "flagged": flagged_directions(all_rows),
-               "gate_failures": {m: gate_failure_reasons(all_rows, m) for m in gate_failures(all_rows)}, "include_flagged": include_flagged,
-               "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, budget)}
-    write_text_atomic(report / "summary.md", render_markdown(context))
-    html_path = report / "index.html"
-    write_text_atomic(html_path, render_html(context, figures))
-    return html_path
+    context.update(contrasts=contrasts, matched=readings, budgets=condition_budgets(headline),
+                   law=law_contradictions(readings, context["fit"], {c: float(np.mean(v)) for c, v in ratios.items()}),
+                   sensitivity=rate_sensitivity(trials, gated, chosen, "finetune.lr") if settings.select else [])
 
 
 def gate_warnings(out: Path) -> list[str]:

@@ -18,9 +18,12 @@ Parts 3–4 run on the small model at :data:`MITIGATION_SIZE` (half the largest,
 wall time), where it already gains and forgets, beside a plain trial of the small model at that
 size. Each trial of parts 2–4 differs from a plain trial in one key, so the report's controlled
 contrasts pair them. The largest size of part 1 also sweeps weight interpolation with the base.
-``full`` runs
-every part over :data:`FULL_SEEDS` fine-tuning seeds (the bases stay the same), so the report's
-intervals are over seeds and directions. ``quick`` is the CI-sized variant: the shipped
+``full`` sweeps
+every part's learning rate (:data:`FULL_RATES`, :data:`LORA_RATES`) over :data:`FULL_SEEDS`
+fine-tuning seeds (the bases stay the same) and selects a rate per condition and seed by dev
+loss, so the report's intervals are over seeds and directions and its contrasts read each
+condition at its own rate; the main demo trains each condition at the rate ``full`` selected
+(:data:`SELECTED_BY_FULL`). ``quick`` is the CI-sized variant: the shipped
 ``tiny:small`` at two data sizes, fewer test sentences.
 """
 
