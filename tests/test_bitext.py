@@ -9,7 +9,7 @@ import yaml
 
 from mtforget.cli import main
 from mtforget.data.bitext import BitextSource, sample_bitext
-from mtforget.data.categories import CATEGORIES
+from mtforget.data.categories import BY_FINETUNING
 from mtforget.data.loaders import read_flores
 from mtforget.data.splits import split_by_id
 from mtforget.data.synthetic import SyntheticWorld
@@ -105,7 +105,7 @@ def test_study_with_tsv_finetune_data_and_a_flores_benchmark_on_a_checkpoint(wor
     assert result["info"]["finetune_examples"] == 60 and result["info"]["missing_directions"] == []
     with (tmp_path / "out" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert {r["category"] for r in rows} == set(CATEGORIES)
+    assert {r["category"] for r in rows} == set(BY_FINETUNING)
     assert "overlap dropped" in (tmp_path / "out" / "report" / "summary.md").read_text()
 
 

@@ -1,4 +1,4 @@
-from mtforget.data.categories import CATEGORIES, categorize, parse_direction, seen_languages
+from mtforget.data.categories import CATEGORIES, Exposure, categorize, parse_direction, seen_languages
 
 
 def test_categories_on_a_hand_made_case():
@@ -20,7 +20,21 @@ def test_categories_on_a_hand_made_case():
     }
     for (src, tgt), category in expected.items():
         assert categorize(src, tgt, directions) == category, (src, tgt)
-    assert set(expected.values()) == set(CATEGORIES)
+    assert set(expected.values()) == set(CATEGORIES) - {"replayed"}
+    # A direction trained on with replayed pairs is replayed, whatever its languages; a fine-tuning
+    # direction stays supervised; the others keep their categories.
+    replayed = {("ja", "he"), ("en", "ja"), ("en", "de")}
+    assert [categorize(s, t, directions, replayed) for s, t in (("ja", "he"), ("en", "ja"), ("en", "de"),
+                                                               ("he", "ja"), ("cs", "he"))] == \
+        ["replayed", "replayed", "supervised", "unseen_both", "unseen_target"]
+
+
+def test_exposure_names_what_each_side_was_trained_on():
+    exposure = Exposure(replayed=frozenset({("xa", "xb")}), copied=frozenset({"xb"}), aligned=frozenset({"en", "xa"}))
+    assert exposure.of("xa", "xb") == "replayed+copied_target+aligned_source"
+    assert exposure.of("xb", "en") == "copied_source+aligned_target"
+    assert exposure.of("en", "xa") == "aligned_both"
+    assert exposure.of("xc", "xd") == "none"
 
 
 def test_parse_direction():

@@ -22,7 +22,7 @@ from transformers import M2M100Config, M2M100ForConditionalGeneration, Trainer, 
 
 from mtforget.bases.prebuilt import PREBUILT_DIR
 from mtforget.cli import main
-from mtforget.data.categories import CATEGORIES
+from mtforget.data.categories import BY_FINETUNING
 from mtforget.data.splits import sample_directions
 from mtforget.integrations.transformers import ForgettingCallback
 from mtforget.models.loading import load_model, make_control
@@ -91,17 +91,17 @@ def _run(tmp, name, raw) -> tuple[int, str]:
 def test_the_callback_logs_its_curve_through_the_trainer_and_writes_forgetting_curve_json(runs, capsys):
     logged = [h for h in runs["history"] if any(k.startswith("forgetting/") for k in h)]
     assert [h["step"] for h in logged] == [0, 2, 4, 6]
-    assert all(f"forgetting/{c}/chrf" in h for h in logged for c in CATEGORIES)
+    assert all(f"forgetting/{c}/chrf" in h for h in logged for c in BY_FINETUNING)
     assert all("epoch" in h for h in logged)  # through Trainer.log, which adds the epoch
-    assert all(logged[0][f"forgetting/{c}/chrf"] == 0 for c in CATEGORIES)
+    assert all(logged[0][f"forgetting/{c}/chrf"] == 0 for c in BY_FINETUNING)
     assert any(h[k] != 0 for h in logged[1:] for k in h if k.endswith("/chrf"))  # training moved it
 
     saved = json.loads((runs["dir"] / "run" / "forgetting_curve.json").read_text())
     curve = saved["forgetting_curve"]
     assert [p["step"] for p in curve] == [0, 2, 4, 6]
     for point, entry in zip(curve, logged):  # the file holds what the Trainer logged
-        assert set(point) == {"step", "tokens", *CATEGORIES}
-        assert all(round(point[c], 4) == entry[f"forgetting/{c}/chrf"] for c in CATEGORIES)
+        assert set(point) == {"step", "tokens", *BY_FINETUNING}
+        assert all(round(point[c], 4) == entry[f"forgetting/{c}/chrf"] for c in BY_FINETUNING)
     assert saved["forgetting_proxy"]["points"] and saved["stopped_at"] is None
 
     # The same inside a LoRA run: the model being trained is the peft model, translated as it is.
@@ -142,7 +142,7 @@ def test_checkpoints_and_an_adapter_made_elsewhere_are_measured_without_training
         by_trial[r["trial_id"]][r["category"]].append(float(r["delta"]))
     assert len(by_trial) == 3
     for categories in by_trial.values():
-        assert set(categories) == set(CATEGORIES)
+        assert set(categories) == set(BY_FINETUNING)
         assert any(d != 0 for d in categories["supervised"])
 
     results = {t: json.loads((out / "trials" / t / "result.json").read_text())["info"] for t in by_trial}

@@ -15,6 +15,7 @@ from mtforget.data.categories import CATEGORIES
 from mtforget.data.corpus import Segment
 from mtforget.data.replay import replay_examples, replay_size
 from mtforget.data.splits import pivot_language, sample_directions
+from mtforget.errors import UsageError
 from mtforget.evaluate.representations import layerwise_retrieval, retrieval_accuracy, sentence_states
 from mtforget.mitigations.alignment import AlignmentCallback
 from mtforget.models.hidden import encode_sentences, resolve_layer
@@ -23,6 +24,7 @@ from mtforget.models.interpolation import interpolate_state_dicts, interpolation
 from mtforget.models.language import LanguageTokens
 from mtforget.models.lora import apply_lora
 from mtforget.models.tokenizer import train_tokenizer
+from mtforget.report.build import build_report
 from mtforget.study.config import parse_study
 from mtforget.study.runner import run_study
 from mtforget.train.alignment import AlignmentObjective, info_nce, sample_alignment_pairs
@@ -304,6 +306,12 @@ def test_a_study_with_alignment_replay_and_interpolation(tmp_path, monkeypatch):
     replay = info["mitigations"]["replay"]
     assert replay["examples"] == 8 and sum(replay["by_direction"].values()) == 8
     assert not set(replay["by_direction"]) & {"en-xa", "xa-en"}
+    for r in rows:  # a direction trained on with replayed pairs is in no unseen category
+        replayed = f"{r['src']}-{r['tgt']}" in replay["by_direction"]
+        assert (r["category"] == "replayed") == replayed, r
+        assert r["exposure"].startswith("replayed+") == replayed
+        assert r["exposure"].endswith("aligned_both")  # every study language was aligned with the pivot
+    assert info["exposure"]["replayed"] == sorted(replay["by_direction"])
     align = info["mitigations"]["alignment"]
     assert align["layer"] == 1 and align["pivot"] == "en" and align["pairs"] == 4 * 40
     assert align["pairs_per_language"] == {"xa": 40, "xb": 40, "xc": 40, "xd": 40}  # unseen languages too
@@ -331,3 +339,42 @@ def test_a_study_with_alignment_replay_and_interpolation(tmp_path, monkeypatch):
         return sorted((r["trial_id"], r["src"], r["tgt"], r["metric"], r["finetuned"]) for r in _rows(d))
 
     resume_and_check(monkeypatch, study, out, trial_dir, comparable(out), comparable)
+
+
+def test_replay_of_chosen_directions_leaves_the_others_unseen_and_says_what_it_touched(tmp_path):
+    raw = tiny_study(**{"finetune.size": [32]})
+    raw["finetune"]["replay"] = {"fraction": 0.5, "directions": ["xc-xd", "xd-xc", "en-xc"]}
+    raw["finetune"]["alignment"] = {"enabled": True, "pairs_per_language": 20, "languages": ["xb"]}
+    raw["eval"]["during_training"] = {"every": 1, "directions": 5, "sentences": 4}
+    out = tmp_path / "s"
+    assert run_study(parse_study(raw, "t"), out, progress=False) == 0
+    info = json.loads(next((out / "trials").glob("*/result.json")).read_text())["info"]
+    assert set(info["mitigations"]["replay"]["by_direction"]) == {"xc-xd", "xd-xc", "en-xc"}
+    rows = [r for r in _rows(out) if r["metric"] == "chrf"]
+    category = {f"{r['src']}-{r['tgt']}": r["category"] for r in rows}
+    exposure = {f"{r['src']}-{r['tgt']}": r["exposure"] for r in rows}
+    assert {d for d, c in category.items() if c == "replayed"} == {"xc-xd", "xd-xc", "en-xc"}
+    assert category["xd-en"] == "unseen_source" and category["xc-xb"] == "unseen_both"  # not rehearsed
+    assert exposure["xc-xd"] == "replayed" and exposure["en-xc"] == "replayed+aligned_source"
+    assert exposure["xb-xd"] == "aligned_source" and exposure["xc-xb"] == "aligned_target"
+    assert exposure["xd-xc"] == "replayed" and exposure["xa-xd"] == "none"
+    for point in info["forgetting_curve_by_direction"]:  # the curve's sample uses the same categories
+        for direction, (sampled_category, _) in point["directions"].items():
+            assert sampled_category == category[direction]
+    assert info["exposure"] == {"replayed": ["en-xc", "xc-xd", "xd-xc"], "copied": [], "aligned": ["en", "xb"]}
+    build_report(out)
+    summary = (out / "report" / "summary.md").read_text()
+    assert "## Directions by exposure" in summary and "| replayed |" in summary
+
+
+def test_replay_settings_that_cannot_hold_are_errors(tmp_path):
+    raw = tiny_study(**{"finetune.size": [16]})
+    raw["finetune"]["replay"] = {"fraction": 0.5, "directions": ["en-xa"]}
+    with pytest.raises(UsageError, match="finetune.replay.directions: en-xa is a fine-tuning direction"):
+        run_study(parse_study(raw, "t"), tmp_path / "a", progress=False)
+    raw["finetune"]["replay"] = {"fraction": 0.5, "directions": ["xa-zz"]}
+    with pytest.raises(UsageError, match="finetune.replay.directions: xa-zz is not a direction"):
+        run_study(parse_study(raw, "t"), tmp_path / "b", progress=False)
+    raw["finetune"]["replay"] = {"fraction": 0.5, "source": "copies", "directions": ["xb-xc"]}
+    with pytest.raises(UsageError, match="directions: replayed directions need source: other_directions"):
+        parse_study(raw, "t")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mtforget.cli import main
-from mtforget.data.categories import CATEGORIES
+from mtforget.data.categories import BY_FINETUNING
 from mtforget.errors import UsageError
 from mtforget.study.config import parse_study
 from mtforget.study.grid import expand
@@ -37,7 +37,7 @@ def test_study_writes_the_contract_files(tmp_path):
     assert run_and_report(parse_study(raw, "t"), out, progress=False) == 0
     rows = _rows(out)
     assert list(rows[0]) == CSV_COLUMNS
-    assert {r["category"] for r in rows} == set(CATEGORIES)
+    assert {r["category"] for r in rows} == set(BY_FINETUNING)
     assert {r["metric"] for r in rows} == {"chrf", "chrf++", "bleu", "off_target"}
     assert len(rows) == 5 * 4 * 4  # 20 directions × 4 metrics
     for r in rows:
@@ -47,7 +47,7 @@ def test_study_writes_the_contract_files(tmp_path):
     trial_dir = next((out / "trials").iterdir())
     result = json.loads((trial_dir / "result.json").read_text())
     assert result["info"]["finetune_directions"] == ["en-xa", "xa-en", "xa-xb"]
-    assert set(result["info"]["category_ci"]["chrf"]) == set(CATEGORIES)
+    assert set(result["info"]["category_ci"]["chrf"]) == set(BY_FINETUNING)
     for r in rows:  # paired-bootstrap interval and the copy-the-source baseline on every row
         assert float(r["delta_low"]) <= float(r["delta_high"]) and r["source_copy"] != ""
     assert (trial_dir / "outputs.jsonl").is_file() and (trial_dir / "trial.log").is_file()

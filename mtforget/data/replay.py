@@ -3,10 +3,13 @@
 The answer users of MT tools get most often to "how do I stop it forgetting the other languages"
 is to keep training a little on them. Two sources:
 
-- ``other_directions``: pairs of the training split in every direction *not* fine-tuned on, over
-  all study languages (so unseen languages are rehearsed too);
+- ``other_directions``: pairs of the training split in the directions *not* fine-tuned on: every
+  one over all study languages, or a chosen subset (the rest then stays truly unseen);
 - ``copies``: monolingual copies, source and target the same sentence in the same language, which
-  rehearse producing each language without needing any parallel data.
+  rehearse producing each language (or chosen ones) without needing any parallel data.
+
+Either way the report counts what was replayed: a replayed direction is in category
+``replayed``, and a copied language shows in each direction's exposure.
 
 The mitigation is :mod:`mtforget.mitigations.replay` (``finetune.replay``).
 """
@@ -29,12 +32,14 @@ def replay_size(fraction: float, finetune_examples: int) -> int:
 
 def replay_examples(segments: tuple[Segment, ...] | list[Segment], languages: list[str],
                     finetune_directions: list[tuple[str, str]], n: int, source: ReplaySource,
-                    seed: int) -> list[Example]:
+                    seed: int, directions: list[tuple[str, str]] | None = None) -> list[Example]:
     """``n`` replay examples from ``segments`` (the training split), deterministic by ``seed``.
 
-    Spread evenly over the replayed directions (or languages, for copies); the order of those is
-    shuffled first, so when ``n`` is smaller than their number the remainder does not always go to
-    the same ones. A direction with too few pairs gives what it has, so fewer than ``n`` may return.
+    ``directions`` (other directions) or ``languages`` (copies) are what is replayed; unset for
+    other directions: every direction of ``languages`` outside the fine-tuning ones. Spread
+    evenly over them; their order is shuffled first, so when ``n`` is smaller than their number
+    the remainder does not always go to the same ones. A direction with too few pairs gives what
+    it has, so fewer than ``n`` may return.
     """
     if n <= 0:
         return []
@@ -48,7 +53,8 @@ def replay_examples(segments: tuple[Segment, ...] | list[Segment], languages: li
         return sample_directions(segments, copies, n, rng.randrange(2**31))
     if source != "other_directions":
         raise ValueError(f"unknown replay source {source!r}")
-    others = [(s, t) for s in languages for t in languages if s != t and (s, t) not in trained]
+    others = list(directions) if directions is not None else [
+        (s, t) for s in languages for t in languages if s != t and (s, t) not in trained]
     if not others:
         raise ValueError("no direction outside the fine-tuning directions to replay")
     rng.shuffle(others)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,13 +48,14 @@ class SampledDirection:
 
 
 def draw_sample(base_eval: dict[str, dict], directions: list[tuple[str, str]], gate: BaseGate, per_category: int,
-                sentences: int, seed: int) -> list[SampledDirection]:
+                sentences: int, seed: int, replayed: Collection[tuple[str, str]] = ()) -> list[SampledDirection]:
     """``per_category`` directions of each category that the base evaluation scored (and the
-    base-quality gate counts), each with its first ``sentences`` test sentences."""
+    base-quality gate counts), each with its first ``sentences`` test sentences; ``replayed``:
+    directions a mitigation trains on (category ``replayed``)."""
     by_category: dict[str, list[str]] = defaultdict(list)
     for key in sorted(base_eval):
         if gate.counts(gate.flag(base_eval[key])):
-            by_category[categorize(*key.split("-"), directions)].append(key)
+            by_category[categorize(*key.split("-"), directions, replayed)].append(key)
     sample = []
     for category in CATEGORIES:
         keys = by_category.get(category, [])

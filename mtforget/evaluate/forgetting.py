@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from mtforget.data.categories import categorize
+from mtforget.data.categories import NO_EXPOSURE, Exposure, categorize
 from mtforget.data.corpus import Segment
 from mtforget.data.splits import direction_examples
 from mtforget.evaluate.bootstrap import interval, paired_bootstrap
@@ -172,6 +172,7 @@ def forgetting_rows(
     resamples: int = 1000,
     seed: int = 0,
     gate: BaseGate = BaseGate(),
+    exposure: Exposure = NO_EXPOSURE,
 ) -> tuple[list[dict], dict]:
     """One row per direction and metric, and paired-bootstrap intervals per category.
 
@@ -182,6 +183,8 @@ def forgetting_rows(
     lacks and ``lid`` cannot make) and ``base_flag``, why ``gate`` finds the base unfit on that
     direction (empty when it is fit). The second value maps metric → category → [low, high] of
     the mean delta over the category's directions that ``gate`` counts, from the same resamples.
+    ``exposure``: what the trial trained on besides ``finetune_directions`` (a replayed
+    direction is in category ``replayed``; each row says its direction's exposure).
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -191,7 +194,7 @@ def forgetting_rows(
             continue
         b, f = base[key], finetuned[key]
         src, tgt = key.split("-")
-        category = categorize(src, tgt, finetune_directions)
+        category = categorize(src, tgt, finetune_directions, exposure.replayed)
         flag = gate.flag(b)
         metrics = [m for m in all_metrics() if m.name in b and m.name in f]
         copy = _copy_scores(tgt, b, metrics, Judges(lid))
@@ -201,7 +204,7 @@ def forgetting_rows(
         for metric in (m.name for m in metrics):
             low, high = interval(samples[metric])
             rows.append({
-                "src": src, "tgt": tgt, "category": category, "metric": metric,
+                "src": src, "tgt": tgt, "category": category, "exposure": exposure.of(src, tgt), "metric": metric,
                 "base": b[metric], "finetuned": f[metric], "delta": f[metric] - b[metric],
                 "delta_low": low, "delta_high": high, "source_copy": copy[metric], "base_flag": flag,
             })

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mtforget.data.categories import Exposure
 from mtforget.data.languages import normalize_code
 from mtforget.errors import UsageError
 from mtforget.mitigations.base import Evaluation, Mitigation, TrialContext
@@ -87,6 +88,7 @@ class Alignment(Mitigation):
     """``finetune.alignment``: the alignment objective trained beside translation."""
 
     needs_whole_model = True
+    exposes = True
     name = "alignment"
     key = "finetune.alignment"
     settings_type = AlignmentConfig
@@ -105,18 +107,28 @@ class Alignment(Mitigation):
             return "none"
         return f"{'mid' if settings.layer == 'middle' else f'L{settings.layer}'}-{settings.schedule}"
 
+    def _languages(self, context: TrialContext) -> list[str]:
+        """The languages aligned with the pivot: ``languages``, or every study language."""
+        config, languages = self.settings, context.languages
+        chosen = [normalize_code(lang) for lang in config.languages] if config.languages else languages
+        for lang in chosen:
+            if lang not in languages:
+                raise UsageError(f"finetune.alignment.languages: {lang!r} is not a study language "
+                                 f"(they are {', '.join(languages)})")
+        return chosen
+
+    def exposure(self, context: TrialContext) -> Exposure:
+        """The aligned languages and the pivot they are aligned with."""
+        return Exposure(aligned=frozenset([*self._languages(context), context.pivot]))
+
     def prepare(self, context: TrialContext) -> None:
         """Builds the objective; raises :class:`UsageError` naming the key for a language outside
         the study or a layer the model does not have."""
         from mtforget.models.hidden import is_encoder_decoder, resolve_layer
         from mtforget.train.alignment import AlignmentObjective, sample_alignment_pairs
 
-        config, languages, pivot = self.settings, context.languages, context.pivot
-        chosen = [normalize_code(lang) for lang in config.languages] if config.languages else languages
-        for lang in chosen:
-            if lang not in languages:
-                raise UsageError(f"finetune.alignment.languages: {lang!r} is not a study language "
-                                 f"(they are {', '.join(languages)})")
+        config, pivot = self.settings, context.pivot
+        chosen = self._languages(context)
         try:
             layer = resolve_layer(context.model, config.layer)
         except ValueError as exc:
@@ -143,7 +155,7 @@ class Alignment(Mitigation):
         return {
             "label": objective.label, "layer": objective.layer, "schedule": objective.schedule,
             "temperature": objective.temperature, "weight": objective.weight, "batch_size": objective.batch_size,
-            "pivot": self.pivot, "pairs": len(objective.pairs),
+            "pivot": self.pivot, "pairs": len(objective.pairs), "languages": sorted({p.lang for p in objective.pairs}),
             "pairs_per_language": dict(Counter(p.lang for p in objective.pairs)),
             "loss_curve": [{"step": h["step"], "align_loss": h["align_loss"]}
                            for h in outcome.history if "align_loss" in h],

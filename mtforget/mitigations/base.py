@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mtforget.data.categories import NO_EXPOSURE, Exposure
 from mtforget.data.corpus import Segment
 from mtforget.data.splits import Example
 
@@ -86,6 +87,8 @@ class Mitigation:
     # True when its training term reads the whole model, which FSDP shards over processes: a study
     # launched with FSDP that turns it on is refused up front, naming :attr:`key`.
     needs_whole_model: ClassVar[bool] = False
+    # True when it can train on more than the fine-tuning directions (see :meth:`exposure`).
+    exposes: ClassVar[bool] = False
 
     @classmethod
     def enabled(cls, settings: Any) -> bool:
@@ -104,6 +107,12 @@ class Mitigation:
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
+
+    def exposure(self, context: TrialContext) -> Exposure:
+        """What it trains on beyond the fine-tuning directions (directions replayed, languages
+        copied or aligned), which decides the categories and exposure of the evaluated
+        directions. Called before :meth:`prepare`, and before the forgetting probe exists."""
+        return NO_EXPOSURE
 
     def prepare(self, context: TrialContext) -> None:
         """Called before fine-tuning, with the base model."""

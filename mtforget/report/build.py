@@ -28,9 +28,9 @@ from mtforget.report.forecast import forecast
 from mtforget.report.frontier import FRONTIER_COLUMNS, end_points, frontier_points, frontier_rows
 from mtforget.report.matched import law_contradictions, matched_gain_readings
 from mtforget.report.tables import (axis_comparisons, base_quality, category_table, checkpoint_curves,
-                                    condition_budgets, controlled_contrasts, direction_matrix, flagged_directions,
-                                    forgetting_curves, gate_failure_reasons, gate_failures, interpolation_curves,
-                                    layer_series, rate_sensitivity, trial_summaries)
+                                    condition_budgets, controlled_contrasts, direction_matrix, exposure_table,
+                                    flagged_directions, forgetting_curves, gate_failure_reasons, gate_failures,
+                                    interpolation_curves, layer_series, rate_sensitivity, trial_summaries)
 from mtforget.study.selection import selected_trials
 from mtforget.study.store import CSV_COLUMNS, open_store_for_report
 
@@ -125,7 +125,8 @@ def _headline(out: Path, trials: list[dict], rows: list[dict], settings: ReportS
     figures["forgetting_curves"] = plots.forgetting_curves(during, report / "forgetting_curves.png")
     context = {"table": table, "trials": trials, "rows": rows, "summaries": summaries, "fit": fit,
                "examples": _examples(out, summaries, rows), "interpolation": curves, "layers": layers,
-               "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, settings.budget)}
+               "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, settings.budget),
+               "exposure": exposure_table(trials, rows, settings.resamples)}
     return context, figures
 
 

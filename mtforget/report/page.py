@@ -58,7 +58,7 @@ def _paired_rows(context: dict) -> list[list[str]]:
         if not ci:
             continue
         cells = []
-        for c in CATEGORIES:
+        for c in _categories(context):
             values = means.get((t["trial_id"], c))
             cells.append(f"{sum(values) / len(values):+.1f} [{ci[c][0]:+.1f}, {ci[c][1]:+.1f}]" if values and c in ci else "–")
         out.append([t["trial_id"], *cells])
@@ -98,6 +98,24 @@ def _intro(context: dict) -> str:
     shown = {e["metric"] for e in context["table"]}
     notes = [m.delta_note() for m in all_metrics() if not m.optional or m.name in shown]
     return " ".join([INTRO, *(note for note in notes if note)])
+
+
+def _categories(context: dict) -> list[str]:
+    """The categories the study's tables have directions in, in the usual order."""
+    present = {e["category"] for e in context["table"]}
+    return [c for c in CATEGORIES if c in present]
+
+
+EXPOSURE_INTRO = ("For conditions whose mitigations trained beyond the fine-tuning directions: the mean chrF "
+                  "delta per category and exposure. `replayed` directions were trained on with pairs of their "
+                  "own (their own category); `copied_*` and `aligned_*` say which side's language was copied or "
+                  "in the alignment objective; `none`: untouched.")
+EXPOSURE_HEADER = ["condition", "category", "exposure", "directions", "chrF delta"]
+
+
+def _exposure_rows(context: dict) -> list[list[str]]:
+    return [[e["condition"], e["category"], e["exposure"], str(e["n"]),
+             f"{e['mean']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]"] for e in context["exposure"]]
 
 
 def _metric_sections(context: dict) -> list[tuple[str, list[str], dict[str, dict[str, str]]]]:
@@ -334,12 +352,15 @@ def render_markdown(context: dict) -> str:
     lines = ["# Forgetting summary", "", f"{done} of {len(trials)} trials done. {_intro(context)}", ""]
     lines += [f"**{_md(line)}**" for line in _gate_lines(context) if line.startswith("Warning")]
     lines += [""] if context.get("gate_failures") else []
-    budgets = context.get("budgets", {})
+    budgets, shown = context.get("budgets", {}), _categories(context)
     for title, conditions, cells in _metric_sections(context):
-        lines += [f"## {title}", "", "| condition | trained | " + " | ".join(CATEGORIES) + " |",
-                  "|---|---|" + "---|" * len(CATEGORIES)]
-        lines += [_md_row([c, budgets.get(c, ""), *(cells[c].get(k, "–") for k in CATEGORIES)]) for c in conditions]
+        lines += [f"## {title}", "", "| condition | trained | " + " | ".join(shown) + " |",
+                  "|---|---|" + "---|" * len(shown)]
+        lines += [_md_row([c, budgets.get(c, ""), *(cells[c].get(k, "–") for k in shown)]) for c in conditions]
         lines.append("")
+    if context.get("exposure"):
+        lines += ["## Directions by exposure", "", EXPOSURE_INTRO, ""]
+        lines += _md_table(EXPOSURE_HEADER, _exposure_rows(context)) + [""]
     if context.get("sensitivity"):
         lines += ["## Learning-rate sensitivity", "", SENSITIVITY_INTRO, ""]
         lines += _md_table(SENSITIVITY_HEADER, _sensitivity_rows(context)) + [""]
@@ -372,7 +393,7 @@ def render_markdown(context: dict) -> str:
     paired = _paired_rows(context)
     if paired:
         lines += ["## chrF delta per trial, paired bootstrap over test sentences", "", PAIRED_INTRO, "",
-                  "| trial | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
+                  "| trial | " + " | ".join(_categories(context)) + " |", "|---|" + "---|" * len(_categories(context))]
         lines += [_md_row(r) for r in paired] + [""]
     if context.get("base_quality"):
         lines += ["## Base model quality", "", BASE_INTRO, ""] + _md_table(BASE_HEADER, _base_rows(context)) + [""]
@@ -437,11 +458,16 @@ def _html_top(context: dict) -> list[str]:
 def _html_metric_tables(context: dict) -> list[str]:
     """One table per metric: mean delta with its interval per condition and category."""
     parts = []
-    budgets = context.get("budgets", {})
+    budgets, shown = context.get("budgets", {}), _categories(context)
     for title, conditions, cells in _metric_sections(context):
-        parts.append(f"<h2>{html.escape(title)}</h2><table>" + _header_row(["condition", "trained", *CATEGORIES]))
-        parts += _body_rows([[cond, budgets.get(cond, ""), *(cells[cond].get(c, "–") for c in CATEGORIES)]
+        parts.append(f"<h2>{html.escape(title)}</h2><table>" + _header_row(["condition", "trained", *shown]))
+        parts += _body_rows([[cond, budgets.get(cond, ""), *(cells[cond].get(c, "–") for c in shown)]
                              for cond in conditions], 2)
+        parts.append("</table>")
+    if context.get("exposure"):
+        parts.append(f"<h2>Directions by exposure</h2><p class='muted'>{html.escape(EXPOSURE_INTRO)}</p>"
+                     "<table>" + _header_row(EXPOSURE_HEADER))
+        parts += _body_rows(_exposure_rows(context), 3)
         parts.append("</table>")
     if context.get("sensitivity"):
         parts.append(f"<h2>Learning-rate sensitivity</h2><p class='muted'>{html.escape(SENSITIVITY_INTRO)}</p>"
@@ -538,7 +564,7 @@ def _html_paired(context: dict) -> list[str]:
     if not paired:
         return []
     return [f"<h2>chrF delta per trial, paired bootstrap</h2><p class='muted'>{html.escape(PAIRED_INTRO)}</p>"
-            "<table>" + _header_row(["trial", *CATEGORIES]), *_body_rows(paired, 1), "</table>"]
+            "<table>" + _header_row(["trial", *_categories(context)]), *_body_rows(paired, 1), "</table>"]
 
 
 def _html_base_quality(context: dict) -> list[str]:

@@ -33,12 +33,14 @@ def by_size(table: list[dict], path: Path, metric: str = "chrf") -> Path | None:
     entries = [e for e in table if e["metric"] == metric and e["finetune_size"] > 0]
     if not entries:
         return None
-    fig, axes = plt.subplots(1, len(CATEGORIES), figsize=(3.2 * len(CATEGORIES), 3.2), sharey=True)
+    categories = [c for c in CATEGORIES if any(e["category"] == c for e in entries)]
+    fig, axes = plt.subplots(1, len(categories), figsize=(3.2 * len(categories), 3.2), sharey=True, squeeze=False)
+    axes = axes[0]
     series: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for e in entries:
         name = " ".join(part for part in e["condition"].split() if not part.startswith("n="))
         series[(name, e["category"])].append(e)
-    for ax, category in zip(axes, CATEGORIES):
+    for ax, category in zip(axes, categories):
         for (name, cat), points in sorted(series.items()):
             if cat != category:
                 continue

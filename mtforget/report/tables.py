@@ -427,3 +427,24 @@ def condition_budgets(trials: list[dict]) -> dict[str, str]:
         mean_tokens = np.mean(tokens[condition]) if tokens[condition] else 0
         out[condition] = f"{span} steps, {mean_tokens / 1e3:,.0f}k tokens" if mean_tokens else f"{span} steps"
     return out
+
+
+def exposure_table(trials: list[dict], rows: list[dict], resamples: int = 2000) -> list[dict]:
+    """For each condition whose training reached beyond its fine-tuning directions (replay,
+    alignment), the mean chrF delta per category and exposure, with a bootstrap interval over
+    directions and seeds: rehearsed or aligned directions apart from untouched ones."""
+    conditions = {t["trial_id"]: t["condition"] for t in trials if t["status"] == "done"}
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    exposed = {conditions[r["trial_id"]] for r in rows
+               if r["trial_id"] in conditions and r.get("exposure", "none") != "none"}
+    for row in rows:
+        condition = conditions.get(row["trial_id"])
+        if condition in exposed and row["metric"] == "chrf":
+            groups[(condition, row["category"], row["exposure"])].append(row["delta"])
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    out = []
+    for (condition, category, exposure), values in sorted(groups.items(), key=lambda g: (g[0][0], order[g[0][1]], g[0][2])):
+        mean, low, high = bootstrap_mean_ci(values, seed=0, resamples=resamples)
+        out.append({"condition": condition, "category": category, "exposure": exposure, "n": len(values),
+                    "mean": mean, "low": low, "high": high})
+    return out

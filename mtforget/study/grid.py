@@ -127,8 +127,7 @@ def _trial(raw: dict, chosen: dict, contents: dict[str, str | None], checkpoint:
         identity["tiny_recipe"] = tiny_recipe(config.model.tiny)
     _identify_contents(identity, config, contents)
     _leave_out_automatic_precision(identity)
-    if identity["finetune"].get("steps") is None:  # a key that came later: trials by epochs keep their ids
-        identity["finetune"].pop("steps", None)
+    _leave_out_later_keys_unset(identity)
     _leave_out_mitigations_that_are_off(identity, config)
     readable = _readable(config) if checkpoint is None else _readable_checkpoint(config, checkpoint)
     return Trial(readable + "-" + fingerprint(identity, length=8), config, chosen, checkpoint)
@@ -162,6 +161,21 @@ def _leave_out_automatic_precision(identity: dict) -> None:
     for section, key in (("model", "dtype"), ("finetune", "precision")):
         if identity[section].get(key) == "auto":
             identity[section].pop(key)
+
+
+# Keys that came after trials were finished, whose unset value (None) is the behaviour those
+# trials had: left out of the identity while unset, so they keep their ids.
+LATER_KEYS = ("finetune.steps", "finetune.replay.directions", "finetune.replay.languages")
+
+
+def _leave_out_later_keys_unset(identity: dict) -> None:
+    for key in LATER_KEYS:
+        *parents, last = key.split(".")
+        node = identity
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(last, 0) is None:
+            node.pop(last)
 
 
 def _leave_out_mitigations_that_are_off(identity: dict, config: StudyConfig) -> None:

@@ -58,6 +58,8 @@ class TrialResult:
     # folder, kind (full or adapter), method, Trainer step and tokens, run folder and tokenizer.
     checkpoint: dict | None = None
     base_revision: str | None = None  # a hub base's commit (model.revision as resolved); None for a local one
+    # What the mitigations trained on beyond the fine-tuning directions (Exposure.to_dict).
+    exposure: dict | None = None
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS results (
     src TEXT NOT NULL,
     tgt TEXT NOT NULL,
     category TEXT NOT NULL,
+    exposure TEXT,
     metric TEXT NOT NULL,
     base REAL,
     finetuned REAL,
@@ -70,7 +71,7 @@ BASE_FAILURES = "base_failures"
 # ``finetune.steps`` repeats a small set). ``lr_selected``: whether the headline reads the trial
 # (see mtforget.study.selection; every done trial when the study selects nothing).
 CSV_COLUMNS = ["trial_id", "model", "method", *MITIGATIONS, "finetune_size", "steps", "tokens", "seed",
-               "src", "tgt", "category", "metric", "base", "finetuned", "delta",
+               "src", "tgt", "category", "exposure", "metric", "base", "finetuned", "delta",
                "delta_low", "delta_high", "source_copy", "base_flag", "lr_selected"]
 
 
@@ -99,7 +100,7 @@ class ResultStore:
         # Stores written before the interval, copy-baseline and base-gate columns existed gain them.
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(results)")}
         for column, kind in (("delta_low", "REAL"), ("delta_high", "REAL"), ("source_copy", "REAL"),
-                             ("base_flag", "TEXT")):
+                             ("base_flag", "TEXT"), ("exposure", "TEXT")):
             if column not in have:
                 self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
         # Stores written when alignment was the one mitigation with a column gain the general ones
@@ -173,10 +174,10 @@ class ResultStore:
         with self.db:
             self.db.execute("DELETE FROM results WHERE trial_id = ?", (trial_id,))
             self.db.executemany(
-                "INSERT INTO results (trial_id, src, tgt, category, metric, base, finetuned, delta, delta_low,"
-                " delta_high, source_copy, base_flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(trial_id, r["src"], r["tgt"], r["category"], r["metric"], r["base"], r["finetuned"],
-                  r["delta"], r.get("delta_low"), r.get("delta_high"), r.get("source_copy"),
+                "INSERT INTO results (trial_id, src, tgt, category, exposure, metric, base, finetuned, delta,"
+                " delta_low, delta_high, source_copy, base_flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(trial_id, r["src"], r["tgt"], r["category"], r.get("exposure"), r["metric"], r["base"],
+                  r["finetuned"], r["delta"], r.get("delta_low"), r.get("delta_high"), r.get("source_copy"),
                   r.get("base_flag") or "") for r in rows],
             )
             self.db.execute("UPDATE trials SET status='done', info=?, finished_at=? WHERE trial_id = ?",
@@ -210,9 +211,10 @@ class ResultStore:
         later = ", ".join(f"r.{c}" if c in self.columns else f"NULL AS {c}"
                           for c in ("delta_low", "delta_high", "source_copy"))
         flag = "COALESCE(r.base_flag, '')" if "base_flag" in self.columns else "''"
+        exposure = "r.exposure" if "exposure" in self.columns else "NULL"
         cur = self.db.execute(
             "SELECT r.trial_id, t.model, t.method, t.mitigations, t.finetune_size, t.seed, r.src, r.tgt,"
-            f" r.category, r.metric, r.base, r.finetuned, r.delta, {later},"
+            f" r.category, {exposure} AS exposure, r.metric, r.base, r.finetuned, r.delta, {later},"
             f" {flag} AS base_flag FROM results r JOIN trials t"
             " USING (trial_id) WHERE t.status = 'done' ORDER BY t.rowid, r.src, r.tgt, r.metric"
         )
@@ -220,6 +222,11 @@ class ResultStore:
         for r in cur.fetchall():
             row = dict(r)
             labels = json.loads(row.pop("mitigations"))
+            if row["exposure"] is None:
+                # Recorded before exposure was: none for a trial that no mitigation trained beyond
+                # its directions; for one that did (replay, alignment), unknown.
+                exposing = any(labels.get(m.name, "none") != "none" for m in MITIGATIONS.values() if m.exposes)
+                row["exposure"] = "unknown" if exposing else "none"
             row["steps"], row["tokens"] = budget[row["trial_id"]]
             row["lr_selected"] = chosen[row["trial_id"]]
             rows.append({c: row[c] if c in row else labels.get(c, "none") for c in CSV_COLUMNS})

@@ -8,9 +8,11 @@ and records their results.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
+import operator
 import os
 import platform
 import resource
@@ -30,7 +32,7 @@ from mtforget.atomic import atomic_path, write_json_atomic
 from mtforget.bases.tiny import tiny_base
 from mtforget.cache import cached_dir, content_fingerprint, existing_entry, fingerprint
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
-from mtforget.data.categories import CATEGORIES, categorize, parse_direction
+from mtforget.data.categories import CATEGORIES, NO_EXPOSURE, Exposure, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
 from mtforget.data.languages import normalize_code
 from mtforget.data.loaders import load_corpus
@@ -174,14 +176,15 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
         return None
     with run.stage("paired_bootstrap"):
         rows, category_ci = forgetting_rows(base_eval, ft_eval, data.directions, base.lid,
-                                            run.cfg.eval.paired_resamples, run.cfg.seed, run.gate)
+                                            run.cfg.eval.paired_resamples, run.cfg.seed, run.gate, tuned.exposure)
         _write_outputs(trial_dir, base_eval, ft_eval)
     analyses = {}
     if base_representations is not None:
         with run.stage("representations"):
             analyses["representations"] = _representations(run, data, base, tuned, base_representations)
     evaluation = Evaluation(base_eval, ft_eval, lambda m, desc: _evaluate(run, data, base, m, desc),
-                            lambda scores: _category_means(base_eval, scores, data.directions, run.gate))
+                            lambda scores: _category_means(base_eval, scores, data.directions, run.gate,
+                                                           tuned.exposure))
     mitigations = {}
     for mitigation in tuned.mitigations:
         with run.stage(mitigation.name):
@@ -267,6 +270,7 @@ class Finetuned:
     finetune_data: dict | None
     mitigations: list[Mitigation]
     control: Control | None = None  # how to steer it, when not as the base (its own tokenizer)
+    exposure: Exposure = NO_EXPOSURE  # what its mitigations trained on beyond the fine-tuning directions
 
 
 def prepare_data(run: TrialRun) -> TrialData:
@@ -381,11 +385,14 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
     cfg, ft = run.cfg, run.cfg.finetune
     examples, dev, overlap_dropped, finetune_data = _finetune_examples(cfg, data)
     mitigations = active_mitigations(cfg)
-    probe = _forgetting_probe(run, data, base, base_eval, mitigations)
     # A budget without eval.during_training checks at the dev checks; the curve records its checks.
     context = TrialContext(base.model, base.tokenizer, data.splits.train, data.languages, data.pivot,
                            data.directions, examples, ft.batch_size, ft.max_length, cfg.seed, run.main,
-                           probe, cfg.eval.during_training.every or ft.eval_every)
+                           None, cfg.eval.during_training.every or ft.eval_every)
+    # What the mitigations train on decides the categories, the sampled ones during training too.
+    exposure = functools.reduce(operator.or_, (m.exposure(context) for m in mitigations), NO_EXPOSURE)
+    probe = _forgetting_probe(run, data, base, base_eval, mitigations, exposure)
+    context = replace(context, forgetting_probe=probe)
     for mitigation in mitigations:
         mitigation.prepare(context)
     model = base.model
@@ -418,7 +425,7 @@ def finetune(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict |
                  "round away): the evaluated model is closer to the base than the trained one; load the base in "
                  "float32 (model.dtype) to evaluate the adapters' full update")
     return Finetuned(merge_lora(model), outcome, len(examples), trainable, overlap_dropped, finetune_data,
-                     mitigations)
+                     mitigations, exposure=exposure)
 
 
 def from_checkpoint(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetuned:
@@ -439,7 +446,7 @@ def from_checkpoint(run: TrialRun, data: TrialData, base: LoadedBase) -> Finetun
 
 
 def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eval: dict | None,
-                      mitigations: list[Mitigation]) -> ForgettingProbe | None:
+                      mitigations: list[Mitigation], exposure: Exposure = NO_EXPOSURE) -> ForgettingProbe | None:
     """The sampled evaluation during training, when ``eval.during_training.every`` or a mitigation
     asks for it. It translates with Hugging Face generate: a converting engine would convert the
     weights again at every check. Under a launch, the main process draws the sample (it holds the
@@ -448,7 +455,7 @@ def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eva
     needing = [m.key for m in mitigations if m.needs_forgetting_probe]
     if not sampled.every and not needing:
         return None
-    probe = make_probe(run.cfg, data, base, base_eval, run.gate, run.group)
+    probe = make_probe(run.cfg, data, base, base_eval, run.gate, run.group, exposure)
     if probe is None:
         reason = "no direction of the base passes the base-quality gate (eval.base_gate), so none can be sampled"
         if needing:  # a budget that cannot watch anything would let the trial forget without a word
@@ -459,14 +466,14 @@ def _forgetting_probe(run: TrialRun, data: TrialData, base: LoadedBase, base_eva
 
 
 def make_probe(cfg: StudyConfig, data: TrialData, base: LoadedBase, base_eval: dict | None,
-               gate: BaseGate, group: EvalGroup = ALONE) -> ForgettingProbe | None:
+               gate: BaseGate, group: EvalGroup = ALONE, exposure: Exposure = NO_EXPOSURE) -> ForgettingProbe | None:
     """The sampled evaluation of ``eval.during_training`` for the model of ``base`` (whose
     evaluation ``base_eval`` decides which directions can be sampled), or None when the base
     passes the base-quality gate on no direction. The main process of ``group`` draws the sample
     (it alone holds the base's scores); every process translates its share of each check."""
     sampled = cfg.eval.during_training
     sample = group.broadcast(draw_sample(base_eval, data.directions, gate, sampled.directions, sampled.sentences,
-                                         cfg.seed) if group.is_main else None)
+                                         cfg.seed, exposure.replayed) if group.is_main else None)
     return probe_of_sample(cfg, data, base, sample, group) if sample else None
 
 
@@ -554,6 +561,7 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         mitigations=mitigations, representations=analyses.get("representations"),
         forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
         forgetting_curve_by_direction=curve_by_direction_of(outcome.history) or None,
+        exposure=tuned.exposure.to_dict(),
     )
 
 
@@ -761,14 +769,14 @@ def _base_representations(base: LoadedBase, data: TrialData, sentences: int, sha
 
 
 def _category_means(base_eval: dict, evaluated: dict, directions: list[tuple[str, str]],
-                    gate: BaseGate) -> dict[str, dict]:
+                    gate: BaseGate, exposure: Exposure = NO_EXPOSURE) -> dict[str, dict]:
     """Per direction category: the mean of each metric over the directions ``gate`` counts, and
     its mean delta vs the base."""
     keys = [key for key in evaluated if key in base_eval and gate.counts(gate.flag(base_eval[key]))]
     metrics = [m.name for m in all_metrics() if all(m.name in evaluated[k] and m.name in base_eval[k] for k in keys)]
     by_category: dict[str, list[str]] = {}
     for key in keys:
-        by_category.setdefault(categorize(*key.split("-"), directions), []).append(key)
+        by_category.setdefault(categorize(*key.split("-"), directions, exposure.replayed), []).append(key)
     summary = {}
     for category in (c for c in CATEGORIES if c in by_category):
         keys = by_category[category]
