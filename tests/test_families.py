@@ -88,7 +88,7 @@ def test_two_trial_study_on_a_local_checkpoint(tmp_path, family, architecture, c
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == {"full", "lora"}
-    assert len(rows) == 2 * 5 * 4 * 4  # trials × directions × metrics
+    assert len(rows) == 2 * 5 * 4 * 5  # trials × directions × metrics
     infos = [json.loads(p.read_text())["info"] for p in (out / "trials").glob("*/result.json")]
     assert {i["architecture"] for i in infos} == {architecture}
     assert {i["language_control"] for i in infos} == {control}

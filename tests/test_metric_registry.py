@@ -37,10 +37,10 @@ def _corpus(rng, lang, n):
 
 
 def test_the_registry_holds_the_built_in_metrics_in_row_order():
-    assert [m.name for m in all_metrics()] == ["chrf", "chrf++", "bleu", "off_target", "comet", "ter"]
+    assert [m.name for m in all_metrics()] == ["chrf", "chrf++", "bleu", "off_target", "chrf_on_target", "comet", "ter"]
     assert optional_names() == ["comet", "ter"]
-    assert [m.name for m in active()] == ["chrf", "chrf++", "bleu", "off_target"]
-    assert [m.name for m in active(["ter"])] == ["chrf", "chrf++", "bleu", "off_target", "ter"]
+    assert [m.name for m in active()] == ["chrf", "chrf++", "bleu", "off_target", "chrf_on_target"]
+    assert [m.name for m in active(["ter"])] == ["chrf", "chrf++", "bleu", "off_target", "chrf_on_target", "ter"]
     assert get_metric("ter").title == "TER" and not get_metric("ter").higher_is_better
     assert not get_metric("off_target").higher_is_better and get_metric("chrf").higher_is_better
     with pytest.raises(UnknownMetricError, match="unknown metric 'bleurt' .*chrf, chrf\\+\\+, bleu"):
@@ -96,7 +96,7 @@ def test_the_bootstrap_draws_one_set_of_indices_for_always_on_metrics_and_one_fo
     base = [f"a cat number {i} sat on a mat" for i in range(40)]
     better = refs[:30] + base[30:]
     metrics = active(["ter"])
-    flags = {"off_target": [0.0] * 40}
+    flags = {"off_target": [0.0] * 40, "chrf_on_target": [0.0] * 40}
     stats = [{m.name: m.statistics(Outputs("en", refs, hyps, refs, flags)) for m in metrics} for hyps in (base, better)]
     samples = paired_bootstrap(metrics, *stats, 300, np.random.default_rng(0))
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def test_comet_and_off_target_statistics_average_their_judgements():
 
 
 def test_signatures_follow_the_metrics_that_run():
-    assert set(signatures(["en", "zh"])) == {"chrf", "chrf++", "bleu", "bleu[zh]"}
+    assert set(signatures(["en", "zh"])) == {"chrf", "chrf++", "bleu", "bleu[zh]", "chrf_on_target"}
     with_ter = signatures(["de"], ["ter"])
     assert "tok:tercom" in with_ter["ter"] and "ter" not in signatures(["de"])
 
@@ -188,4 +188,4 @@ def test_a_registered_metric_reaches_the_rows(study_with_ter_and_a_toy_metric):
     for r in length:
         assert float(r["delta_low"]) <= float(r["delta_high"]) and float(r["source_copy"]) > 0
     assert [r["metric"] for r in rows if r["src"] == "en" and r["tgt"] == "xa"] == sorted(
-        ["chrf", "chrf++", "bleu", "off_target", "length", "ter"])
+        ["chrf", "chrf++", "bleu", "off_target", "chrf_on_target", "length", "ter"])

@@ -6,7 +6,9 @@ import sacrebleu
 
 from mtforget.data.corpus import Segment
 from mtforget.evaluate.lid import CorpusLanguageIdentifier, PyLangIdentifier, make_identifier, same_language
-from mtforget.evaluate.metrics import bleu_tokenizer, score, signatures
+from mtforget.evaluate.forgetting import score_records
+from mtforget.evaluate.metrics import active, bleu_tokenizer, score, signatures
+from mtforget.evaluate.metrics.base import Judges
 
 HYPS = ["the cat sat on the mat", "a dog barks loudly at night", "", "green green green fish"]
 REFS = ["the cat is sitting on the mat", "the dog barks loudly at night", "nothing here", "nine green fish"]
@@ -121,7 +123,7 @@ def test_paired_bootstrap_intervals():
     metrics = active()
 
     def stats(hyps, flags):
-        outputs = Outputs("en", refs, hyps, refs, {"off_target": flags})
+        outputs = Outputs("en", refs, hyps, refs, {"off_target": flags, "chrf_on_target": flags})
         return {m.name: m.statistics(outputs) for m in metrics}
 
     flags = [0.0] * 40
@@ -134,6 +136,8 @@ def test_paired_bootstrap_intervals():
     assert 0 < low < point < high
     assert samples["chrf"].shape == (500,)
     assert 0 < interval(samples["off_target"])[0]  # 10 of 35 judged outputs became off-target
+    # On target, the 25 sentences left are the better ones: chrF on target rose.
+    assert 0 < interval(samples["chrf_on_target"])[0]
 
 
 def _resampled_sums(name, hyps, refs, rows):
@@ -174,3 +178,20 @@ def test_the_bootstrap_bleu_formula_equals_sacrebleu_on_every_resample():
     expected = metric.score(sums)  # sacrebleu's own ``BLEU.compute_bleu``
     assert metric.resample_scores(sums) == pytest.approx(expected, rel=1e-9, abs=1e-9)
     assert np.ptp(expected) > 10  # the resamples really differ
+
+
+def test_chrf_on_target_is_sacrebleus_chrf_over_the_outputs_the_identifier_puts_in_the_target_language():
+    lid = make_identifier([], ["en", "de"])
+    hyps = ["Guten Morgen, wie geht es dir heute?", "Good morning, how are you today?",
+            "Der Hund schläft im Garten unter dem Baum.", "ok", "Das ist mein Haus."]
+    refs = ["Guten Morgen, wie geht es Ihnen heute?", "Guten Morgen, wie geht es dir?",
+            "Der Hund schläft unter dem Baum im Garten.", "in Ordnung", "Das ist unser Haus."]
+    record = {"hypotheses": hyps, "references": refs, "sources": refs, "n": len(hyps)}
+    score_records([("de", record)], active(), Judges(lid))
+    flags = lid.off_target_flags(hyps, "de")
+    assert flags[1] == 1 and flags[3] is None and flags.count(0) == 3  # English off-target, "ok" unjudged
+    on_target = [i for i, flag in enumerate(flags) if flag == 0]
+    expected = sacrebleu.corpus_chrf([hyps[i] for i in on_target], [[refs[i] for i in on_target]]).score
+    assert record["chrf_on_target"] == pytest.approx(expected, abs=1e-9)
+    assert record["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
+    assert record["off_target"] == pytest.approx(1 / 4)

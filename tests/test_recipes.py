@@ -335,7 +335,7 @@ def test_recipe_runs_end_to_end_on_stand_ins(recipe, data, checkpoints, tmp_path
     languages = list(FLORES)
     assert {r["category"] for r in rows} == _expected_categories(languages, study.finetune.directions)
     assert len({(r["src"], r["tgt"]) for r in rows}) == len(languages) * (len(languages) - 1)
-    assert len(rows) == n_trials * 72 * 4  # trials x directions x (chrf, chrf++, bleu, off_target)
+    assert len(rows) == n_trials * 72 * 5  # trials x directions x (chrf, chrf++, bleu, off_target, chrf_on_target)
     assert {r["finetune_size"] for r in rows} == {"40"}
 
     infos = [json.loads(p.read_text())["info"] for p in (out / "trials").glob("*/result.json")]

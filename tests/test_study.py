@@ -38,8 +38,8 @@ def test_study_writes_the_contract_files(tmp_path):
     rows = _rows(out)
     assert list(rows[0]) == CSV_COLUMNS
     assert {r["category"] for r in rows} == set(BY_FINETUNING)
-    assert {r["metric"] for r in rows} == {"chrf", "chrf++", "bleu", "off_target"}
-    assert len(rows) == 5 * 4 * 4  # 20 directions × 4 metrics
+    assert {r["metric"] for r in rows} == {"chrf", "chrf++", "bleu", "off_target", "chrf_on_target"}
+    assert len(rows) == 5 * 4 * 5  # 20 directions × 5 metrics
     for r in rows:
         assert abs(float(r["finetuned"]) - float(r["base"]) - float(r["delta"])) < 1e-9
         if r["metric"] == "off_target":

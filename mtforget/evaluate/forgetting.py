@@ -75,7 +75,7 @@ def evaluate_directions(
         return None
     for (src, tgt, examples), hyps in zip(jobs, outputs):
         results[f"{src}-{tgt}"] = _record(hyps, examples)
-    _score([(key.split("-")[1], record) for key, record in results.items()], active(settings.metrics),
+    score_records([(key.split("-")[1], record) for key, record in results.items()], active(settings.metrics),
            Judges(lid, settings.comet), with_copy)
     return results
 
@@ -89,19 +89,20 @@ def _record(hyps: list[str], examples: list) -> dict:
 def _scored(hyps: list[str], tgt: str, examples: list, lid) -> dict:
     """One direction's record, scored by the always-on metrics."""
     record = _record(hyps, examples)
-    _score([(tgt, record)], active(), Judges(lid))
+    score_records([(tgt, record)], active(), Judges(lid))
     return record
 
 
-def _score(records: list[tuple[str, dict]], metrics: list[Metric], judges: Judges, with_copy: bool = False) -> None:
+def score_records(records: list[tuple[str, dict]], metrics: list[Metric], judges: Judges, with_copy: bool = False) -> None:
     """Add every metric's judgements and corpus score to ``records`` ((target, record) pairs).
 
     A metric that needs judgements gets them for all records in one call; one whose tool is not
     among ``judges`` is left out of the records.
     """
     for metric in metrics:
-        if metric.judgement_key is None:
-            continue
+        if metric.judgement_key is None or all(metric.judgement_key in record for _, record in records) and (
+                not with_copy or all("copy_" + metric.judgement_key in record for _, record in records)):
+            continue  # no judgements to make, or another metric of the same key made them
         systems = [_outputs(target, record) for target, record in records]
         copies = [_outputs(target, record, copy=True) for target, record in records] if with_copy else []
         verdicts = metric.judge(systems + copies, judges)

@@ -73,15 +73,22 @@ class Replay(Mitigation):
 
     @classmethod
     def label(cls, settings: ReplayConfig) -> str:
-        """``none``, ``0.25`` (other directions) or ``copies0.25``."""
+        """``none``, ``0.25`` (other directions), ``copies0.25``, and what a chosen subset holds:
+        ``0.25 (34 directions)``, ``copies0.25 (xe,xf)``."""
         if not settings.fraction:
             return "none"
-        return f"{'copies' if settings.source == 'copies' else ''}{settings.fraction:g}"
+        label = f"{'copies' if settings.source == 'copies' else ''}{settings.fraction:g}"
+        if settings.directions is not None:
+            label += f" ({len(settings.directions)} directions)"
+        if settings.languages is not None:
+            label += f" ({','.join(settings.languages)})"
+        return label
 
     @classmethod
     def id_tag(cls, settings: ReplayConfig) -> str:
         # The form trial ids had before mitigations were plug-ins: finished trials keep their ids.
-        return f"replay{'-copies' if settings.source == 'copies' else ''}{settings.fraction:g}"
+        chosen = "-chosen" if settings.directions is not None or settings.languages is not None else ""
+        return f"replay{'-copies' if settings.source == 'copies' else ''}{settings.fraction:g}{chosen}"
 
     def exposure(self, context: TrialContext) -> Exposure:
         """Samples the replayed examples: the directions they hold are ``replayed``, the languages

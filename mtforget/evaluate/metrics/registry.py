@@ -13,9 +13,10 @@ from mtforget.evaluate.metrics.bleu import Bleu
 from mtforget.evaluate.metrics.chrf import ChrF
 from mtforget.evaluate.metrics.comet import Comet
 from mtforget.evaluate.metrics.off_target import OffTarget
+from mtforget.evaluate.metrics.on_target import ChrFOnTarget
 from mtforget.evaluate.metrics.ter import Ter
 
-BUILT_IN: tuple[Metric, ...] = (ChrF(), ChrF(word_order=2), Bleu(), OffTarget(), Comet(), Ter())
+BUILT_IN: tuple[Metric, ...] = (ChrF(), ChrF(word_order=2), Bleu(), OffTarget(), ChrFOnTarget(), Comet(), Ter())
 
 REGISTRY: dict[str, Metric] = {}
 
