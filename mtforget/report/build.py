@@ -28,9 +28,10 @@ from mtforget.report.forecast import forecast
 from mtforget.report.frontier import FRONTIER_COLUMNS, end_points, frontier_points, frontier_rows
 from mtforget.report.matched import law_contradictions, matched_gain_readings
 from mtforget.report.tables import (axis_comparisons, base_quality, category_table, checkpoint_curves,
-                                    condition_budgets, controlled_contrasts, direction_matrix, exposure_table,
-                                    flagged_directions, forgetting_curves, gate_failure_reasons, gate_failures,
-                                    interpolation_curves, layer_series, rate_sensitivity, trial_summaries)
+                                    DRIFT_COLUMNS, condition_budgets, controlled_contrasts, direction_matrix,
+                                    drift_matrix, drift_rows, exposure_table, flagged_directions, forgetting_curves,
+                                    gate_failure_reasons, gate_failures, interpolation_curves, language_table,
+                                    layer_series, rate_sensitivity, trial_summaries)
 from mtforget.study.selection import selected_trials
 from mtforget.study.store import CSV_COLUMNS, open_store_for_report
 
@@ -86,6 +87,7 @@ def _build_report(out: Path) -> Path:
         store.close()
     report.mkdir(exist_ok=True)
     _write_parquet(all_rows, out / "results.parquet")
+    _write_csv(drift_rows(trials), DRIFT_COLUMNS, out / "drift.csv")
     # Directions the base cannot translate give deltas that mean nothing: every mean below is
     # over the others, unless the study opted in (the files above keep every row, with its flag).
     gated = [r for r in all_rows if settings.include_flagged or not r["base_flag"]]
@@ -113,6 +115,13 @@ def _headline(out: Path, trials: list[dict], rows: list[dict], settings: ReportS
         languages, matrix = direction_matrix(trials, rows, condition)
         heatmaps.append((condition, plots.heatmap(languages, matrix, condition, report / f"heatmap_{i}.png")))
     figures["heatmaps"] = heatmaps
+    drifts = []
+    for i, condition in enumerate(conditions[:MAX_HEATMAPS]):
+        targets, outputs, matrix = drift_matrix(trials, condition)
+        path = plots.drift(targets, outputs, matrix, condition, report / f"drift_{i}.png")
+        if path:
+            drifts.append((condition, path))
+    figures["drift"] = drifts
     figures["scale"], fit = plots.scale_fit(summaries, report / "forgetting_vs_scale.png")
     figures["gain_loss"] = plots.gain_vs_loss(summaries, report / "gain_vs_loss.png")
     comparisons = axis_comparisons(summaries, settings.resamples)
@@ -126,7 +135,8 @@ def _headline(out: Path, trials: list[dict], rows: list[dict], settings: ReportS
     context = {"table": table, "trials": trials, "rows": rows, "summaries": summaries, "fit": fit,
                "examples": _examples(out, summaries, rows), "interpolation": curves, "layers": layers,
                "forgetting_curves": during, "forecast": forecast(summaries, trials, rows, settings.budget),
-               "exposure": exposure_table(trials, rows, settings.resamples)}
+               "exposure": exposure_table(trials, rows, settings.resamples),
+               "languages": language_table(trials, rows)}
     return context, figures
 
 

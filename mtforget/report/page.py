@@ -118,6 +118,20 @@ def _exposure_rows(context: dict) -> list[list[str]]:
              f"{e['mean']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]"] for e in context["exposure"]]
 
 
+LANGUAGE_INTRO = ("Per condition, each language none of its fine-tuning directions has: the mean chrF delta of the "
+                  "directions into it and out of it (directions never trained on), the change of off-target output "
+                  "into it in percentage points, and what is known of it (family and script; its pre-training "
+                  "weight in a tiny base, model.pretrain_mix).")
+LANGUAGE_HEADER = ["condition", "language", "family", "script", "pre-training weight", "as target", "as source",
+                   "off-target as target"]
+
+
+def _language_rows(context: dict) -> list[list[str]]:
+    return [[e["condition"], e["language"], e["family"] or "–", e["script"] or "–",
+             "–" if e["pretrain_weight"] is None else f"{e['pretrain_weight']:g}", _number(e["target"]),
+             _number(e["source"]), _number(e["off_target"])] for e in context["languages"]]
+
+
 def _metric_sections(context: dict) -> list[tuple[str, list[str], dict[str, dict[str, str]]]]:
     """(title, conditions, cells) of each metric with rows in the category table."""
     sections = []
@@ -183,6 +197,10 @@ MATCHED_INTRO = ("Each contrast read twice. End point: the conditions' selected 
 MATCHED_HEADER = ["differs in", "condition", "end-point gain",
                   *(f"end point: {c.replace('_', ' ')}" for c in MATCHED_CATEGORIES), "G",
                   *(f"at G: {c.replace('_', ' ')}" for c in MATCHED_CATEGORIES)]
+DRIFT_INTRO = ("Per condition, the fine-tuned model's outputs on directions into an unseen language (rows): the share "
+               "the language identifier puts in each language (columns; (empty): no output). The diagonal is "
+               "on-target output. drift.csv gives every direction's shares by class (target, source, pivot, a "
+               "fine-tuned language, other, empty), base and fine-tuned.")
 FRONTIER_INTRO = ("Per condition, supervised chrF gain against the change on each unseen category: circles are "
                   "learning rates, dots forgetting-curve checks, triangles interpolations with the base, the cross "
                   "the base; the line joins the condition's Pareto front (no other point learns more and forgets "
@@ -361,6 +379,9 @@ def render_markdown(context: dict) -> str:
     if context.get("exposure"):
         lines += ["## Directions by exposure", "", EXPOSURE_INTRO, ""]
         lines += _md_table(EXPOSURE_HEADER, _exposure_rows(context)) + [""]
+    if context.get("languages"):
+        lines += ["## Forgetting per unseen language", "", LANGUAGE_INTRO, ""]
+        lines += _md_table(LANGUAGE_HEADER, _language_rows(context)) + [""]
     if context.get("sensitivity"):
         lines += ["## Learning-rate sensitivity", "", SENSITIVITY_INTRO, ""]
         lines += _md_table(SENSITIVITY_HEADER, _sensitivity_rows(context)) + [""]
@@ -469,6 +490,11 @@ def _html_metric_tables(context: dict) -> list[str]:
                      "<table>" + _header_row(EXPOSURE_HEADER))
         parts += _body_rows(_exposure_rows(context), 3)
         parts.append("</table>")
+    if context.get("languages"):
+        parts.append(f"<h2>Forgetting per unseen language</h2><p class='muted'>{html.escape(LANGUAGE_INTRO)}</p>"
+                     "<table>" + _header_row(LANGUAGE_HEADER))
+        parts += _body_rows(_language_rows(context), 4)
+        parts.append("</table>")
     if context.get("sensitivity"):
         parts.append(f"<h2>Learning-rate sensitivity</h2><p class='muted'>{html.escape(SENSITIVITY_INTRO)}</p>"
                      "<table>" + _header_row(SENSITIVITY_HEADER))
@@ -540,6 +566,10 @@ def _html_analyses(context: dict, figures: dict) -> list[str]:
     if figures.get("heatmaps"):
         parts.append("<h2>chrF delta per direction</h2><div class='grid'>")
         parts += [_figure(path, condition) for condition, path in figures["heatmaps"]]
+        parts.append("</div>")
+    if figures.get("drift"):
+        parts.append(f"<h2>Where unseen targets drift</h2><p class='muted'>{e(DRIFT_INTRO)}</p><div class='grid'>")
+        parts += [_figure(path, condition) for condition, path in figures["drift"]]
         parts.append("</div>")
     return parts
 

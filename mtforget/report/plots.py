@@ -241,3 +241,24 @@ def frontiers(points: list[Point], path: Path) -> Path | None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), fontsize=7, bbox_to_anchor=(0.5, -0.02))
     return _save(fig, path)
+
+
+def drift(targets: list[str], outputs: list[str], matrix: np.ndarray, title: str, path: Path) -> Path | None:
+    """Unseen target language (rows) × the language its fine-tuned outputs are in (columns), as
+    shares of the judged outputs: the diagonal is on-target, the rest is where output drifted."""
+    if not targets or not outputs:
+        return None
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * len(outputs) + 2), max(2.5, 0.45 * len(targets) + 1.5)))
+    image = ax.imshow(matrix, cmap="Greys", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(targets)):
+        for j in range(len(outputs)):
+            if matrix[i, j] >= 0.05:
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(outputs)), outputs, rotation=90)
+    ax.set_yticks(range(len(targets)), targets)
+    ax.set_xlabel("language of the output")
+    ax.set_ylabel("target (unseen)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of outputs")
+    return _save(fig, path)

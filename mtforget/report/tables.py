@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtforget.data.categories import CATEGORIES, UNSEEN
+from mtforget.data.categories import CATEGORIES, UNSEEN, categorize
+from mtforget.evaluate.drift import UNJUDGED, drift_shares
 from mtforget.evaluate.metrics import all_metrics
 from mtforget.report.stats import bootstrap_mean_ci
 from mtforget.study.result import TrialResult
@@ -447,4 +448,94 @@ def exposure_table(trials: list[dict], rows: list[dict], resamples: int = 2000) 
         mean, low, high = bootstrap_mean_ci(values, seed=0, resamples=resamples)
         out.append({"condition": condition, "category": category, "exposure": exposure, "n": len(values),
                     "mean": mean, "low": low, "high": high})
+    return out
+
+
+def _finetuned_languages(result: TrialResult) -> set[str]:
+    return {lang for d in result.finetune_directions for lang in d.split("-")} - {result.pivot}
+
+
+def drift_rows(trials: list[dict]) -> list[dict]:
+    """``drift.csv``: per done trial, direction and model (base, fine-tuned), the share of its
+    judged outputs in each language class (:mod:`mtforget.evaluate.drift`)."""
+    out = []
+    for t in trials:
+        result = TrialResult.from_json(t["info"]) if t["status"] == "done" else None
+        if not result or not result.output_languages:
+            continue
+        directions = [tuple(d.split("-")) for d in result.finetune_directions]
+        replayed = {tuple(d.split("-")) for d in (result.exposure or {}).get("replayed", [])}
+        finetuned = _finetuned_languages(result)
+        for key, models in sorted(result.output_languages.items()):
+            src, tgt = key.split("-")
+            category = categorize(src, tgt, directions, replayed)
+            for model in ("base", "finetuned"):
+                for language_class, share in drift_shares(models[model], src, tgt, result.pivot, finetuned).items():
+                    out.append({"trial_id": t["trial_id"], "src": src, "tgt": tgt, "category": category,
+                                "model": model, "language_class": language_class, "share": share})
+    return out
+
+
+DRIFT_COLUMNS = ["trial_id", "src", "tgt", "category", "model", "language_class", "share"]
+
+
+def drift_matrix(trials: list[dict], condition: str, categories: tuple[str, ...] = ("unseen_target", "unseen_both")
+                 ) -> tuple[list[str], list[str], np.ndarray]:
+    """For one condition's fine-tuned models: per unseen target language (rows), the share of the
+    outputs of its directions in ``categories`` that the identifier puts in each language (columns,
+    ``(empty)`` included; unjudged outputs left out), averaged over directions and trials."""
+    shares: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for t in trials:
+        result = TrialResult.from_json(t["info"]) if t["status"] == "done" and t["condition"] == condition else None
+        if not result or not result.output_languages:
+            continue
+        directions = [tuple(d.split("-")) for d in result.finetune_directions]
+        replayed = {tuple(d.split("-")) for d in (result.exposure or {}).get("replayed", [])}
+        for key, models in result.output_languages.items():
+            src, tgt = key.split("-")
+            if categorize(src, tgt, directions, replayed) not in categories:
+                continue
+            judged = {lang: n for lang, n in models["finetuned"].items() if lang != UNJUDGED}
+            total = sum(judged.values())
+            if total:
+                shares[tgt].append({lang: n / total for lang, n in judged.items()})
+    targets = sorted(shares)
+    outputs = sorted({lang for entries in shares.values() for e in entries for lang in e})
+    matrix = np.array([[float(np.mean([e.get(lang, 0.0) for e in shares[t]])) for lang in outputs] for t in targets])
+    return targets, outputs, matrix.reshape(len(targets), len(outputs))
+
+
+def language_table(trials: list[dict], rows: list[dict]) -> list[dict]:
+    """Per condition and language that none of its fine-tuning directions has: the mean chrF delta
+    of the directions (never trained on) into it and out of it, the change of off-target output
+    into it in points, and what is known of it (family, script, pre-training weight)."""
+    done = {t["trial_id"]: t for t in trials if t["status"] == "done"}
+    facts: dict[str, dict] = {}
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    unseen: dict[str, set[str]] = defaultdict(set)
+    for t in done.values():
+        result = TrialResult.from_json(t["info"])
+        if result and result.languages:
+            facts.update(result.language_facts or {})
+            seen = {lang for d in result.finetune_directions for lang in d.split("-")}
+            unseen[t["condition"]] |= set(result.languages) - seen
+    for row in rows:
+        t = done.get(row["trial_id"])
+        if t is None or row["category"] not in UNSEEN:
+            continue
+        cell = None
+        for lang, side in ((row["tgt"], "target"), (row["src"], "source")):
+            if lang in unseen[t["condition"]]:
+                cell = cells[(t["condition"], lang)]
+                if row["metric"] == "chrf":
+                    cell[side].append(row["delta"])
+                elif row["metric"] == "off_target" and side == "target":
+                    cell["off_target"].append(100 * row["delta"])
+    out = []
+    for (condition, lang), cell in sorted(cells.items()):
+        fact = facts.get(lang, {})
+        out.append({"condition": condition, "language": lang, "family": fact.get("family"),
+                    "script": fact.get("script"), "pretrain_weight": fact.get("pretrain_weight"),
+                    **{k: float(np.mean(cell[k])) if cell.get(k) else None for k in ("target", "source", "off_target")},
+                    "directions": len(cell.get("target", [])) + len(cell.get("source", []))})
     return out

@@ -60,6 +60,12 @@ class TrialResult:
     base_revision: str | None = None  # a hub base's commit (model.revision as resolved); None for a local one
     # What the mitigations trained on beyond the fine-tuning directions (Exposure.to_dict).
     exposure: dict | None = None
+    pivot: str | None = None  # the study's pivot language
+    # Per direction, how many outputs the identifier put in each language, base and fine-tuned
+    # (mtforget.evaluate.drift.output_languages).
+    output_languages: dict | None = None
+    # Per study language: family, script and pre-training weight where known.
+    language_facts: dict | None = None
 
     def to_dict(self) -> dict:
         """Plain data for ``result.json`` and the store."""

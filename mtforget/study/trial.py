@@ -34,12 +34,13 @@ from mtforget.cache import cached_dir, content_fingerprint, existing_entry, fing
 from mtforget.data.bitext import BitextSample, BitextSource, cached_sample, held_out_texts
 from mtforget.data.categories import CATEGORIES, NO_EXPOSURE, Exposure, categorize, parse_direction
 from mtforget.data.corpus import Corpus, read_jsonl
-from mtforget.data.languages import normalize_code
+from mtforget.data.languages import default_script, normalize_code, split_code
 from mtforget.data.loaders import load_corpus
 from mtforget.data.splits import Example, Splits, direction_examples, pivot_language, sample_directions, split_by_id
 from mtforget.data.synthetic import SyntheticWorld, write_jsonl
 from mtforget.errors import USAGE_PREFIX, UsageError
 from mtforget.hub import resolve_revision
+from mtforget.evaluate.drift import output_languages
 from mtforget.evaluate.during_training import (ForgettingCurve, ForgettingProbe, SampledDirection,
                                                curve_by_direction_of, curve_of, draw_sample, proxy_of,
                                                unseen_dev_pairs)
@@ -174,11 +175,15 @@ def run_trial(trial: Trial, trial_dir: Path, shared: TrialMemo,
         ft_eval = _evaluate(run, data, base, tuned.model, "evaluate fine-tuned", run.group, tuned.control)
     if not run.main:
         return None
+    analyses = {}
     with run.stage("paired_bootstrap"):
         rows, category_ci = forgetting_rows(base_eval, ft_eval, data.directions, base.lid,
                                             run.cfg.eval.paired_resamples, run.cfg.seed, run.gate, tuned.exposure)
         _write_outputs(trial_dir, base_eval, ft_eval)
-    analyses = {}
+    with run.stage("drift"):
+        analyses["output_languages"] = {key: {"base": output_languages(base.lid, base_eval[key]["hypotheses"]),
+                                              "finetuned": output_languages(base.lid, ft_eval[key]["hypotheses"])}
+                                        for key in ft_eval if key in base_eval}
     if base_representations is not None:
         with run.stage("representations"):
             analyses["representations"] = _representations(run, data, base, tuned, base_representations)
@@ -561,7 +566,8 @@ def _trial_result(run: TrialRun, data: TrialData, base: LoadedBase, tuned: Finet
         mitigations=mitigations, representations=analyses.get("representations"),
         forgetting_curve=curve or None, forgetting_proxy=proxy_of(outcome.history) if curve else None,
         forgetting_curve_by_direction=curve_by_direction_of(outcome.history) or None,
-        exposure=tuned.exposure.to_dict(),
+        exposure=tuned.exposure.to_dict(), pivot=data.pivot, output_languages=analyses.get("output_languages"),
+        language_facts=_language_facts(cfg, data.languages),
     )
 
 
@@ -626,6 +632,24 @@ def _bitext_sample(cfg: StudyConfig, splits: Splits, directions: list[tuple[str,
     log.info("fine-tuning pairs from finetune.data: %d train, %d dev; %d pairs dropped for repeating an "
              "evaluation or dev sentence", len(sample.train), len(sample.dev), sample.overlap_dropped)
     return sample
+
+
+def _language_facts(cfg: StudyConfig, languages: list[str]) -> dict[str, dict]:
+    """What is known of each study language: family and script (the synthetic world's own, a real
+    code's usual script) and its pre-training weight in a tiny base (``model.pretrain_mix``; None
+    for a checkpoint's, which is not known here)."""
+    cards = {}
+    if not cfg.corpus.path:
+        world = SyntheticWorld(seed=cfg.corpus.synthetic.seed, n_languages=cfg.corpus.synthetic.languages)
+        cards = {lang.code: {"family": lang.family, "script": lang.script} for lang in world.languages}
+    weight = None if cfg.model.path else 1.0
+    facts = {}
+    for lang in languages:
+        base, script = split_code(lang)
+        card = cards.get(lang, {})
+        facts[lang] = {"family": card.get("family"), "script": card.get("script") or script or default_script(base),
+                       "pretrain_weight": cfg.model.pretrain_mix.get(lang, weight) if weight else None}
+    return facts
 
 
 def _language_names(cfg: CorpusConfig) -> dict[str, str]:
