@@ -45,3 +45,19 @@ def test_parse_direction():
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_drift_classes_on_a_hand_made_case():
+    from mtforget.evaluate.drift import EMPTY, UNJUDGED, drift_shares, language_class
+
+    finetuned = {"xa", "xb"}  # en↔xa, en↔xb fine-tuned; en the pivot
+    assert language_class("xc", "xa", "xc", "en", finetuned) == "target"
+    assert language_class("xa", "xa", "xc", "en", finetuned) == "source"  # a copy of the source
+    assert language_class("en", "xa", "xc", "en", finetuned) == "pivot"
+    assert language_class("xb", "xa", "xc", "en", finetuned) == "finetuned"
+    assert language_class("xd", "xa", "xc", "en", finetuned) == "other"
+    assert language_class(EMPTY, "xa", "xc", "en", finetuned) == "empty"
+    counts = {"xc": 5, "xa": 1, "en": 2, "xb": 1, EMPTY: 1, UNJUDGED: 4}  # the unjudged are left out
+    shares = drift_shares(counts, "xa", "xc", "en", finetuned)
+    assert shares == {"target": 0.5, "source": 0.1, "pivot": 0.2, "finetuned": 0.1, "other": 0.0, "empty": 0.1}
+    assert drift_shares({UNJUDGED: 3}, "xa", "xc", "en", finetuned) == {}

@@ -365,6 +365,16 @@ def test_replay_of_chosen_directions_leaves_the_others_unseen_and_says_what_it_t
     build_report(out)
     summary = (out / "report" / "summary.md").read_text()
     assert "## Directions by exposure" in summary and "| replayed |" in summary
+    # Drift: every direction's shares, base and fine-tuned, add up to 1 over the classes.
+    with (out / "drift.csv").open() as f:
+        drift = list(csv.DictReader(f))
+    totals = {}
+    for d in drift:
+        totals[(d["src"], d["tgt"], d["model"])] = totals.get((d["src"], d["tgt"], d["model"]), 0) + float(d["share"])
+    assert {model for *_, model in totals} == {"base", "finetuned"} and len(totals) == 2 * len(category)
+    assert all(abs(total - 1) < 1e-9 for total in totals.values())
+    assert {d["category"] for d in drift if (d["src"], d["tgt"]) == ("xc", "xd")} == {"replayed"}
+    assert "## Forgetting per unseen language" in summary
 
 
 def test_replay_settings_that_cannot_hold_are_errors(tmp_path):
