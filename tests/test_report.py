@@ -65,10 +65,12 @@ def test_quick_demo_report_renders_in_a_browser(tmp_path, capsys):
     assert errors == [] and dialogs == []
     assert len(facts["images"]) >= 6 and all(i["ok"] for i in facts["images"]), facts["images"]
     names = {i["src"] for i in facts["images"]}
-    assert {"interpolation.png", "layer_retrieval.png"} <= names, names
+    assert {"interpolation.png", "layer_retrieval.png", "frontiers.png", "drift_0.png"} <= names, names
     for heading in ("chrF delta", "off-target rate delta", "Gain on fine-tuned directions", "Example translations",
                     "chrF delta per direction", "Controlled contrasts", "Weight interpolation with the base",
-                    "Layer-wise cross-lingual retrieval", "Base model quality", "Trials", "Run metadata"):
+                    "Layer-wise cross-lingual retrieval", "Base model quality", "Trials", "Run metadata",
+                    "At matched gain", "Learning–forgetting frontiers", "Where unseen targets drift",
+                    "Forgetting per unseen language", "Directions by exposure", "chrF on target delta"):
         assert heading in facts["text"]
     shutil.copyfile(out / "report" / "screenshot.png", SCREENSHOT)
     with capsys.disabled():
