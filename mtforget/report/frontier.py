@@ -12,7 +12,10 @@ points come from
 
 A point's ``gain`` is the mean chrF delta over its supervised directions and seeds and its
 ``delta`` the mean over one category's directions and seeds (``unseen`` pools the three unseen
-categories), the same means as ``results.csv``. Every mean is over units ``seed:src-tgt``: a
+categories), the same means as ``results.csv``. A curve's step points are measured on a sample
+of directions and sentences, not on every direction as the others are, so their gains are not
+comparable with the others' and a front through them would pick their noise: they are shown with
+their intervals but stay off the Pareto front (:data:`ON_FRONT`). Every mean is over units ``seed:src-tgt``: a
 bootstrap resamples units, and resamples them jointly for every point of the conditions it
 compares, so an interval of a difference is paired.
 """
@@ -32,6 +35,7 @@ from mtforget.study.result import TrialResult
 POOLED = "unseen"
 FRONTIER_CATEGORIES = (*(c for c in CATEGORIES if c != "supervised"), POOLED)
 SOURCES = ("base", "lr", "step", "alpha", "checkpoint")
+ON_FRONT = ("base", "lr", "alpha", "checkpoint")  # the sources measured on every direction
 
 
 @dataclass
@@ -159,6 +163,8 @@ def read_at(gains: np.ndarray, deltas: np.ndarray, gain: float) -> float:
     xs, ys = gains[front], deltas[front]
     if gain <= xs[0]:
         return float(ys[0])
+    if gain >= xs[-1]:  # at the last point (or within rounding of it)
+        return float(ys[-1])
     j = int(np.searchsorted(xs, gain))  # xs[j-1] < gain <= xs[j]
     x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
     return float(y0 + (y1 - y0) * (gain - x0) / (x1 - x0)) if x1 > x0 else float(max(y0, y1))
@@ -216,12 +222,13 @@ def frontier_rows(points: list[Point], resamples: int = 1000, seed: int = 0) -> 
         gain_units = sorted({u for p in members for u in p.gain})
         gain_draws = Resampler(gain_units, resamples, seed)
         gains = np.array([p.mean_gain() for p in members])
+        on_front = np.array([p.source in ON_FRONT for p in members])
         for category in FRONTIER_CATEGORIES:
             if not any(p.deltas.get(category) for p in members):
                 continue
             draws = Resampler(sorted({u for p in members for u in p.deltas.get(category, {})}), resamples, seed + 1)
             deltas = np.array([p.mean_delta(category) for p in members])
-            front = set(pareto(gains, deltas))
+            front = set(pareto(np.where(on_front, gains, np.nan), deltas))
             for i, p in enumerate(members):
                 if not math.isfinite(deltas[i]):
                     continue
@@ -236,6 +243,7 @@ def frontier_rows(points: list[Point], resamples: int = 1000, seed: int = 0) -> 
 
 def front_of(points: list[Point], category: str) -> list[Point]:
     """The points of one condition on its Pareto front for ``category``, in order of gain."""
+    points = [p for p in points if p.source in ON_FRONT]
     gains = np.array([p.mean_gain() for p in points])
     deltas = np.array([p.mean_delta(category) for p in points])
     return [points[i] for i in pareto(gains, deltas)]

@@ -3,7 +3,7 @@
 Two conditions trained to different supervised gains are not compared by their end points: a
 condition that learns less usually forgets less too (both sit on one learning–forgetting curve).
 So each contrast the report draws is also read at one supervised gain G, on the conditions'
-frontiers (:mod:`mtforget.report.frontier`): by default the largest gain that every condition of
+frontiers (:mod:`mtforget.report.frontier`; the points measured on every direction): by default the largest gain that every condition of
 the contrast reaches (``report.matched_gain`` sets it). A condition's forgetting at G is read off
 its Pareto front by linear interpolation between the neighbouring points; a condition whose
 frontier stops below G has "not reached" it. Intervals are a paired bootstrap over units
@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from mtforget.report.frontier import FRONTIER_CATEGORIES, POOLED, Point, Resampler, interval, pareto, read_at
+from mtforget.report.frontier import FRONTIER_CATEGORIES, ON_FRONT, POOLED, Point, Resampler, interval, read_at
 
 SEED = 0
 
@@ -112,12 +112,16 @@ def law_contradictions(readings: list[dict], fit: dict | None, tokens_per_parame
             predicted = fit["slope"] * (math.log10(ratio[0]) - math.log10(ratio[1]))
             mean, low, high = measured
             if not low <= predicted <= high:
-                lines.append(f"The fitted law (unseen chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · "
-                             f"log10(tokens/parameters)) predicts that {diff['condition']} changes {predicted:+.1f} "
-                             f"chrF on unseen directions against {first}; this study's contrast on "
-                             f"{reading['axis']} measures {mean:+.1f} [{low:+.1f}, {high:+.1f}]: the law does not "
-                             "hold across this contrast.")
+                lines.append(f"{reading['axis']}: {diff['condition']} against {first}: the law predicts "
+                             f"{predicted:+.1f}, the contrast measures {mean:+.1f} [{low:+.1f}, {high:+.1f}]")
     return lines
+
+
+def law_heading(fit: dict) -> str:
+    """The sentence above :func:`law_contradictions`' lines."""
+    return (f"The study's fitted scale law (unseen chrF delta ≈ {fit['intercept']:+.1f} {fit['slope']:+.1f} · "
+            "log10(tokens/parameters), over its trials) does not hold across these contrasts (unseen directions "
+            "pooled, end points, paired 95% intervals that exclude the law's prediction):")
 
 
 def matched_gain_readings(contrasts: list[dict], points: list[Point], end_points: list[Point], resamples: int,
@@ -125,7 +129,8 @@ def matched_gain_readings(contrasts: list[dict], points: list[Point], end_points
     """:func:`matched_gain` for every contrast of :func:`contrast_sets`."""
     frontier: dict[str, list[Point]] = defaultdict(list)
     for p in points:
-        frontier[p.condition].append(p)
+        if p.source in ON_FRONT:  # the points measured on every direction (see frontier's docstring)
+            frontier[p.condition].append(p)
     end = {p.condition: p for p in end_points}
     return [matched_gain(c, frontier, end, resamples, gain) for c in contrast_sets(contrasts)]
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from mtforget.data.categories import CATEGORIES
 from mtforget.evaluate.metrics import REGISTRY, all_metrics
+from mtforget.report.matched import law_heading
 from mtforget.report.tables import CONTRAST_CATEGORIES
 from mtforget.study.result import TrialResult
 
@@ -189,7 +190,8 @@ def _sensitivity_rows(context: dict) -> list[list[str]]:
 MATCHED_CATEGORIES = ("unseen_source", "unseen_target", "unseen_both")
 MATCHED_INTRO = ("Each contrast read twice. End point: the conditions' selected trials, as in the tables above. At "
                  "matched gain G: the forgetting each condition shows where its learning–forgetting frontier "
-                 "(frontier.csv: learning rates, forgetting-curve steps, interpolation with the base) reaches a "
+                 "(frontier.csv: its learning rates and interpolations with the base, measured on every direction) "
+                 "reaches a "
                  "supervised chrF gain of G, read off its Pareto front by linear interpolation between neighbouring "
                  "points; G is the largest gain every condition of the contrast reaches, unless report.matched_gain "
                  "sets it. 95% paired bootstrap intervals over directions and seeds; a Δ row is the difference "
@@ -202,9 +204,9 @@ DRIFT_INTRO = ("Per condition, the fine-tuned model's outputs on directions into
                "on-target output. drift.csv gives every direction's shares by class (target, source, pivot, a "
                "fine-tuned language, other, empty), base and fine-tuned.")
 FRONTIER_INTRO = ("Per condition, supervised chrF gain against the change on each unseen category: circles are "
-                  "learning rates, dots forgetting-curve checks, triangles interpolations with the base, the cross "
-                  "the base; the line joins the condition's Pareto front (no other point learns more and forgets "
-                  "less). The points are in frontier.csv.")
+                  "learning rates, dots forgetting-curve checks (a sample of directions, so off the front), triangles "
+                  "interpolations with the base, the cross the base; the line joins the condition's Pareto front "
+                  "(no other point learns more and forgets less). The points are in frontier.csv.")
 
 
 def _interval(cell) -> str:
@@ -398,7 +400,9 @@ def render_markdown(context: dict) -> str:
     if context.get("matched"):
         lines += ["## At matched gain", "", MATCHED_INTRO, ""]
         lines += _md_table(MATCHED_HEADER, _matched_rows(context)) + [""]
-        lines += [f"**{_md(line)}**" for line in context.get("law", [])] + [""]
+        if context.get("law"):
+            lines += [f"**{_md(law_heading(context['fit']))}**", ""]
+            lines += [f"- {_md(line)}" for line in context["law"]] + [""]
     if context.get("interpolation"):
         lines += ["## Weight interpolation with the base", "", INTERPOLATION_INTRO, ""]
         lines += _md_table(INTERPOLATION_HEADER, _interpolation_rows(context)) + [""]
@@ -538,7 +542,9 @@ def _html_contrasts(context: dict, figures: dict) -> list[str]:
     if context.get("matched"):
         parts += [f"<h2>At matched gain</h2><p class='muted'>{e(MATCHED_INTRO)}</p><table>"
                   + _header_row(MATCHED_HEADER), *_body_rows(_matched_rows(context), 2), "</table>"]
-        parts += [f"<p><strong>{e(line)}</strong></p>" for line in context.get("law", [])]
+        if context.get("law"):
+            parts.append(f"<p><strong>{e(law_heading(context['fit']))}</strong></p><ul>"
+                         + "".join(f"<li>{e(line)}</li>" for line in context["law"]) + "</ul>")
     if figures.get("frontiers"):
         parts.append("<h2>Learning–forgetting frontiers</h2><p class='muted'>" + e(FRONTIER_INTRO) + "</p>"
                      + _figure(figures["frontiers"], "supervised gain against unseen change, per condition"))
