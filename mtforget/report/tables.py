@@ -12,6 +12,7 @@ import numpy as np
 from mtforget.data.categories import CATEGORIES, UNSEEN, categorize
 from mtforget.evaluate.drift import UNJUDGED, drift_shares
 from mtforget.evaluate.metrics import all_metrics
+from mtforget.mitigations import MITIGATIONS
 from mtforget.report.stats import bootstrap_mean_ci
 from mtforget.study.result import TrialResult
 from mtforget.study.selection import dev_loss, flatten_config, selected_value
@@ -172,8 +173,26 @@ def _contrast_groups(flat: dict[str, dict[str, str]]) -> list[tuple[str, dict[st
     return out
 
 
+def _condition_keys(trial: dict, selected: tuple[str, ...]) -> dict[str, str]:
+    """A trial's config as the keys a contrast may differ in: analyses and selected keys left
+    out, and each mitigation's settings as one key holding its label (replay at 0.25 of chosen
+    directions differs from none in one mitigation, not in two keys)."""
+    labels = json.loads(trial.get("mitigations") or "{}")
+    flat = {k: v for k, v in flatten_config(json.loads(trial["config"])).items()
+            if not k.startswith(_ANALYSES) and k not in selected}
+    for m in MITIGATIONS.values():
+        if m.key.startswith(_ANALYSES) or m.name not in labels:
+            continue
+        flat = {k: v for k, v in flat.items() if k != m.key and not k.startswith(m.key + ".")}
+        flat[m.key] = json.dumps(labels[m.name])
+    return flat
+
+
 def _value_order(value) -> tuple:
-    """Numbers in numeric order (50 before 3000), before any other value in JSON order."""
+    """A mitigation off ("none") first, then numbers in numeric order (50 before 3000), then any
+    other value in JSON order."""
+    if value == "none":
+        return (-1, 0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value, "")
     return (1, 0, json.dumps(value, sort_keys=True))
@@ -193,8 +212,7 @@ def controlled_contrasts(trials: list[dict], rows: list[dict], selected: tuple[s
     selected ones, which may differ in those keys and still pair (each row records its values).
     """
     done = [t for t in trials if t["status"] == "done"]
-    flat = {t["trial_id"]: {k: v for k, v in flatten_config(json.loads(t["config"])).items()
-                            if not k.startswith(_ANALYSES) and k not in selected} for t in done}
+    flat = {t["trial_id"]: _condition_keys(t, selected) for t in done}
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in rows:
         means[(row["trial_id"], row["metric"], row["category"])].append(row["delta"])
