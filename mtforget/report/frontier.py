@@ -153,21 +153,29 @@ def pareto(gains: np.ndarray, deltas: np.ndarray) -> list[int]:
     return front[::-1]
 
 
-def read_at(gains: np.ndarray, deltas: np.ndarray, gain: float) -> float:
-    """The forgetting on the Pareto front at supervised ``gain``: linear between the neighbouring
-    front points; below the front's first point, that point's delta (it gains more and forgets
-    no more); NaN (not reached) above its last."""
+def reading_weights(gains: np.ndarray, deltas: np.ndarray, gain: float) -> list[tuple[int, float]] | None:
+    """Where the Pareto front is read at supervised ``gain``: the points and weights whose
+    weighted deltas give the reading (one point, or the two neighbours for a linear
+    interpolation); below the front's first point, that point (it gains more and forgets no
+    more); None (not reached) above its last."""
     front = pareto(gains, deltas)
     if not front or gain > gains[front[-1]] + 1e-12:
-        return math.nan
-    xs, ys = gains[front], deltas[front]
+        return None
+    xs = gains[front]
     if gain <= xs[0]:
-        return float(ys[0])
+        return [(front[0], 1.0)]
     if gain >= xs[-1]:  # at the last point (or within rounding of it)
-        return float(ys[-1])
+        return [(front[-1], 1.0)]
     j = int(np.searchsorted(xs, gain))  # xs[j-1] < gain <= xs[j]
-    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
-    return float(y0 + (y1 - y0) * (gain - x0) / (x1 - x0)) if x1 > x0 else float(max(y0, y1))
+    share = (gain - xs[j - 1]) / (xs[j] - xs[j - 1])
+    return [(front[j - 1], 1.0 - share), (front[j], share)]
+
+
+def read_at(gains: np.ndarray, deltas: np.ndarray, gain: float) -> float:
+    """The forgetting on the Pareto front at supervised ``gain`` (see :func:`reading_weights`);
+    NaN where the front does not reach it."""
+    weights = reading_weights(gains, deltas, gain)
+    return math.nan if weights is None else float(sum(w * deltas[i] for i, w in weights))
 
 
 class Resampler:

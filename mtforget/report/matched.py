@@ -8,7 +8,7 @@ the contrast reaches (``report.matched_gain`` sets it). A condition's forgetting
 its Pareto front by linear interpolation between the neighbouring points; a condition whose
 frontier stops below G has "not reached" it. Intervals are a paired bootstrap over units
 (``seed:src-tgt``): one draw of units serves every point of every condition of the contrast, and
-the front is rebuilt and read at G in each draw.
+each reading is the same weighted sum of its (resampled) front points in every draw.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from mtforget.report.frontier import FRONTIER_CATEGORIES, ON_FRONT, POOLED, Point, Resampler, interval, read_at
+from mtforget.report.frontier import (FRONTIER_CATEGORIES, ON_FRONT, POOLED, Point, Resampler, interval,
+                                      reading_weights)
 
 SEED = 0
 
@@ -40,10 +41,6 @@ def contrast_sets(contrasts: list[dict]) -> list[dict]:
     return out
 
 
-def _reading(gains: np.ndarray, deltas: np.ndarray, gain: float | None) -> float:
-    return math.nan if gain is None else read_at(gains, deltas, gain)
-
-
 def matched_gain(contrast: dict, frontier: dict[str, list[Point]], end: dict[str, Point], resamples: int,
                  gain: float | None = None) -> dict:
     """One contrast read at its end points and at matched gain (see the module's docstring).
@@ -59,8 +56,6 @@ def matched_gain(contrast: dict, frontier: dict[str, list[Point]], end: dict[str
     target = gain if given else (min(tops) if tops else None)
     if target is not None and not given and target <= 0:
         target = None  # some condition never gains: there is no common gain to read at
-    gain_units = sorted({u for c in conditions for p in [*frontier[c], end[c]] for u in p.gain})
-    gain_draws = Resampler(gain_units, resamples, SEED)
     out = {"axis": contrast["axis"], "gain": target, "given": given,
            "conditions": [{"condition": c, "value": contrast["values"][c], "end_gain": end[c].mean_gain(),
                            "reaches": max(p.mean_gain() for p in frontier[c]), "end": {}, "at": {}}
@@ -76,10 +71,12 @@ def matched_gain(contrast: dict, frontier: dict[str, list[Point]], end: dict[str
             points = frontier[c]
             gains = np.array([p.mean_gain() for p in points])
             deltas = np.array([p.mean_delta(category) for p in points])
-            at_means.append(_reading(gains, deltas, target))
-            resampled_gains = np.stack([gain_draws.means(p.gain, 0.0) for p in points], axis=1)
-            resampled = np.stack([draws.means(p.deltas.get(category, {}), 0.0) for p in points], axis=1)
-            at_draws.append(np.array([_reading(g, d, target) for g, d in zip(resampled_gains, resampled)]))
+            weights = None if target is None else reading_weights(gains, deltas, target)
+            at_means.append(math.nan if weights is None else float(sum(w * deltas[i] for i, w in weights)))
+            # The reading's interval: its points and weights as estimated, their deltas resampled
+            # (re-reading a resampled front at G would mix in where each draw's front happens to end).
+            at_draws.append(np.full(resamples, math.nan) if weights is None else
+                            sum(w * draws.means(points[i].deltas.get(category, {}), 0.0) for i, w in weights))
             end_draws.append(draws.means(end[c].deltas[category]))
         for i, c in enumerate(conditions):
             entry = out["conditions"][i]
