@@ -1,6 +1,7 @@
 """Results a user can trust: no setting silently ignored or capped, no stale identity, no delta
 measured against a base that cannot translate, and config errors named before anything runs."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -154,8 +155,9 @@ def test_a_study_whose_base_fails_everywhere_says_so_and_shows_absolute_scores(t
     summary = (tmp_path / "out" / "report" / "summary.md").read_text()
     assert "## Base model quality" in summary and "6 test sentences (< 20)" in summary
     assert "## chrF delta" not in summary  # no mean over directions that mean nothing
-    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert rows[0].endswith(",base_flag") and all("6 test sentences" in r for r in rows[1:])
+    with (tmp_path / "out" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all("6 test sentences" in r["base_flag"] for r in rows)
 
 
 # 5. Config errors known before running are exit 2 naming the key.
