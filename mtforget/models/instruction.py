@@ -14,14 +14,14 @@ import torch
 
 from mtforget.data.languages import language_name
 from mtforget.data.splits import Example
-from mtforget.models.language import normalize_whitespace, pad, padded_batch
+from mtforget.models.language import OneDirectionGeneration, normalize_whitespace, pad, padded_batch
 
 INSTRUCTION = "Translate the following sentence from {src} to {tgt}."
 _MARK = "\x00MTFORGET\x00"  # stands for the assistant's text while reading the template's turn ending
 
 
 @dataclass
-class InstructionControl:
+class InstructionControl(OneDirectionGeneration):
     """Encodes examples for a decoder-only model and generates translations."""
 
     tokenizer: object
@@ -127,12 +127,6 @@ class InstructionControl:
         seqs = [prompt + answer for prompt, answer in pairs]
         labels = [[-100] * len(prompt) + answer for prompt, answer in pairs]
         return padded_batch(seqs, labels, self.tokenizer.pad_token_id, multiple)
-
-    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> list[str]:
-        """Greedy translations of one batch, all in one direction."""
-        n = len(texts)
-        return self.generate_rows(model, texts, [src_lang] * n, [tgt_lang] * n, max_new_tokens, min_new_tokens)
 
     @torch.no_grad()
     def generate_rows(self, model, texts: list[str], src_langs: list[str], tgt_langs: list[str],

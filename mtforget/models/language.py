@@ -40,8 +40,18 @@ def detect_convention(tokenizer) -> str:
     return "m2m"
 
 
+class OneDirectionGeneration:
+    """``generate`` for a control whose ``generate_rows`` takes a direction per row."""
+
+    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int,
+                 min_new_tokens: int = 0) -> list[str]:
+        """Greedy translations of one batch of sentences, all in one direction."""
+        n = len(texts)
+        return self.generate_rows(model, texts, [src_lang] * n, [tgt_lang] * n, max_new_tokens, min_new_tokens)
+
+
 @dataclass
-class LanguageTokens:
+class LanguageTokens(OneDirectionGeneration):
     """Encodes examples for a language-token encoder-decoder and generates translations."""
 
     tokenizer: object
@@ -163,12 +173,6 @@ class LanguageTokens:
         """Codes whose tokens this control has looked up and found (every study language once
         ``make_control`` has checked them), in lookup order."""
         return list(self._ids)
-
-    def generate(self, model, texts: list[str], src_lang: str, tgt_lang: str, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> list[str]:
-        """Greedy translations of one batch of sentences, all in one direction."""
-        n = len(texts)
-        return self.generate_rows(model, texts, [src_lang] * n, [tgt_lang] * n, max_new_tokens, min_new_tokens)
 
     @torch.no_grad()
     def generate_rows(self, model, texts: list[str], src_langs: list[str], tgt_langs: list[str],
