@@ -223,7 +223,7 @@ def test_a_budget_trial_killed_between_a_checkpoint_and_its_next_check_resumes_t
     from tests.conftest import Kill, watch_trials
 
     # The tiny model forgets within its first steps and then plateaus, so a budget well under that
-    # first fall trips at the first check after step 0, on every kernel set.
+    # first fall trips at the first check after step 0.
     raw = _forgetting_study(**{"finetune.forgetting_budget.max_drop": [1.0]})
     raw["eval"]["during_training"]["every"] = 3  # checks at steps 0 and 3
     # A checkpoint at step 2, between them; no dev check, so the budget's own weights are restored.

@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 
 from mtforget.report.frontier import (FRONTIER_CATEGORIES, ON_FRONT, POOLED, Point, Resampler, interval,
-                                      reading_weights)
+                                      read_at, reading_weights)
 
 SEED = 0
 
@@ -72,7 +72,7 @@ def matched_gain(contrast: dict, frontier: dict[str, list[Point]], end: dict[str
             gains = np.array([p.mean_gain() for p in points])
             deltas = np.array([p.mean_delta(category) for p in points])
             weights = None if target is None else reading_weights(gains, deltas, target)
-            at_means.append(math.nan if weights is None else float(sum(w * deltas[i] for i, w in weights)))
+            at_means.append(math.nan if weights is None else read_at(gains, deltas, target))
             # The reading's interval: its points and weights as estimated, their deltas resampled
             # (re-reading a resampled front at G would mix in where each draw's front happens to end).
             at_draws.append(np.full(resamples, math.nan) if weights is None else
